@@ -1,0 +1,1 @@
+"""Benchmarks of the advantage backends (`tempo-rl bench`)."""

@@ -1,0 +1,1 @@
+"""Fast paths (vectorised torch, Triton) computing the reference's numbers."""

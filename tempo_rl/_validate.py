@@ -1,0 +1,188 @@
+"""Argument checking for the public API, shared by every backend.
+
+Every check is vectorised (one pass over the mask on the input's device, no Python loop over
+tokens), so the fast paths pay O(B * L) element-wise work and one host sync for it. Errors name
+the argument and, where one exists, the first offending row (spec, "Bad input").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+
+_INT_DTYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Validated inputs, in the form every backend takes.
+
+    responses: (B, L) integer tensor, as given (int32 or int64 kept).
+    lengths: (B,) int64, n_i = number of ones in row i of the response mask.
+    rewards: (B,) float tensor in the output dtype (float64 if given float64, else float32).
+    group_index: (B,) int64 dense group index in [0, n_groups).
+    group_keys: the original group id of each dense index (for per-group results).
+    loss_mask: (B, L) bool, or None.
+    """
+
+    responses: torch.Tensor
+    lengths: torch.Tensor
+    rewards: torch.Tensor
+    group_index: torch.Tensor
+    group_keys: list[Hashable]
+    loss_mask: torch.Tensor | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.responses.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rewards.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.responses.device
+
+
+def _first_bad_row(bad_rows: torch.Tensor) -> int:
+    return int(torch.nonzero(bad_rows)[0, 0])
+
+
+def check_responses(responses: Any) -> torch.Tensor:
+    if not isinstance(responses, torch.Tensor):
+        try:
+            responses = torch.as_tensor(np.asarray(responses))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"responses must be a (B, L) integer tensor of token ids: {e}") from None
+    if responses.dtype not in _INT_DTYPES:
+        raise TypeError(f"responses must hold integer token ids, got dtype {responses.dtype}")
+    if responses.dim() != 2:
+        raise ValueError(f"responses must be 2-D (B, L), got shape {tuple(responses.shape)}")
+    return responses
+
+
+def check_mask(mask: Any, name: str, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A (B, L) mask of 0/1 or bool values, as a bool tensor on `device`."""
+    if not isinstance(mask, torch.Tensor):
+        try:
+            mask = torch.as_tensor(np.asarray(mask))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a (B, L) tensor of 0/1: {e}") from None
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape} like responses")
+    if mask.dtype.is_complex or not (mask.dtype == torch.bool or mask.dtype in _INT_DTYPES
+                                     or mask.dtype.is_floating_point):
+        raise TypeError(f"{name} must be bool or 0/1, got dtype {mask.dtype}")
+    mask = mask.to(device)
+    if mask.dtype != torch.bool:
+        not_binary = ((mask != 0) & (mask != 1)).any(dim=1)  # (B,)
+        if bool(not_binary.any()):
+            raise ValueError(f"{name} row {_first_bad_row(not_binary)} holds values other than 0 and 1")
+        mask = mask != 0
+    return mask
+
+
+def check_prefix_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Lengths n_i of a mask whose every row is a contiguous prefix of ones."""
+    lengths = mask.sum(dim=1)  # (B,)
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    not_prefix = (mask != (cols[None, :] < lengths[:, None])).any(dim=1)  # (B,)
+    if bool(not_prefix.any()):
+        row = _first_bad_row(not_prefix)
+        raise ValueError(
+            f"response_mask row {row} is not a contiguous prefix of ones "
+            f"(responses must be right-padded)"
+        )
+    return lengths.to(torch.int64)
+
+
+def check_rewards(rewards: Any, batch: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(rewards, torch.Tensor):
+        try:
+            array = np.asarray(rewards)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"rewards must be a (B,) float tensor: {e}") from None
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"rewards must be numeric, got {array.dtype} values")
+        # A numpy array keeps its dtype; a Python sequence takes torch's default, as torch.tensor does.
+        rewards = torch.from_numpy(array) if isinstance(rewards, np.ndarray) else torch.tensor(array.tolist())
+    if rewards.dtype == torch.bool or rewards.dtype in _INT_DTYPES:
+        rewards = rewards.to(torch.get_default_dtype())
+    if not rewards.dtype.is_floating_point:
+        raise TypeError(f"rewards must be a float tensor, got dtype {rewards.dtype}")
+    if rewards.dim() != 1 or rewards.shape[0] != batch:
+        raise ValueError(f"rewards must have shape ({batch},) like responses, got {tuple(rewards.shape)}")
+    dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    rewards = rewards.to(device=device, dtype=dtype)
+    bad = ~torch.isfinite(rewards)
+    if bool(bad.any()):
+        row = _first_bad_row(bad)
+        raise ValueError(f"rewards row {row} is not finite ({rewards[row].item()})")
+    return rewards
+
+
+def check_group_ids(group_ids: Any, batch: int, device: torch.device) -> tuple[torch.Tensor, list[Hashable]]:
+    """Dense group indices (in order of first appearance) and the original id of each."""
+    if isinstance(group_ids, torch.Tensor):
+        if group_ids.dtype not in _INT_DTYPES:
+            raise TypeError(f"group_ids as a tensor must be integer, got dtype {group_ids.dtype}")
+        if group_ids.dim() != 1:
+            raise ValueError(f"group_ids must be 1-D, got shape {tuple(group_ids.shape)}")
+        group_ids = group_ids.tolist()
+    elif isinstance(group_ids, np.ndarray):
+        if group_ids.ndim != 1:
+            raise ValueError(f"group_ids must be 1-D, got shape {group_ids.shape}")
+    elif isinstance(group_ids, (str, bytes)) or not hasattr(group_ids, "__len__"):
+        raise TypeError(f"group_ids must be a sequence of B ids, got {type(group_ids).__name__}")
+    if len(group_ids) != batch:
+        raise ValueError(f"group_ids has {len(group_ids)} entries, expected {batch} like responses")
+    index: dict[Hashable, int] = {}
+    dense = []
+    for row, gid in enumerate(group_ids):
+        if isinstance(gid, np.generic):
+            gid = gid.item()
+        try:
+            dense.append(index.setdefault(gid, len(index)))
+        except TypeError:
+            raise TypeError(f"group_ids row {row} is not hashable ({type(gid).__name__})") from None
+        if isinstance(gid, float) and math.isnan(gid):
+            raise ValueError(f"group_ids row {row} is NaN")
+    return torch.tensor(dense, dtype=torch.int64, device=device), list(index)
+
+
+def check_scalars(*, norm_by_std: Any, eps: Any, td_coef: Any | None = None) -> None:
+    if not isinstance(norm_by_std, (bool, np.bool_)):
+        raise TypeError(f"norm_by_std must be a bool, got {type(norm_by_std).__name__}")
+    for name, value in (("eps", eps), ("td_coef", td_coef)):
+        if value is None and name == "td_coef":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if float(eps) < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
+def validate(
+    responses: Any,
+    response_mask: Any,
+    rewards: Any,
+    group_ids: Any,
+    loss_mask: Any = None,
+) -> Batch:
+    """Check every input once and return them in the form all backends take."""
+    responses = check_responses(responses)
+    shape = tuple(responses.shape)
+    device = responses.device
+    mask = check_mask(response_mask, "response_mask", shape, device)
+    lengths = check_prefix_mask(mask)
+    reward_t = check_rewards(rewards, shape[0], device)
+    group_index, group_keys = check_group_ids(group_ids, shape[0], device)
+    loss = None if loss_mask is None else check_mask(loss_mask, "loss_mask", shape, device)
+    return Batch(responses, lengths, reward_t, group_index, group_keys, loss)

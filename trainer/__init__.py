@@ -1,0 +1,1 @@
+"""RL trainer for Hugging Face causal LMs using TEMPO / GRPO advantages."""
