@@ -378,12 +378,17 @@ def _is_eos(token: torch.Tensor, eos) -> torch.Tensor:
 
 
 def _decode_wave(model, forks, prompt_store, stores, sampling, generator, device, counters) -> _Store:
-    """Continue every fork of the wave to EOS or its budget in one batched incremental loop."""
+    """Continue every fork of the wave to EOS or its budget in one batched incremental loop.
+
+    Rows that finish stay in the batch (fed padding, their new slots hidden) until half the batch
+    is idle; then their cache rows are set aside for later forks and the batch shrinks, so the
+    work done tracks the tokens generated rather than the longest row of the wave."""
     from transformers import DynamicCache
 
     keys, values, slot_pos = _gather(forks, prompt_store, stores)
     cache = DynamicCache(ddp_cache_data=list(zip(keys, values))) if keys and slot_pos.shape[1] else DynamicCache()
-    n = len(forks)
+    rows = list(range(len(forks)))  # fork index of each batch row
+    done: dict[int, tuple] = {}  # fork index -> its cache row, once it left the batch
     feed = torch.tensor([f.seed_token for f in forks], device=device)  # (N,)
     pos = torch.tensor([f.seed_pos for f in forks], device=device)  # (N,)
     budget = torch.tensor([f.budget for f in forks], device=device)  # (N,)
@@ -393,22 +398,38 @@ def _decode_wave(model, forks, prompt_store, stores, sampling, generator, device
         slot_pos = torch.cat([slot_pos, torch.where(active, pos, -1)[:, None]], dim=1)  # (N, T + 1)
         logits = _forward(model, feed[:, None], (slot_pos >= 0).long(), pos[:, None], cache)[:, -1]  # (N, V)
         token, lp, ent = _sample(logits, sampling, generator)
-        counters["forward_tokens"] += int(active.sum())
-        counters["row_steps"] += n
+        n_active = int(active.sum())
+        counters["forward_tokens"] += n_active
+        counters["tokens_generated"] += n_active
+        counters["row_steps"] += len(rows)
         for j in active.nonzero()[:, 0].tolist():
-            f = forks[j]
-            f.leaf.tokens.append(int(token[j]))
-            f.leaf.logprobs.append(float(lp[j]))
-            f.leaf.entropies.append(float(ent[j]))
-        counters["tokens_generated"] += int(active.sum())
+            leaf = forks[rows[j]].leaf
+            leaf.tokens.append(int(token[j]))
+            leaf.logprobs.append(float(lp[j]))
+            leaf.entropies.append(float(ent[j]))
         step += 1
         active = active & ~_is_eos(token, sampling.eos_token_id) & (step < budget)
         feed = torch.where(active, token, sampling.pad_token_id)
         pos = pos + 1
+        if active.any() and 2 * int(active.sum()) <= len(rows):
+            keep = active.nonzero()[:, 0]
+            for j in (~active).nonzero()[:, 0].tolist():
+                done[rows[j]] = _cache_row(cache, slot_pos, j)
+            cache.batch_select_indices(keep)
+            rows = [rows[j] for j in keep.tolist()]
+            slot_pos, feed, pos, budget, active = slot_pos[keep], feed[keep], pos[keep], budget[keep], active[keep]
     counters["decode_steps"] += step
     _check_cache(cache)
-    layers = cache.layers if slot_pos.shape[1] else []
-    return _Store([l.keys for l in layers], [l.values for l in layers], slot_pos)
+    for j, f in enumerate(rows):
+        done[f] = _cache_row(cache, slot_pos, j)
+    order = range(len(forks))
+    return _pad_rows([done[f][0] for f in order], [done[f][1] for f in order], device)
+
+
+def _cache_row(cache, slot_pos: torch.Tensor, j: int):
+    """Row j of the cache as (per layer (1, H, T, D) keys and values, (T,) slot positions)."""
+    kv = [(layer.keys[j : j + 1], layer.values[j : j + 1]) for layer in cache.layers]
+    return kv, slot_pos[j]
 
 
 def _assemble(groups: list[list[_Leaf]], sampling: SamplingConfig, counters: dict) -> Rollout:
