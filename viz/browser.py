@@ -164,9 +164,10 @@ class Browser:
         self.call("Page.navigate", {"url": Path(path).resolve().as_uri()})
         self._wait_for("Page.loadEventFired")
         self.evaluate("new Promise(r => requestAnimationFrame(() => r(0)))")  # settle one frame
-        return self._report()
+        return self.report()
 
-    def _report(self) -> PageReport:
+    def report(self) -> PageReport:
+        """Errors and requests since the last report (the load, clicks, hovers), then forget them."""
         report = PageReport()
         for event in self._events:
             method, params = event.get("method"), event.get("params", {})

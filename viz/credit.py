@@ -104,7 +104,8 @@ def collapse(tree: PrefixTree) -> tuple[list[dict[str, Any]], dict[int, int]]:
 
 def layout(nodes: list[dict[str, Any]]) -> None:
     """Give each visible node a column (`level`, edges from the root) and a `row`: leaves take
-    consecutive rows in drawing order, a parent sits midway between its first and last child."""
+    consecutive rows in drawing order; a parent sits on its middle child's row (odd number of
+    children) or midway between the two middle ones (even), so no edge label meets a parent."""
     children: dict[int, list[int]] = {n["id"]: [] for n in nodes}
     for n in nodes:
         if n["parent"] is not None:
@@ -119,7 +120,9 @@ def layout(nodes: list[dict[str, Any]]) -> None:
     for n in reversed(nodes):  # children before parents
         kids = children[n["id"]]
         if kids:
-            n["row"] = (nodes[kids[0]]["row"] + nodes[kids[-1]]["row"]) / 2
+            mid = len(kids) // 2
+            rows = [nodes[k]["row"] for k in kids]
+            n["row"] = rows[mid] if len(kids) % 2 else (rows[mid - 1] + rows[mid]) / 2
 
 
 def group_view(members: list[Rollout], tempo: list[list[float]], grpo: list[list[float]]) -> dict[str, Any]:

@@ -72,8 +72,9 @@ def draw_tree_png(view: dict[str, Any], path: str | Path, *, dpi: int = 160) -> 
         if leaf:
             ax.text(x + 1.2, y, text, fontsize=8, va="center", ha="left", color="#444c56")
         else:
-            ax.text(x, y - 0.2, text, fontsize=7.5, va="top", ha="center", color="#444c56")
-    ax.set_xlim(-2, xs[-1] + 30)
+            # Under the incoming edge, clear of the outgoing ones (they leave to the right).
+            ax.text(x + 0.5, y - 0.2, text, fontsize=7.5, va="top", ha="right", color="#444c56")
+    ax.set_xlim(-9, xs[-1] + 30)
     ax.set_ylim(-(rows - 1) - 0.6, 0.6)
     ax.axis("off")
     ax.set_title(f"TEMPO prefix tree, {group_title(view)} (G={view['size']}; ringed = branch node)",
