@@ -38,8 +38,8 @@ section.group { border: 1px solid var(--line); border-radius: 8px; padding: 16px
 .tree path.edge { fill: none; stroke: #8c959f; stroke-width: 1.5; }
 .tree circle { stroke: #57606a; stroke-width: 1; }
 .tree g.node.branch circle { stroke: var(--branch); stroke-width: 3.5; }
-.tree.lit path.edge, .tree.lit g.node { opacity: 0.25; }
-.tree.lit path.edge.on, .tree.lit g.node.on { opacity: 1; }
+.tree.lit path.edge, .tree.lit g.node, .tree.lit text.edgelabel { opacity: 0.25; }
+.tree.lit path.edge.on, .tree.lit g.node.on, .tree.lit text.edgelabel.on { opacity: 1; }
 .tree.lit path.edge.on { stroke: var(--ink); stroke-width: 2.5; }
 .modes { display: inline-flex; border: 1px solid var(--line); border-radius: 6px; overflow: hidden; margin: 4px 0 10px; }
 .modes button { font: inherit; font-size: 12px; border: 0; background: #f6f8fa; padding: 4px 12px; cursor: pointer; color: var(--ink); }
@@ -55,7 +55,7 @@ tr.resp:hover td { background: #f6f8fa; }
 .tok { font: 13px "DejaVu Sans Mono", Menlo, Consolas, monospace; white-space: pre; padding: 1px 3px;
        border-radius: 3px; cursor: default; border-bottom: 2px solid transparent; }
 .tok.branch { border-bottom-color: var(--branch); }
-.tok:hover { outline: 1.5px solid var(--ink); }
+.tok:hover, .tok.hot { outline: 2px solid var(--ink); }
 .group.mode-tempo .line.grpo, .group.mode-grpo .line.tempo { display: none; }
 .group.mode-tempo .line .tag, .group.mode-grpo .line .tag { display: none; }
 .text { color: var(--muted); font-size: 12px; margin-top: 2px; white-space: pre-wrap; }
@@ -82,7 +82,7 @@ function svg(tag, attrs, text) {
   if (text !== undefined) e.textContent = text;
   return e;
 }
-function fmt(x) { return (x >= 0 ? "+" : "") + x.toFixed(4); }
+function fmt(x) { return (x >= 0 ? "+" : "") + x.toFixed(4); }  // signed: TD, advantages
 function mix(a, b, t) { return a.map((v, i) => Math.round(v + (b[i] - v) * t)); }
 const RED = [178, 24, 43], LIGHT = [247, 247, 247], BLUE = [33, 102, 172];
 function diverging(t) {  // t in [-1, 1]: red (blame) .. light .. blue (credit)
@@ -112,7 +112,7 @@ function drawTree(group, box) {
     const d = y0 === y1 ? `M${x0},${y0} L${x1},${y1}`
       : `M${x0},${y0} L${xm},${y0} L${xm},${y1 - bend} Q${xm},${y1} ${xm + 8},${y1} L${x1},${y1}`;
     root.appendChild(svg("path", {class: "edge", "data-node": n.id, d}));
-    root.appendChild(svg("text", {x: xm + 14, y: y1 - 6, class: "edgelabel"}, n.label));
+    root.appendChild(svg("text", {x: xm + 14, y: y1 - 6, class: "edgelabel", "data-node": n.id}, n.label));
   }
   for (const n of nodes) {
     const g = svg("g", {class: "node" + (n.branch ? " branch" : ""), "data-node": n.id,
@@ -145,11 +145,11 @@ function showTip(ev, group, r, t) {
   const nodes = group.nodes;
   const child = nodes[r.node[t]], parent = t === 0 ? nodes[0] : nodes[r.node[t - 1]];
   const rows = [
-    ["V(parent)", `${parent.value_exact}`, r.v_parent[t]],
-    ["V(child)", `${child.value_exact}`, r.v_child[t]],
-    ["TD", r.td_exact[t], r.td[t]],
-    ["A tempo", "", r.tempo[t]],
-    ["A grpo", "", r.grpo[t]],
+    ["V(parent)", parent.value_exact, r.v_parent[t].toFixed(4)],
+    ["V(child)", child.value_exact, r.v_child[t].toFixed(4)],
+    ["TD", r.td_exact[t], fmt(r.td[t])],
+    ["A tempo", "", fmt(r.tempo[t])],
+    ["A grpo", "", fmt(r.grpo[t])],
   ];
   tip.innerHTML = "";
   tip.appendChild(el("div", {class: "h"}, `y${r.index + 1} t=${t} ${JSON.stringify(r.tokens[t])} (id ${r.ids[t]})`));
@@ -158,7 +158,7 @@ function showTip(ev, group, r, t) {
     const tr = el("tr");
     tr.appendChild(el("td", {}, name));
     tr.appendChild(el("td", {class: "v"}, exact));
-    tr.appendChild(el("td", {class: "v"}, fmt(value)));
+    tr.appendChild(el("td", {class: "v"}, value));
     table.appendChild(tr);
   }
   tip.appendChild(table);
@@ -182,8 +182,8 @@ function tokenLine(group, r, kind, scale) {
     }, piece.replace(/\n/g, "\u21b5"));
     span.style.background = diverging(s);
     span.style.color = inkOn(s);
-    span.addEventListener("mousemove", ev => showTip(ev, group, r, t));
-    span.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+    span.addEventListener("mousemove", ev => { span.classList.add("hot"); showTip(ev, group, r, t); });
+    span.addEventListener("mouseleave", () => { span.classList.remove("hot"); tip.style.display = "none"; });
     line.appendChild(span);
   });
   return line;
