@@ -275,3 +275,11 @@ def test_hostile_tokens_stay_text(tmp_path, browser):
     assert browser.evaluate("document.querySelectorAll('img').length") == 0
     shown = browser.evaluate("[...document.querySelectorAll('.tok[data-kind=\"tempo\"]')].map(s => s.textContent)")
     assert shown == [p for r in rollouts for p in r.pieces]
+
+
+def test_transformers_tokenizer_directory(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER)).save_pretrained(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    assert [r.pieces for r in read_rollouts(DUMP, tok)] == [r.text.split() for r in read_rollouts(DUMP)]
