@@ -53,8 +53,12 @@ def batch_advantages(rollouts: list[Rollout], settings: Settings) -> tuple[list[
     common = dict(norm_by_std=settings.norm_by_std, eps=settings.eps, backend=settings.backend)
     tempo = tempo_rl.tempo_advantages(responses, mask, rewards, group_ids, td_coef=settings.td_coef, **common)
     grpo = tempo_rl.grpo_advantages(responses, mask, rewards, group_ids, **common)
-    cut = lambda a: [a[i, :n].tolist() for i, n in enumerate(lengths)]  # noqa: E731
-    return cut(tempo.cpu()), cut(grpo.cpu())
+    return _rows(tempo.cpu(), lengths), _rows(grpo.cpu(), lengths)
+
+
+def _rows(padded: torch.Tensor, lengths: list[int]) -> list[list[float]]:
+    """(B, L) -> B lists, each cut to its response's n_i tokens."""
+    return [padded[i, :n].tolist() for i, n in enumerate(lengths)]
 
 
 def edge_label(pieces: list[str], glue: str, width: int = 28) -> str:
