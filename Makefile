@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 # A pinned torch takes the local CPU wheel; an unpinned one would pull CUDA packages.
 TORCH  := torch==2.13.0
 EXTRAS := test,train,bench
+# The inspect page is tested in headless Chromium (Debian's package; no browser download).
+CHROMIUM_STAMP := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test example bench clean-venv
 
@@ -16,10 +19,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]' $(TORCH)
 	touch $(STAMP)
 
+$(CHROMIUM_STAMP):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 demo: $(STAMP)
 	$(PY) -m tempo_rl example
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 example: $(STAMP)
