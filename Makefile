@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # A pinned torch takes the local CPU wheel; an unpinned one would pull CUDA packages.
 TORCH  := torch==2.13.0
-EXTRAS := test,train,bench
+EXTRAS := test,train,bench,viz
 # The inspect page is tested in headless Chromium (Debian's package; no browser download).
 CHROMIUM_STAMP := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
