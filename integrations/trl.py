@@ -167,7 +167,9 @@ def _check_supported(args: GRPOConfig) -> None:
             f"reward per completion before normalising), got {args.multi_objective_aggregation!r}"
         )
     if getattr(args, "use_liger_kernel", False):
-        raise ValueError("TempoGRPOTrainer: use_liger_kernel=True is not supported (Liger's GRPO loss takes (B,) advantages)")
+        raise ValueError(
+            "TempoGRPOTrainer: use_liger_kernel=True is not supported (Liger's GRPO loss takes (B,) advantages)"
+        )
 
 
 def _local_batch(output: dict[str, Any], completion_ids_list: list[list[int]]) -> dict[str, torch.Tensor]:

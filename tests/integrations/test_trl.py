@@ -35,7 +35,8 @@ class Recording(TempoGRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        self.generated.append({k: output[k].detach().clone() for k in ("completion_ids", "completion_mask", "advantages")})
+        keep = ("completion_ids", "completion_mask", "advantages")
+        self.generated.append({k: output[k].detach().clone() for k in keep})
         return output
 
     def _compute_loss(self, model, inputs):

@@ -80,7 +80,9 @@ def test_compute_advantage_equals_the_api(norm):
     )
     with response_tokens(data.batch["responses"]):
         out = compute_advantage(data, adv_estimator="tempo", config=AlgoConfig(norm_adv_by_std_in_grpo=norm))
-    expected = tempo_rl.tempo_advantages(padded(RESPONSES), prefix_mask(), torch.tensor(REWARDS), UIDS, norm_by_std=norm)
+    expected = tempo_rl.tempo_advantages(
+        padded(RESPONSES), prefix_mask(), torch.tensor(REWARDS), UIDS, norm_by_std=norm
+    )
     assert torch.equal(out.batch["advantages"], expected)
     assert torch.equal(out.batch["returns"], expected)
 
@@ -93,7 +95,10 @@ def test_tool_tokens_are_masked_not_cut_from_the_tree():
     config = OmegaConf.create({"norm_adv_by_std_in_grpo": True, "tempo_td_coef": 0.5})
     with response_tokens(padded(RESPONSES), lengths()):
         adv, _ = core_algos.get_adv_estimator_fn("tempo")(
-            token_level_rewards=token_level_rewards(), response_mask=loss_mask, index=np.array(UIDS, dtype=object), config=config
+            token_level_rewards=token_level_rewards(),
+            response_mask=loss_mask,
+            index=np.array(UIDS, dtype=object),
+            config=config,
         )
     expected = tempo_rl.tempo_advantages(
         padded(RESPONSES), prefix_mask(), torch.tensor(REWARDS), UIDS, loss_mask=loss_mask, td_coef=0.5
@@ -137,18 +142,26 @@ def test_tempo_trainer_mode_feeds_responses_to_the_estimator(monkeypatch, mode):
         for i, (key, uid, resp) in enumerate(zip(keys, UIDS, RESPONSES))
     }
     queue = InMemoryQueue(rows)
-    monkeypatch.setattr(trainer_base, "tq", types.SimpleNamespace(kv_batch_get=queue.kv_batch_get, kv_batch_put=queue.kv_batch_put))
+    fake_tq = types.SimpleNamespace(kv_batch_get=queue.kv_batch_get, kv_batch_put=queue.kv_batch_put)
+    monkeypatch.setattr(trainer_base, "tq", fake_tq)
     trainer = object.__new__(get_trainer_cls(f"tempo_{mode}"))  # only _compute_advantage runs
     trainer.config = OmegaConf.create(
         {
-            "algorithm": {"adv_estimator": "tempo", "gamma": 1.0, "lam": 1.0, "norm_adv_by_std_in_grpo": True, "use_kl_in_reward": False},
+            "algorithm": {
+                "adv_estimator": "tempo",
+                "gamma": 1.0,
+                "lam": 1.0,
+                "norm_adv_by_std_in_grpo": True,
+                "use_kl_in_reward": False,
+            },
             "actor_rollout_ref": {"rollout": {"n": 3}},
         }
     )
     metrics: dict = {}
     trainer._compute_advantage(KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train"), metrics)
 
-    got = torch.stack([torch.nn.functional.pad(rows[k]["advantages"], (0, 4 - len(rows[k]["advantages"]))) for k in keys])
+    stored = [rows[k]["advantages"] for k in keys]  # written back by verl, one ragged row per key
+    got = torch.stack([torch.nn.functional.pad(a, (0, 4 - len(a))) for a in stored])
     expected = tempo_rl.tempo_advantages(padded(RESPONSES, 4), prefix_mask(4), torch.tensor(REWARDS), UIDS)
     assert torch.equal(got, expected)
     stats = tempo_rl.tree_stats(padded(RESPONSES, 4), prefix_mask(4), UIDS)
