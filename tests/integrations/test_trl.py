@@ -18,7 +18,12 @@ from tests.integrations.conftest import require
 require("trl")
 
 import tempo_rl  # noqa: E402
-from tempo_rl.integrations.trl import TempoGRPOConfig, TempoGRPOTrainer, _rewards_and_groups  # noqa: E402
+from tempo_rl.integrations.trl import (  # noqa: E402
+    TempoGRPOConfig,
+    TempoGRPOTrainer,
+    _local_batch,
+    _rewards_and_groups,
+)
 from tests.integrations import tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +142,17 @@ def test_unscored_completion_gets_zero_and_leaves_the_group():
     assert groups.tolist() == [0, -2, 1, 1]
     with pytest.raises(ValueError, match="num_generations"):
         _rewards_and_groups(per_func[:3], torch.tensor([1.0, 0.5]), group_size=2)
+
+
+def test_tool_output_keeps_its_place_in_the_tree_without_advantage():
+    ids = [[4, 5, 6, 1], [4, 1]]
+    output = {
+        "completion_ids": torch.tensor([[4, 5, 6, 1, 0], [4, 1, 0, 0, 0]]),  # padded to 5, as TRL may
+        "tool_mask": torch.tensor([[1, 0, 0, 1, 1], [1, 1, 1, 1, 1]]),  # 5, 6: tool output
+    }
+    local = _local_batch(output, ids)
+    assert local["response_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+    assert local["loss_mask"].tolist() == [[1, 0, 0, 1, 0], [1, 1, 0, 0, 0]]
 
 
 def test_unsupported_aggregation_is_refused(tmp_path):
