@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m tempo_rl example
 
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations
 
 example: $(STAMP)
 	$(PY) -m tempo_rl example
