@@ -12,6 +12,7 @@ import sys
 # name -> (module, help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS = {
     "example": ("tempo_rl.cli_example", "print the worked example (tree, values, TEMPO vs GRPO)"),
+    "inspect": ("tempo_rl.cli_inspect", "draw a group's prefix tree and per-token advantages (HTML, PNG, text)"),
 }
 
 
