@@ -17,6 +17,7 @@ from tempo_rl.trainer.tree_rollout import (  # noqa: E402
     TreeConfig,
     sample_independent,
     sample_tree,
+    sample_tree_padded,
 )
 
 VOCAB, EOS, PAD = 40, 2, 0
@@ -151,6 +152,19 @@ def test_independent_sampling_is_a_tree_of_roots(llama):
     r = sample_independent(llama, PROMPTS, group_size=5, sampling=sampling, generator=torch.Generator().manual_seed(0))
     assert (r.parent == -1).all() and (r.fork_depth == 0).all() and (r.wave == 0).all()
     assert r.stats["tokens_generated"] == int(r.response_mask.sum())
+
+
+def test_padded_prompts_give_the_same_tree(llama):
+    ids = torch.full((len(PROMPTS), 5), PAD)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(PROMPTS):  # left padding, as the trainer encodes prompts
+        ids[i, 5 - len(p):], mask[i, 5 - len(p):] = torch.tensor(p), 1
+    tree = TreeConfig(n_roots=2, fork_at="random", points_per_parent=1)
+    sampling = SamplingConfig(max_new_tokens=16, eos_token_id=EOS, pad_token_id=PAD)
+    a = sample_tree_padded(llama, ids, mask, group_size=6, sampling=sampling, tree=tree,
+                           generator=torch.Generator().manual_seed(0))
+    b = _sample(llama, tree)
+    assert torch.equal(a.responses, b.responses) and torch.equal(a.logprobs, b.logprobs)
 
 
 def test_tree_branches_deeper_than_independent_sampling(llama):

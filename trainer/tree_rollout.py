@@ -179,6 +179,27 @@ def sample_tree(
     return _assemble(groups, sampling, counters)
 
 
+def sample_tree_padded(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    group_size: int,
+    sampling: SamplingConfig,
+    tree: TreeConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """`sample_tree` for a padded prompt batch (left or right padding).
+
+    prompt_ids: (P, Lp) int; prompt_mask: (P, Lp), 1 on each prompt's own tokens. Positions count
+    from each prompt's first real token, as `generate` counts them under left padding."""
+    if prompt_ids.shape != prompt_mask.shape or prompt_ids.dim() != 2:
+        raise ValueError(f"prompt_ids and prompt_mask must both be (P, Lp), got {tuple(prompt_ids.shape)} "
+                         f"and {tuple(prompt_mask.shape)}")
+    prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
+    return sample_tree(model, prompts, group_size=group_size, sampling=sampling, tree=tree, generator=generator)
+
+
 def sample_independent(model, prompts, *, group_size: int, sampling: SamplingConfig, generator=None) -> Rollout:
     """`group_size` independent samples per prompt through the same decoding loop (the baseline)."""
     return sample_tree(model, prompts, group_size=group_size, sampling=sampling, tree=None, generator=generator)
