@@ -69,6 +69,25 @@ def run_arm(model, prompts, tree, args):
     }
 
 
+def run_generate(model, prompts, args):
+    """The same independent samples through `model.generate` (a reference for the decoding loop)."""
+    ids = torch.tensor(prompts).repeat_interleave(args.group_size, 0)  # (P * G, Lp), equal lengths
+    times = []
+    for rep in range(args.reps + 1):
+        torch.manual_seed(rep)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                           max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, pad_token_id=0)
+        if rep:
+            times.append(time.perf_counter() - t0)
+    n = ids.shape[0] * args.max_new_tokens
+    return {"tokens_generated": n, "forward_tokens": n + ids.numel(), "row_steps": n, "decode_steps": args.max_new_tokens,
+            "waves": 1, "seconds_median": statistics.median(times), "seconds_min": min(times),
+            "branch_token_fraction": float("nan"), "mean_first_branch_depth": float("nan"),
+            "mean_branch_depth": float("nan")}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", type=int, default=256)
@@ -88,8 +107,8 @@ def main(argv=None) -> None:
     prompts = [torch.randint(3, args.vocab, (args.prompt_len,), generator=g).tolist() for _ in range(args.prompts)]
     print(f"| arm | tokens generated | forward tokens | row-steps | decode steps | waves | s (median) | s (min) | "
           f"branch-token frac | first-branch depth | mean branch depth |\n|{' --- |' * 11}")
-    for name, tree in ARMS.items():
-        r = run_arm(model, prompts, tree, args)
+    for name, tree in [("independent (model.generate)", "generate"), *ARMS.items()]:
+        r = run_generate(model, prompts, args) if tree == "generate" else run_arm(model, prompts, tree, args)
         print(f"| {name} | {r['tokens_generated']} | {r['forward_tokens']} | {r['row_steps']} | {r['decode_steps']} | "
               f"{r['waves']} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | {r['branch_token_fraction']:.3f} | "
               f"{r['mean_first_branch_depth']:.1f} | {r['mean_branch_depth']:.1f} |", flush=True)
