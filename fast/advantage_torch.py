@@ -60,6 +60,7 @@ def group_moments(rewards: torch.Tensor, *, norm_by_std: bool, eps: float) -> Gr
     # Exactly equal rewards give exactly 0; the float mean of equal values need not equal them.
     degenerate = (rewards.amax(1) == rewards.amin(1)) | (size < 2)  # (c,)
     denom = sigma + eps if norm_by_std else torch.ones_like(sigma)
+    denom = torch.where(degenerate, 1.0, denom)  # eps = 0 with equal rewards: never compute 0 / 0
     return GroupMoments(centred=centred, denom=denom[:, None], degenerate=degenerate[:, None])
 
 

@@ -68,6 +68,7 @@ def _group_kernel(
         denom = sigma + eps
     else:
         denom = sigma * 0.0 + 1.0
+    denom = tl.where(degenerate, 1.0, denom)  # eps = 0 with equal rewards: never compute 0 / 0
     row_value = tl.where(degenerate, 0.0, centred / denom)
     tl.store(row_value_ptr + rows, row_value.to(row_value_ptr.dtype.element_ty), mask=member)
 
