@@ -12,6 +12,7 @@ import sys
 # name -> (module, help). Each module defines `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS = {
     "example": ("tempo_rl.cli_example", "print the worked example (tree, values, TEMPO vs GRPO)"),
+    "bench": ("tempo_rl.benchmarks.bench_advantage", "time the advantage backends, write benchmarks/results/"),
 }
 
 
