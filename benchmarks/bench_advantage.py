@@ -9,7 +9,7 @@ group's first response, then diverges), and the two extremes (all responses dist
 Reported: median ms (CPU: perf_counter after a warm-up; CUDA: triton.testing.do_bench, with 20/80
 percentiles), tokens/s over B*L, and GB/s against the floor that any implementation must move:
 token ids and the mask read once, advantages written once. Results go to
-benchmarks/results/advantage_<device>.{md,csv,json,png}.
+benchmarks/results/advantage_<device>[_quick][_<n>thread].{md,csv,json,png}.
 """
 
 from __future__ import annotations
@@ -212,9 +212,9 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write(rows: list[Row], env: dict, out: Path) -> None:
+def write(rows: list[Row], env: dict, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"advantage_{env['device']}"
+    stem = out / name
     stem.with_suffix(".md").write_text(markdown(rows, env))
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=1))
     with stem.with_suffix(".csv").open("w", newline="") as f:
@@ -245,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         print(f"{backend:>9} {shape.kind:>9} B={row.batch:<5} G={row.group:<3} L={row.length:<5} "
               f"{row.median_ms:10.2f} ms  {row.tokens_per_s:9.3g} tok/s  {row.floor_gb_per_s:6.3g} GB/s", flush=True)
-    write(rows, env, args.out)
+    name = f"advantage_{args.device}" + ("_quick" if args.quick else "") + (f"_{args.threads}thread" if args.threads else "")
+    write(rows, env, args.out, name)
     print(markdown(rows, env))
-    print(f"wrote {args.out}/advantage_{args.device}.{{md,csv,json,png}}")
+    print(f"wrote {args.out}/{name}.{{md,csv,json,png}}")
     return 0
