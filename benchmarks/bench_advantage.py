@@ -185,7 +185,7 @@ def markdown(rows: list[Row], env: dict) -> str:
     lines = []
     for r in rows:
         base = loop.get((r.kind, r.batch, r.group, r.length))
-        speedup = f"{base / r.median_ms:,.0f}x" if base else ""
+        speedup = f"{base / r.median_ms:,.3g}x" if base else ""
         lines.append(f"| {r.backend} | {r.kind} | {r.batch} | {r.group} | {r.length} | {r.median_ms:,.2f} | "
                      f"{r.p20_ms:,.2f}-{r.p80_ms:,.2f} | {r.tokens_per_s:,.3g} | {r.floor_gb_per_s:.3g} | {speedup} |")
     return head + "\n".join(lines) + "\n"
