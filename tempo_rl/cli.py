@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "example": ("tempo_rl.cli_example", "print the worked example (tree, values, TEMPO vs GRPO)"),
     "inspect": ("tempo_rl.cli_inspect", "draw a group's prefix tree and per-token advantages (HTML, PNG, text)"),
+    "bench": ("tempo_rl.benchmarks.bench_advantage", "time the advantage backends, write benchmarks/results/"),
 }
 
 
