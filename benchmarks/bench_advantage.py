@@ -1,7 +1,9 @@
 """`tempo-rl bench`: time the TEMPO advantage backends on rollout-shaped batches.
 
-Backends: the per-token loop written the way the authors' released code works
-(`reference/loop.py`, plain floats), the exact reference trie, vectorised torch, and on CUDA
+Backends: the per-token loop written the way the authors' released code works, in two forms:
+on Python lists (`reference/loop.py`, plain floats; "loop") and on torch tensors, one tensor scan
+per token, as it runs inside a torch trainer (`benchmarks/loop_tensor.py`; "loop-tensor"); the
+exact reference trie, vectorised torch, and on CUDA
 torch and Triton. Data: branching groups (each response shares a random-length prefix with the
 group's first response, then diverges), and the two extremes (all responses distinct from token
 0; all identical). Every timing excludes input validation, which every backend shares.
@@ -28,6 +30,7 @@ from typing import Callable
 import torch
 
 KINDS = ("branching", "distinct", "identical")
+BASELINES = ("loop", "loop-tensor")  # per-token loops: timed once, at the small shape only
 VOCAB = 32000
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -104,6 +107,10 @@ def _python_fn(name: str, inputs: dict) -> Callable[[], object]:
     rewards, ids = inputs["rewards"].tolist(), inputs["group_ids"].tolist()
     if name == "loop":
         return lambda: loop_tempo_advantages(seqs, rewards, ids, exact=False)
+    if name == "loop-tensor":
+        from .loop_tensor import loop_tensor_advantages
+
+        return lambda: loop_tensor_advantages(**inputs)
     return lambda: tempo_advantages(seqs, rewards, ids)
 
 
@@ -133,7 +140,7 @@ def shapes_for(device: str, quick: bool) -> list[tuple[str, Shape]]:
     grid += [Shape(1024, g, 2048, "branching") for g in (4, 16)]
     grid += [Shape(4096, 8, 8192, k) for k in ("distinct", "identical")]
     if device == "cpu":
-        pairs = [(b, s) for s in small for b in ("loop", "reference", "torch")]
+        pairs = [(b, s) for s in small for b in BASELINES + ("reference", "torch")]
         if quick:
             return pairs + [("torch", authors[0])]
         return pairs + [("torch", s) for s in authors + grid]
@@ -145,11 +152,12 @@ def shapes_for(device: str, quick: bool) -> list[tuple[str, Shape]]:
 
 def run_one(backend: str, shape: Shape, *, device: str, repeats: int) -> Row:
     inputs = make_batch(shape, device=device)
-    fn = _python_fn(backend, inputs) if backend in ("loop", "reference") else _fast_fn(backend, inputs)
+    slow = backend in BASELINES + ("reference",)
+    fn = _python_fn(backend, inputs) if slow else _fast_fn(backend, inputs)
     if device == "cuda":
         median, p20, p80 = time_cuda(fn)
     else:
-        median, p20, p80 = time_cpu(fn, 1 if backend in ("loop", "reference") else repeats)
+        median, p20, p80 = time_cpu(fn, 1 if slow else repeats)
     tokens = inputs["responses"].numel()
     return Row(backend, shape.kind, inputs["responses"].shape[0], shape.group, shape.length,
                median, p20, p80, tokens / (median / 1e3), floor_bytes(inputs) / (median / 1e3) / 1e9)
@@ -179,15 +187,18 @@ def environment(device: str) -> dict:
 def markdown(rows: list[Row], env: dict) -> str:
     head = (f"# TEMPO advantage benchmark ({env['device']})\n\n"
             + ", ".join(f"{k}: {v}" for k, v in env.items()) + "\n\n"
-            "| backend | data | B | G | L | median ms | p20-p80 ms | tokens/s | GB/s vs floor | speed-up vs loop |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-    loop = {(r.kind, r.batch, r.group, r.length): r.median_ms for r in rows if r.backend == "loop"}
+            "| backend | data | B | G | L | median ms | p20-p80 ms | tokens/s | GB/s vs floor "
+            "| speed-up vs loop (lists) | speed-up vs loop (tensors) |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    base = {(r.backend, r.kind, r.batch, r.group, r.length): r.median_ms for r in rows if r.backend in BASELINES}
     lines = []
     for r in rows:
-        base = loop.get((r.kind, r.batch, r.group, r.length))
-        speedup = f"{base / r.median_ms:,.3g}x" if base else ""
+        key = (r.kind, r.batch, r.group, r.length)
+        ups = [base.get((b, *key)) for b in BASELINES]
+        ups = [f"{t / r.median_ms:,.3g}x" if t else "" for t in ups]
         lines.append(f"| {r.backend} | {r.kind} | {r.batch} | {r.group} | {r.length} | {r.median_ms:,.2f} | "
-                     f"{r.p20_ms:,.2f}-{r.p80_ms:,.2f} | {r.tokens_per_s:,.3g} | {r.floor_gb_per_s:.3g} | {speedup} |")
+                     f"{r.p20_ms:,.2f}-{r.p80_ms:,.2f} | {r.tokens_per_s:,.3g} | {r.floor_gb_per_s:.3g} | "
+                     f"{ups[0]} | {ups[1]} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -226,7 +237,7 @@ def write(rows: list[Row], env: dict, out: Path, name: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cpu: loop, reference and torch; cuda: torch and Triton (do_bench)")
+                        help="cpu: loops, reference and torch; cuda: torch and Triton (do_bench)")
     parser.add_argument("--quick", action="store_true", help="the small shape and the authors' batch only")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
