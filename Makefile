@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]' $(TORCH)
 	touch $(STAMP)
 
+# TEMPO on the embedded task: builds and warms up the tiny policy (runs/tiny-base, about a minute,
+# cached), then 100 RL steps on CPU; prints the reward and eval accuracy as they rise.
 demo: $(STAMP)
-	$(PY) -m tempo_rl example
+	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --eval-every 20
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup

@@ -23,7 +23,7 @@ class TrainConfig:
     model: str = _f("tiny", "a local Hugging Face model directory (AutoModelForCausalLM.from_pretrained), "
                     "or 'tiny' for the embedded demo policy, built and warmed up on first use", "model and data")
     tiny_dir: str = _f("runs/tiny-base", "where the 'tiny' policy is built and cached", "model and data")
-    tiny_warmup_steps: int = _f(700, "supervised warm-up steps when building the 'tiny' policy", "model and data")
+    tiny_warmup_steps: int = _f(800, "supervised warm-up steps when building the 'tiny' policy", "model and data")
     dataset: str = _f("add", "built-in task name ('add') or a JSONL file with 'prompt' and 'answer' per line",
                       "model and data")
     eval_dataset: str = _f("", "held-out prompts for greedy evaluation; '' uses a seeded draw of the built-in "
@@ -56,11 +56,11 @@ class TrainConfig:
                            "advantages")
 
     # optimisation
-    lr: float = _f(5e-4, "AdamW peak learning rate", "optimisation")
-    lr_warmup_steps: int = _f(5, "linear warm-up of the learning rate, in optimizer updates", "optimisation")
+    lr: float = _f(2e-4, "AdamW peak learning rate", "optimisation")
+    lr_warmup_steps: int = _f(10, "linear warm-up of the learning rate, in optimizer updates", "optimisation")
     weight_decay: float = _f(0.0, "AdamW weight decay", "optimisation")
     ppo_epochs: int = _f(1, "passes over each rollout batch", "optimisation")
-    mini_batches: int = _f(2, "optimizer updates per epoch (the rollout batch is split this many ways)",
+    mini_batches: int = _f(4, "optimizer updates per epoch (the rollout batch is split this many ways)",
                            "optimisation")
     grad_accum: int = _f(1, "micro-batches per mini-batch (gradient accumulation; same result, less memory)",
                          "optimisation")

@@ -1,10 +1,12 @@
 """Prompts with verifiable answers: a JSONL file (`prompt`, `answer` per line) or a built-in task.
 
 The built-in `add` task is the embedded demo. A prompt is "47+38=" and the response works the sum
-column by column before answering, e.g. "7+8=15,4+3+1=8;85". Four tokens decide the answer (the
-ones sum, the carry-in tens sum, and the answer's two digits); the rest ("+", "=", ",", ";") is
-fixed format. Errors made at a decision token propagate to the answer, so the prefix tree of a
-group branches exactly where a sample first goes wrong: the structure TEMPO's TD term reads.
+column by column before answering, e.g. "7+8=15,4+3+1=8;85". Every problem carries (the ones
+digits sum to 10 or more), so one token deep in the response decides most of the outcome: after
+"4+3" the policy writes "+1" (carries) or "=" (forgets the carry, and the answer is 10 short). The
+ones sum is a second, rarer decision point; the rest is fixed format or follows from what came
+before. A group's prefix tree branches exactly where samples first disagree: the structure that
+TEMPO's TD term reads.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ def add_solution(a: int, b: int) -> str:
 
 
 def add_examples(n: int, seed: int) -> list[Example]:
-    """n seeded `add` prompts; a and b are uniform in 10..99, so answers have 2 or 3 digits."""
+    """n seeded `add` prompts: two-digit a, b whose ones digits carry (answers 2 or 3 digits)."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
+    return [Example(prompt=f"{a}+{b}=", answer=str(a + b)) for a, b in (carry_pair(rng) for _ in range(n))]
+
+
+def carry_pair(rng: random.Random) -> tuple[int, int]:
+    """Uniform over two-digit pairs with a % 10 + b % 10 >= 10."""
+    while True:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        out.append(Example(prompt=f"{a}+{b}=", answer=str(a + b)))
-    return out
+        if a % 10 + b % 10 >= 10:
+            return a, b
 
 
 BUILTIN_TASKS = {"add": add_examples}

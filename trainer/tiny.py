@@ -2,8 +2,9 @@
 
 Everything is built locally (no hub access) and saved with `save_pretrained`, so the trainer loads
 it through `from_pretrained(path)` exactly as it loads a real model. The supervised warm-up is
-short and on imperfect demonstrations (a fraction have one wrong digit in the working), so RL
-starts from a policy that knows the format and is right about half of the time.
+short and on imperfect demonstrations: half of them forget the carry (a systematic error, as a
+student makes) and a few slip one digit of the ones sum, so RL starts from a policy that knows the
+format and is right a bit under half of the time; the reward then has something to teach.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .data import add_solution
+from .data import carry_pair
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Characters enough for arithmetic, \boxed{...}, and short words; anything else maps to <unk>.
@@ -58,27 +59,23 @@ def build_model(vocab_size: int, *, hidden: int = 96, layers: int = 2, heads: in
     return LlamaForCausalLM(config)
 
 
-def _noisy_solution(a: int, b: int, rng: random.Random, noise: float) -> str:
-    """The worked response, with probability `noise` one digit of the working perturbed by +-1 and
-    everything after it computed from the wrong value (a consistent but wrong chain)."""
-    if rng.random() >= noise:
-        return add_solution(a, b)
-    ones_err = rng.choice([-1, 1]) if rng.random() < 0.5 else 0
-    tens_err = 0 if ones_err else rng.choice([-1, 1])
-    ones = max(0, a % 10 + b % 10 + ones_err)
-    carry = ones // 10
-    tens = max(0, a // 10 + b // 10 + carry + tens_err)
+def _noisy_solution(a: int, b: int, rng: random.Random, forget_carry: float, slip: float) -> str:
+    """The worked response for a+b, forgetting the carry with probability `forget_carry` and
+    misadding the ones column by +-1 with probability `slip`; the answer follows the working."""
+    ones = a % 10 + b % 10 + (rng.choice([-1, 1]) if rng.random() < slip else 0)
+    carry = ones // 10 if rng.random() >= forget_carry else 0
+    tens = a // 10 + b // 10 + carry
     tens_expr = f"{a // 10}+{b // 10}+{carry}" if carry else f"{a // 10}+{b // 10}"
     return f"{a % 10}+{b % 10}={ones},{tens_expr}={tens};{tens * 10 + ones % 10}"
 
 
-def warmup_batch(tokenizer, n: int, rng: random.Random, noise: float):
+def warmup_batch(tokenizer, n: int, rng: random.Random, forget_carry: float, slip: float):
     """(input_ids, labels, attention_mask) of n demonstrations; loss only on response tokens."""
     rows, labels = [], []
     for _ in range(n):
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        a, b = carry_pair(rng)
         prompt = tokenizer(f"{a}+{b}=")["input_ids"]
-        response = tokenizer(_noisy_solution(a, b, rng, noise))["input_ids"] + [tokenizer.eos_token_id]
+        response = tokenizer(_noisy_solution(a, b, rng, forget_carry, slip))["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt + response)
         labels.append([-100] * len(prompt) + response)
     width = max(map(len, rows))
@@ -90,8 +87,8 @@ def warmup_batch(tokenizer, n: int, rng: random.Random, noise: float):
     return ids, lab, att
 
 
-def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, noise: float = 0.5,
-            seed: int = 0, log_every: int = 100) -> None:
+def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, forget_carry: float = 0.5,
+            slip: float = 0.1, seed: int = 0, log_every: int = 100) -> None:
     """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -101,7 +98,7 @@ def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, 
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        ids, lab, att = warmup_batch(tokenizer, batch, rng, noise)
+        ids, lab, att = warmup_batch(tokenizer, batch, rng, forget_carry, slip)
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -113,16 +110,15 @@ def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, 
     model.eval()
 
 
-def make_base_model(path: str | Path, *, warmup_steps: int = 600, noise: float = 0.5, seed: int = 0,
-                    hidden: int = 96, layers: int = 2) -> Path:
+def make_base_model(path: str | Path, *, warmup_steps: int = 800, seed: int = 0, hidden: int = 96,
+                    layers: int = 2) -> Path:
     """Build, warm up and `save_pretrained` the demo policy at `path` (skipped if already there)."""
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = build_tokenizer()
     model = build_model(len(tokenizer), hidden=hidden, layers=layers, seed=seed)
-    warm_up(model, tokenizer, steps=warmup_steps, noise=noise, seed=seed)
+    warm_up(model, tokenizer, steps=warmup_steps, seed=seed)
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -343,6 +343,6 @@ def run(args) -> int:
         print(f"reward_mean: step {first['step']} {first['reward_mean']:.3f} -> step {last['step']} "
               f"{last['reward_mean']:.3f}")
         if evals:
-            print("greedy eval accuracy: " + ", ".join(f"step {s}: {a:.3f}" for s, a in evals))
+            print("eval accuracy (sampled): " + ", ".join(f"step {s}: {a:.3f}" for s, a in evals))
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0
