@@ -37,17 +37,32 @@ def _one_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     return train(cfg)
 
 
+def _finished(cfg: TrainConfig) -> list[dict[str, Any]] | None:
+    """The metric rows of a run that already completed all its steps under the same config."""
+    out = Path(cfg.output_dir)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    except (OSError, ValueError):
+        return None
+    same = saved == json.loads(json.dumps(cfg.to_dict()))
+    return rows if same and [r["step"] for r in rows] == list(range(1, cfg.steps + 1)) else None
+
+
 def run_grid(base: TrainConfig, estimators: list[str], lrs: list[float], seeds: list[int], out_dir: Path,
-             jobs: int) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
-    """Every (estimator, lr, seed) run; `jobs` processes, one torch thread each."""
+             jobs: int, reuse: bool = True) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
+    """Every (estimator, lr, seed) run; `jobs` processes, one torch thread each. A run that already
+    finished with the same config is read back instead of rerun (`reuse`)."""
     runs = {(e, lr, s): replace(base, estimator=e, lr=lr, seed=s, threads=1, progress=False, save_final=False,
                                 tensorboard=False, output_dir=str(out_dir / f"{e}_lr{lr:g}_seed{s}"))
             for e in estimators for lr in lrs for s in seeds}
-    for cfg in runs.values():  # a rerun starts clean rather than appending to old metrics
+    results = {key: rows for key, cfg in runs.items() if reuse and (rows := _finished(cfg)) is not None}
+    todo = {key: cfg for key, cfg in runs.items() if key not in results}
+    for cfg in todo.values():  # a rerun starts clean rather than appending to old metrics
         (Path(cfg.output_dir) / "metrics.jsonl").unlink(missing_ok=True)
+    print(f"{len(results)} runs reused, {len(todo)} to run", flush=True)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {key: pool.submit(_one_run, cfg) for key, cfg in runs.items()}
-        results = {}
+        futures = {key: pool.submit(_one_run, cfg) for key, cfg in todo.items()}
         for key, fut in futures.items():
             results[key] = fut.result()
             print(f"done {key}: final eval {results[key][-1].get('eval_accuracy')}", flush=True)
@@ -188,15 +203,17 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML/JSON TrainConfig fields for every run (model, task, budget)")
     parser.add_argument("--estimators", nargs="+", default=["tempo", "grpo"], choices=["tempo", "grpo", "dr_grpo"])
-    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 2e-4, 4e-4],
+    parser.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4, 4e-4],
                         help="learning-rate sweep, run for every estimator (at least 3 values)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="at least 3 seeds")
-    parser.add_argument("--steps", type=int, default=30, help="steps per run (the shared budget)")
+    parser.add_argument("--steps", type=int, default=60, help="steps per run (the shared budget)")
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--target", type=float, default=0.7, help="eval accuracy that counts as reached")
+    parser.add_argument("--target", type=float, default=0.8, help="eval accuracy that counts as reached")
     parser.add_argument("--grad-batches", type=int, default=4, help="batches for the gradient cosine (0: skip)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--runs-dir", default="runs/compare", help="per-run metrics go here")
+    parser.add_argument("--fresh", action="store_true",
+                        help="rerun every run (default: read back runs that finished with the same config)")
     parser.add_argument("--out", default="benchmarks/results/compare_demo", help="writes OUT.png, OUT.md, OUT.json")
 
 
@@ -211,7 +228,8 @@ def run(args) -> int:
 
     model_path(base)  # build the shared initial policy once, before the workers start
     t0 = time.perf_counter()
-    results = run_grid(base, args.estimators, args.lrs, args.seeds, Path(args.runs_dir), args.jobs)
+    results = run_grid(base, args.estimators, args.lrs, args.seeds, Path(args.runs_dir), args.jobs,
+                       reuse=not args.fresh)
     summary = summarise(results, args.estimators, args.lrs, args.seeds, args.target)
     grad = gradient_agreement(base, args.grad_batches) if args.grad_batches else []
     out = Path(args.out)

@@ -23,7 +23,7 @@ class TrainConfig:
     model: str = _f("tiny", "a local Hugging Face model directory (AutoModelForCausalLM.from_pretrained), "
                     "or 'tiny' for the embedded demo policy, built and warmed up on first use", "model and data")
     tiny_dir: str = _f("runs/tiny-base", "where the 'tiny' policy is built and cached", "model and data")
-    tiny_warmup_steps: int = _f(800, "supervised warm-up steps when building the 'tiny' policy", "model and data")
+    tiny_warmup_steps: int = _f(1500, "supervised warm-up steps when building the 'tiny' policy", "model and data")
     dataset: str = _f("add", "built-in task name ('add') or a JSONL file with 'prompt' and 'answer' per line",
                       "model and data")
     eval_dataset: str = _f("", "held-out prompts for greedy evaluation; '' uses a seeded draw of the built-in "

@@ -47,11 +47,21 @@ def response_mask_after_eos(responses: torch.Tensor, eos_id: int) -> torch.Tenso
     return before_first.long()
 
 
-@torch.inference_mode()
 def sample_groups(model, tokenizer, prompts: list[str], *, group_size: int, max_new_tokens: int,
                   temperature: float, top_p: float, chat_template: bool = False,
                   greedy: bool = False, autocast_dtype=None) -> Rollout:
-    """G samples of each prompt (greedy: argmax decoding, for evaluation)."""
+    """G samples of each prompt (greedy: argmax decoding, for evaluation). Generation runs under
+    inference_mode; the returned tensors are ordinary ones (cloned), usable in autograd."""
+    roll = _sample(model, tokenizer, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, chat_template=chat_template, greedy=greedy,
+                   autocast_dtype=autocast_dtype)
+    return Rollout(roll.prompt_ids.clone(), roll.prompt_mask.clone(), roll.responses.clone(),
+                   roll.response_mask.clone(), roll.group_ids.clone(), roll.texts)
+
+
+@torch.inference_mode()
+def _sample(model, tokenizer, prompts, *, group_size, max_new_tokens, temperature, top_p, chat_template,
+            greedy, autocast_dtype) -> Rollout:
     device = next(model.parameters()).device
     enc = encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
     g = group_size

@@ -110,7 +110,7 @@ def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, 
     model.eval()
 
 
-def make_base_model(path: str | Path, *, warmup_steps: int = 800, seed: int = 0, hidden: int = 96,
+def make_base_model(path: str | Path, *, warmup_steps: int = 1500, seed: int = 0, hidden: int = 96,
                     layers: int = 2) -> Path:
     """Build, warm up and `save_pretrained` the demo policy at `path` (skipped if already there)."""
     path = Path(path)

@@ -293,7 +293,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
-               desc=f"train {cfg.estimator}", dynamic_ncols=True)
+               desc=f"train {cfg.estimator}", dynamic_ncols=True, mininterval=1.0)
     for step in bar:
         t0 = time.perf_counter()
         batch = batch_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
