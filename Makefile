@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]' $(TORCH)
 	touch $(STAMP)
 
-# TEMPO on the embedded task: builds and warms up the tiny policy (runs/tiny-base, about a minute,
+# TEMPO on the embedded task: builds and warms up the tiny policy (runs/tiny-base, about 2 minutes,
 # cached), then 100 RL steps on CPU; prints the reward and eval accuracy as they rise.
 demo: $(STAMP)
 	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --eval-every 20

@@ -139,3 +139,15 @@ def test_cli_rejects_unknown_config_key(tmp_path):
     bad.write_text('{"learning_rate": 1}')
     with pytest.raises(ValueError, match="learning_rate"):
         cli.main(["train", "--config", str(bad)])
+
+
+def test_bf16_autocast_with_activation_checkpointing(tiny_path, tmp_path):
+    history = train_mod.train(_cfg(tiny_path, tmp_path, steps=1, dtype="bfloat16", gradient_checkpointing=True,
+                                   kl_coef=0.05))
+    assert history[0]["loss"] == history[0]["loss"] and history[0]["grad_norm"] > 0
+
+
+def test_repeated_run_restarts_its_metrics(tiny_path, tmp_path):
+    for _ in range(2):
+        train_mod.train(_cfg(tiny_path, tmp_path, steps=1))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1

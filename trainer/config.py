@@ -56,7 +56,7 @@ class TrainConfig:
                            "advantages")
 
     # optimisation
-    lr: float = _f(2e-4, "AdamW peak learning rate", "optimisation")
+    lr: float = _f(1e-4, "AdamW peak learning rate", "optimisation")
     lr_warmup_steps: int = _f(10, "linear warm-up of the learning rate, in optimizer updates", "optimisation")
     weight_decay: float = _f(0.0, "AdamW weight decay", "optimisation")
     ppo_epochs: int = _f(1, "passes over each rollout batch", "optimisation")

@@ -54,9 +54,9 @@ def load_policy(path: str | Path, device: torch.device, gradient_checkpointing: 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+    if gradient_checkpointing:  # recomputes activations in the training forward; generation keeps its KV cache
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()  # transformers 5 renamed it; 4.x only has the old name
     return tokenizer, model
 
 
@@ -221,6 +221,15 @@ def evaluate(model, tokenizer, examples: list[Example], cfg: TrainConfig, reward
     return hits / max(1, len(examples))
 
 
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the rows of a JSONL log written after `step` (all of them for a fresh run, step 0), so a
+    resumed or repeated run never mixes in rows of the run it replaces."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in rows))
+
+
 class MetricLog:
     """metrics.jsonl (one line per step) and TensorBoard scalars when available."""
 
@@ -285,6 +294,8 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     examples = load_dataset(cfg.dataset, seed=cfg.seed)
     evals = eval_examples(cfg) if cfg.eval_every else []
     reward_fn = load_reward(cfg.reward)
+    for log_file in ("metrics.jsonl", "rollouts.jsonl"):
+        keep_rows_up_to(out_dir / log_file, start)
     metrics = MetricLog(out_dir, cfg.tensorboard)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     history: list[dict[str, Any]] = []
@@ -342,6 +353,10 @@ def run(args) -> int:
         evals = [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
         print(f"reward_mean: step {first['step']} {first['reward_mean']:.3f} -> step {last['step']} "
               f"{last['reward_mean']:.3f}")
+        width = max(1, len(history) // 10)
+        chunks = [history[i : i + width] for i in range(0, len(history), width)]
+        print(f"reward_mean per {width} steps: " + " ".join(
+            f"{sum(r['reward_mean'] for r in c) / len(c):.2f}" for c in chunks))
         if evals:
             print("eval accuracy (sampled): " + ", ".join(f"step {s}: {a:.3f}" for s, a in evals))
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
