@@ -125,7 +125,7 @@ def test_cli_train_end_to_end(tiny_path, tmp_path, capsys):
                    "--no-tensorboard", "--estimator", "grpo"])
     assert rc == 0
     rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [1, 2] and "eval_accuracy" in rows[1]
+    assert [r["step"] for r in rows] == [0, 1, 2] and "eval_accuracy" in rows[0] and "eval_accuracy" in rows[2]
     saved = json.loads((out / "config.json").read_text())
     assert saved["steps"] == 2 and saved["group_size"] == 4 and saved["estimator"] == "grpo"  # flag > file
     dumped = [json.loads(l) for l in open(out / "rollouts.jsonl")]

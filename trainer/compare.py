@@ -46,7 +46,8 @@ def _finished(cfg: TrainConfig) -> list[dict[str, Any]] | None:
     except (OSError, ValueError):
         return None
     same = saved == json.loads(json.dumps(cfg.to_dict()))
-    return rows if same and [r["step"] for r in rows] == list(range(1, cfg.steps + 1)) else None
+    steps = [r["step"] for r in rows if r["step"] > 0]
+    return rows if same and steps == list(range(1, cfg.steps + 1)) else None
 
 
 def run_grid(base: TrainConfig, estimators: list[str], lrs: list[float], seeds: list[int], out_dir: Path,
@@ -97,6 +98,7 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
     timing = {}
     for e in estimators:
         rows = [r for s in seeds for r in results[(e, best[e], s)]]
+        rows = [r for r in rows if "time_step_s" in r]  # not the step-0 evaluation
         timing[e] = {"step_s": statistics.median(r["time_step_s"] for r in rows),
                      "advantage_s": statistics.median(r["time_advantage_s"] for r in rows),
                      "advantage_fraction": statistics.median(r["advantage_time_fraction"] for r in rows),
@@ -153,6 +155,8 @@ def plot(results, summary, estimators, lrs, seeds, target, path: Path) -> None:
     ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
     ax.set(xlabel="step", ylabel="eval accuracy (sampled)", title="each estimator at its best lr (band: min-max)")
     ax2.set(xscale="log", xlabel="learning rate", ylabel="mean eval accuracy over the run", title="lr sweep")
+    ax2.minorticks_off()
+    ax2.set_xticks(lrs, [f"{x:g}" for x in lrs])
     ax.legend()
     ax2.legend()
     fig.tight_layout()

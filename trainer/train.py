@@ -12,11 +12,8 @@ only need gradient all-reduce), and generation servers (vLLM): `generate` keeps 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -227,7 +224,7 @@ def keep_rows_up_to(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in rows))
+    path.write_text("".join(line + "\n" for line in rows) if step > 0 else "")
 
 
 class MetricLog:
@@ -272,7 +269,6 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    seed_everything(cfg.seed)
 
     base = model_path(cfg)
     resume_from = checkpoint.resolve(cfg.resume, out_dir / "checkpoints") if cfg.resume else None
@@ -282,6 +278,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     if cfg.kl_coef:
         ref_model = load_policy(base, device)[1].eval().requires_grad_(False)
     opt, sched = make_optimizer(model, cfg)
+    seed_everything(cfg.seed)  # after any model building, so a cached and a fresh base sample alike
     start = 0
     if resume_from:
         state = checkpoint.load_state(resume_from)
@@ -300,6 +297,10 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     history: list[dict[str, Any]] = []
     checked = 0
+    if cfg.eval_every and start == 0:  # where the policy starts, for the curve
+        row = {"step": 0, "eval_accuracy": evaluate(model, tokenizer, evals, cfg, reward_fn, autocast_dtype)}
+        metrics.write(row)
+        history.append(row)
 
     from tqdm.auto import tqdm
 
@@ -348,9 +349,10 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
     history = train(cfg)
+    evals = [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
+    history = [r for r in history if "reward_mean" in r]
     if history:
         first, last = history[0], history[-1]
-        evals = [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
         print(f"reward_mean: step {first['step']} {first['reward_mean']:.3f} -> step {last['step']} "
               f"{last['reward_mean']:.3f}")
         width = max(1, len(history) // 10)
