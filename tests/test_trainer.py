@@ -151,3 +151,20 @@ def test_repeated_run_restarts_its_metrics(tiny_path, tmp_path):
     for _ in range(2):
         train_mod.train(_cfg(tiny_path, tmp_path, steps=1))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_failed_save_leaves_previous_checkpoint(tiny_path, tmp_path, monkeypatch):
+    from tempo_rl.trainer import checkpoint
+
+    train_mod.train(_cfg(tiny_path, tmp_path, steps=1, save_final=True))
+    before = (tmp_path / "checkpoints" / "step_000001" / "model.safetensors").read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(checkpoint.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(_cfg(tiny_path, tmp_path, steps=2, save_final=True, resume="latest"))
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_000001"]
+    assert (tmp_path / "checkpoints" / "step_000001" / "model.safetensors").read_bytes() == before
+    assert checkpoint.resolve("latest", tmp_path / "checkpoints").name == "step_000001"
