@@ -5,9 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # A pinned torch takes the local CPU wheel; an unpinned one would pull CUDA packages.
 TORCH  := torch==2.13.0
-EXTRAS := test,train,bench
+EXTRAS := test,train,bench,viz
+# The inspect page is tested in headless Chromium (Debian's package; no browser download).
+CHROMIUM_STAMP := /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test example bench clean-venv
+.PHONY: demo test test-integrations example bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,16 +19,44 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]' $(TORCH)
 	touch $(STAMP)
 
+$(CHROMIUM_STAMP):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 # TEMPO on the embedded task: builds and warms up the tiny policy (runs/tiny-base, about 2 minutes,
 # cached), then 100 RL steps on CPU; prints the reward and eval accuracy as they rise.
 demo: $(STAMP)
 	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --eval-every 20
 
-test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+test: $(STAMP) $(CHROMIUM_STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations
 
 example: $(STAMP)
 	$(PY) -m tempo_rl example
 
+# TRL and verl pin their own versions of transformers and friends: each gets its own venv.
+TRL_VENV  := .venv-trl
+VERL_VENV := .venv-verl
+TRL_PIN   := trl==1.16.0
+VERL_PIN  := verl[verl-core]==0.9.1
+INTEGRATION_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100'
+
+$(TRL_VENV)/.installed: pyproject.toml Makefile
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(TRL_VENV)/bin/python -m pip install -q -e '.[trl]' '$(TRL_PIN)' $(INTEGRATION_TEST_DEPS) $(TORCH)
+	touch $@
+
+$(VERL_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VERL_VENV)/bin/python || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(VERL_VENV)/bin/python -m pip install -q -e '.[verl]' '$(VERL_PIN)' $(INTEGRATION_TEST_DEPS) $(TORCH)
+	touch $@
+
+# TEMPO_INTEGRATIONS turns "engine not installed" from a skip into a failure.
+test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed
+	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
+	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV)

@@ -1,0 +1,224 @@
+"""TEMPO advantages in TRL's `GRPOTrainer` (TRL 1.x, checked against 1.16).
+
+`TempoGRPOTrainer` is `trl.GRPOTrainer` with one change: the advantages it hands the loss are
+TEMPO's (B, L) token advantages (`tempo_rl.tempo_advantages`, arXiv 2509.18314) instead of GRPO's
+(B,) sequence advantages. Generation, rewards, the reference model and KL (`beta`), every
+`loss_type`, importance sampling and logging are TRL's own; `GRPOTrainer._compute_loss` already
+accepts (B, L) advantages.
+
+How it hooks in. `_calculate_rewards` returns the rewards of the whole generation batch, gathered
+from every process; the subclass keeps them together with this process's completion ids. After
+TRL's `_generate_and_score_completions` has built the batch, the completion ids of all processes
+are gathered too, so every prompt's `num_generations` completions are visible together even when
+the per-device batch splits a group across processes; TEMPO runs on that global batch and each
+process keeps its own rows (TRL's `process_slice`). Every process computes the same numbers: the
+advantages do not depend on the world size (the estimator's batch invariance, property 5b of the
+semantics).
+
+Mapping of TRL's options:
+- `scale_rewards="group"` (TRL's default) -> `norm_by_std=True`; `"none"` -> `norm_by_std=False`
+  (Dr. GRPO form); `"batch"` -> the unnormalised TEMPO advantages divided by the std of all rewards
+  in the generation batch, as TRL does for GRPO.
+- Several reward functions: their weighted sum (`reward_weights`) is the reward R, as with TRL's
+  default `multi_objective_aggregation="sum_then_normalize"`. `"normalize_then_sum"` is refused.
+- A completion every reward function scored None: TRL leaves it out of its group's baseline and
+  gives it advantage 0; here it is left out of its group's tree too and gets 0 on every token.
+- Tool-output tokens (TRL's `tool_mask`) stay in the tree and get advantage 0 (`loss_mask`).
+- `tempo_eps` defaults to TRL's 1e-4, so with `tempo_td_coef=0` the advantages are TRL's GRPO
+  advantages broadcast over the tokens.
+
+Left out: the Liger GRPO loss (`use_liger_kernel`), which takes (B,) advantages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import gather
+from trl import GRPOConfig, GRPOTrainer
+
+import tempo_rl
+
+__all__ = ["TempoGRPOConfig", "TempoGRPOTrainer"]
+
+_NORM_BY_STD = {"group": True, "none": False, "batch": False}
+
+
+@dataclass
+class TempoGRPOConfig(GRPOConfig):
+    """`trl.GRPOConfig` plus TEMPO's options (all prefixed `tempo_`)."""
+
+    tempo_td_coef: float = field(
+        default=1.0,
+        metadata={"help": "Weight of TEMPO's TD term V(child) - V(parent) (arXiv 2509.18314). 0 gives GRPO."},
+    )
+    tempo_eps: float = field(
+        default=1e-4,
+        metadata={"help": "Added to the group (or batch) reward std; 1e-4 is TRL's GRPO value."},
+    )
+    tempo_backend: str = field(
+        default="auto",
+        metadata={"help": "tempo_rl backend: 'auto', 'reference', 'torch' or 'triton'."},
+    )
+    tempo_log_tree_stats: bool = field(
+        default=True,
+        metadata={"help": "Log the prefix-tree statistics (tempo/*) each generation step; costs a CPU pass."},
+    )
+
+
+class TempoGRPOTrainer(GRPOTrainer):
+    """`trl.GRPOTrainer` trained on TEMPO token advantages; takes the same arguments.
+
+    `args` may be a `TempoGRPOConfig` (for the `tempo_*` options) or a plain `GRPOConfig`
+    (TEMPO with its defaults).
+    """
+
+    _tag_names = ["trl", "grpo", "tempo"]
+    _name = "TEMPO-GRPO"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_supported(self.args)
+        self.tempo_td_coef = float(getattr(self.args, "tempo_td_coef", 1.0))
+        self.tempo_eps = float(getattr(self.args, "tempo_eps", 1e-4))
+        self.tempo_backend = getattr(self.args, "tempo_backend", "auto")
+        self.tempo_log_tree_stats = bool(getattr(self.args, "tempo_log_tree_stats", True))
+        self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._tempo_scored = (completion_ids_list, rewards_per_func)  # rewards: all processes, (B_global, F)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        self._tempo_scored = None
+        output = super()._generate_and_score_completions(inputs)
+        if self._tempo_scored is None:
+            raise RuntimeError("TempoGRPOTrainer: GRPOTrainer scored no completions (_calculate_rewards not called)")
+        completion_ids_list, rewards_per_func = self._tempo_scored
+        self._tempo_scored = None
+        output["advantages"] = self._tempo_advantages(output, completion_ids_list, rewards_per_func)
+        return output
+
+    def _tempo_advantages(
+        self, output: dict[str, Any], completion_ids_list: list[list[int]], rewards_per_func: torch.Tensor
+    ) -> torch.Tensor:
+        """This process's (B_local, L) TEMPO advantages, computed on the gathered generation batch."""
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        local = _local_batch(output, completion_ids_list)
+        batch = _gather_batch(self.accelerator, local)
+        n_local, n_global = local["responses"].shape[0], batch["responses"].shape[0]
+        if rewards_per_func.shape[0] != n_global:
+            raise ValueError(
+                f"TempoGRPOTrainer: {rewards_per_func.shape[0]} rewards for {n_global} gathered completions; "
+                "every process must score the same number of completions"
+            )
+        rewards, group_ids = _rewards_and_groups(rewards_per_func, self.reward_weights, group_size)
+        scale = self.scale_rewards
+        adv = tempo_rl.tempo_advantages(
+            batch["responses"],
+            batch["response_mask"],
+            rewards,
+            group_ids,
+            loss_mask=batch["loss_mask"],
+            norm_by_std=_NORM_BY_STD[scale],
+            eps=self.tempo_eps,
+            td_coef=self.tempo_td_coef,
+            backend=self.tempo_backend,
+        )  # (B_global, L_global)
+        if scale == "batch":
+            adv = adv / (_batch_std(rewards, group_ids) + self.tempo_eps)
+        self._log_tempo(mode, batch, group_ids, adv)
+        start = self.accelerator.process_index * n_local
+        return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
+
+    def _log_tempo(
+        self, mode: str, batch: dict[str, torch.Tensor], group_ids: torch.Tensor, adv: torch.Tensor
+    ) -> None:
+        mask = batch["response_mask"].bool()
+        # The completions table shows one advantage per completion: the mean over its tokens.
+        seq_adv = (adv * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B_global,)
+        for _ in range(min(len(seq_adv), len(self._logs["advantages"]))):
+            self._logs["advantages"].pop()  # GRPO's values that GRPOTrainer just logged
+        self._logs["advantages"].extend(seq_adv.tolist())
+        self._metrics[mode]["tempo/td_coef"].append(self.tempo_td_coef)
+        if not self.tempo_log_tree_stats:
+            return
+        keep = group_ids >= 0  # unscored completions are not in any tree
+        stats = tempo_rl.tree_stats(batch["responses"][keep].cpu(), mask[keep].cpu(), group_ids[keep].cpu())
+        self._metrics[mode]["tempo/branch_token_fraction"].append(stats.branch_token_fraction)
+        self._metrics[mode]["tempo/nodes_per_group"].append(stats.nodes_per_group)
+        self._metrics[mode]["tempo/branch_nodes_per_group"].append(stats.n_branch_nodes / max(stats.n_groups, 1))
+        if stats.mean_first_branch_depth is not None:
+            self._metrics[mode]["tempo/first_branch_depth"].append(stats.mean_first_branch_depth)
+
+
+def _check_supported(args: GRPOConfig) -> None:
+    if args.scale_rewards not in _NORM_BY_STD:
+        raise ValueError(
+            f"TempoGRPOTrainer: scale_rewards must be one of {sorted(_NORM_BY_STD)}, got {args.scale_rewards!r}"
+        )
+    if args.multi_objective_aggregation != "sum_then_normalize":
+        raise ValueError(
+            "TempoGRPOTrainer: multi_objective_aggregation must be 'sum_then_normalize' (TEMPO needs one "
+            f"reward per completion before normalising), got {args.multi_objective_aggregation!r}"
+        )
+    if getattr(args, "use_liger_kernel", False):
+        raise ValueError(
+            "TempoGRPOTrainer: use_liger_kernel=True is not supported (Liger's GRPO loss takes (B,) advantages)"
+        )
+
+
+def _local_batch(output: dict[str, Any], completion_ids_list: list[list[int]]) -> dict[str, torch.Tensor]:
+    """This process's completions as TEMPO inputs, at the width of TRL's padded completion_ids."""
+    responses = output["completion_ids"]  # (B_local, L), right-padded
+    if len(completion_ids_list) != responses.shape[0]:
+        raise ValueError(
+            f"TempoGRPOTrainer: {len(completion_ids_list)} completions but completion_ids has {responses.shape[0]} rows"
+        )
+    lengths = torch.tensor([len(ids) for ids in completion_ids_list], device=responses.device)  # (B_local,)
+    positions = torch.arange(responses.shape[1], device=responses.device)
+    # The tree needs every completion token, even where TRL masks the loss (truncated completions).
+    response_mask = (positions[None, :] < lengths[:, None]).long()  # (B_local, L)
+    tool_mask = output.get("tool_mask")
+    loss_mask = response_mask if tool_mask is None else response_mask * tool_mask.long()
+    return {"responses": responses, "response_mask": response_mask, "loss_mask": loss_mask}
+
+
+def _gather_batch(accelerator, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rows of all processes in process order (TRL's global order), padded to a common width."""
+    if accelerator.num_processes == 1:
+        return local
+    # Padding values are never read: the masks are 0 there.
+    return {k: gather(accelerator.pad_across_processes(v, dim=1, pad_index=0)) for k, v in local.items()}
+
+
+def _rewards_and_groups(
+    rewards_per_func: torch.Tensor, reward_weights: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted reward per completion and its group id; unscored completions get id -1 - row.
+
+    TRL's layout: the gathered batch holds each prompt's `group_size` completions in consecutive
+    rows (its RepeatSampler and `rewards.view(-1, num_generations)` rely on it).
+    """
+    n = rewards_per_func.shape[0]
+    if n % group_size != 0:
+        raise ValueError(
+            f"TempoGRPOTrainer: the gathered batch has {n} completions, not a multiple of num_generations="
+            f"{group_size}; TEMPO needs every prompt's completions in consecutive rows"
+        )
+    weights = reward_weights.to(rewards_per_func.device, rewards_per_func.dtype)
+    rewards = (rewards_per_func * weights[None, :]).nansum(dim=1)  # (B,)
+    unscored = torch.isnan(rewards_per_func).all(dim=1)  # (B,)
+    rows = torch.arange(n, device=rewards.device)
+    # A group of one gets advantage 0 on every token: out of the baseline, out of the tree.
+    group_ids = torch.where(unscored, -1 - rows, rows // group_size)
+    return torch.where(unscored, torch.zeros_like(rewards), rewards), group_ids
+
+
+def _batch_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    scored = rewards[group_ids >= 0]
+    return scored.std() if scored.numel() > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)

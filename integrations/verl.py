@@ -1,0 +1,213 @@
+"""TEMPO as a verl advantage estimator (verl 0.9.x): `algorithm.adv_estimator=tempo`.
+
+verl calls a registered estimator with `token_level_rewards`, `response_mask`, `index` (the
+prompt uid) and `config` only (`verl.trainer.ppo.ray_trainer.compute_advantage`), and its v1
+trainer reads only those fields from the TransferQueue before computing advantages. TEMPO also
+needs the response token ids to build each group's prefix tree. Two pieces supply them without
+forking verl:
+
+1. The estimator `compute_tempo_outcome_advantage`, registered as "tempo" with
+   `verl.trainer.ppo.core_algos.register_adv_est`. It takes the responses as a `responses=`
+   argument or, when verl calls it, from `response_tokens(...)`, a context the trainer sets.
+2. Trainer modes `tempo_<mode>` (`tempo_sync`, `tempo_colocate_async`, `tempo_separate_async`:
+   one per mode registered in `verl.trainer.ppo.v1`), each the v1 trainer of that mode whose
+   `_compute_advantage` first reads the `responses` field of the batch from the TransferQueue and
+   holds it in `response_tokens` while verl's own `_compute_advantage` runs; it adds TEMPO's tree
+   statistics (`tempo/*`) to the step metrics.
+
+Both are registered when verl is imported, through the `verl.plugins` entry point in
+tempo-rl's pyproject.toml (importing this module registers them too). A run:
+
+    python -m verl.trainer.main_ppo algorithm.adv_estimator=tempo trainer.v1.trainer_mode=tempo_sync ...
+
+Options read from `algorithm`: `norm_adv_by_std_in_grpo` (True -> norm_by_std) and, added with
+Hydra's `+algorithm.tempo_td_coef=0.5`, `tempo_td_coef` (default 1.0), `tempo_eps` (default 1e-6,
+verl's GRPO epsilon) and `tempo_backend` (default "auto").
+
+The tree covers each response's tokens (its length in the TransferQueue); verl's
+`response_mask`, which is 0 on tool output inside a multi-turn response, is the loss mask and
+never changes the tree. The legacy trainer (`trainer.use_v1=False`) has no such hook: there the
+estimator raises, naming the trainer mode to use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from verl.trainer.ppo import core_algos
+
+import tempo_rl
+
+__all__ = ["TEMPO", "compute_tempo_outcome_advantage", "response_tokens", "TempoAdvantageMixin"]
+
+TEMPO = "tempo"
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _ResponseTokens:
+    responses: torch.Tensor  # (B, L') int token ids, right-padded
+    lengths: torch.Tensor | None  # (B,) tokens per response; None: take them from response_mask
+    stats: dict[str, float] = field(default_factory=dict)  # filled by the estimator, for metrics
+
+
+_CURRENT: contextvars.ContextVar[_ResponseTokens | None] = contextvars.ContextVar("tempo_responses", default=None)
+
+
+@contextlib.contextmanager
+def response_tokens(responses: torch.Tensor, lengths: torch.Tensor | None = None) -> Iterator[dict[str, float]]:
+    """Make `responses` (B, L) visible to the "tempo" estimator while verl computes advantages.
+
+    `lengths` (B,) gives each response's token count; without it a response runs to the last
+    position where verl's `response_mask` is 1. Yields a dict that receives the tree statistics.
+    """
+    call = _ResponseTokens(responses, lengths)
+    token = _CURRENT.set(call)
+    try:
+        yield call.stats
+    finally:
+        _CURRENT.reset(token)
+
+
+def _option(config: Any, key: str, default: Any) -> Any:
+    if config is None:
+        return default
+    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+    return default if value is None else value
+
+
+def _tree_mask(response_mask: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """(B, L) contiguous prefix of ones covering each response's tokens."""
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)  # (L,)
+    if lengths is None:
+        # One past the last 1 of each row; tool output inside the response stays in the tree.
+        lengths = torch.where(response_mask.bool(), positions + 1, 0).amax(dim=1)  # (B,)
+    return (positions[None, :] < lengths.to(response_mask.device)[:, None]).to(response_mask.dtype)
+
+
+def compute_tempo_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    *,
+    responses: torch.Tensor | None = None,
+    response_lengths: torch.Tensor | None = None,
+    **unused: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TEMPO advantages in verl's estimator signature; returns (advantages, returns), both (B, L).
+
+    Args:
+        token_level_rewards: (B, L) float; the outcome reward R_i is the row sum, as in verl's GRPO.
+        response_mask: (B, L) 0/1; verl's loss mask (0 on padding and on tool output).
+        index: (B,) prompt uids; equal uid = same group.
+        config: verl's `algorithm` config (see the module docstring for the keys read).
+        responses: (B, L') int token ids, L' >= L; default: the ones set by `response_tokens`.
+        response_lengths: (B,) tokens per response; default: from `response_tokens`, else the
+            last 1 of `response_mask`.
+
+    A[i, t] = (R_i - mu_g + td_coef * (V(child) - V(parent))) / (sigma_g + eps) on loss tokens
+    (arXiv 2509.18314; `tempo_rl.tempo_advantages`), 0 elsewhere; returns equal advantages, as
+    for verl's GRPO.
+    """
+    call = _CURRENT.get()
+    if responses is None and call is not None:
+        responses, response_lengths = call.responses, call.lengths if response_lengths is None else response_lengths
+    if responses is None:
+        raise ValueError(
+            "tempo estimator: no response token ids. Run verl's v1 trainer with "
+            "trainer.v1.trainer_mode=tempo_sync (or tempo_<your mode>), which passes them, or call "
+            "compute_tempo_outcome_advantage(..., responses=...) inside tempo_rl.integrations.verl.response_tokens"
+        )
+    if index is None:
+        raise ValueError("tempo estimator: index (the prompt uid of each response) is required")
+    width = response_mask.shape[1]
+    if responses.shape[0] != response_mask.shape[0] or responses.shape[1] < width:
+        raise ValueError(
+            f"tempo estimator: responses has shape {tuple(responses.shape)}, response_mask "
+            f"{tuple(response_mask.shape)}; expected the same rows and at least as many columns"
+        )
+    responses = responses[:, :width].to(response_mask.device)
+    tree_mask = _tree_mask(response_mask, response_lengths)
+    group_ids = list(index)
+    with torch.no_grad():
+        advantages = tempo_rl.tempo_advantages(
+            responses,
+            tree_mask,
+            token_level_rewards.sum(dim=-1),
+            group_ids,
+            loss_mask=response_mask,
+            norm_by_std=bool(_option(config, "norm_adv_by_std_in_grpo", True)),
+            eps=float(_option(config, "tempo_eps", 1e-6)),
+            td_coef=float(_option(config, "tempo_td_coef", 1.0)),
+            backend=str(_option(config, "tempo_backend", "auto")),
+        )
+    if call is not None:
+        stats = tempo_rl.tree_stats(responses.cpu(), tree_mask.cpu(), group_ids)
+        call.stats.update(
+            {
+                "tempo/branch_token_fraction": stats.branch_token_fraction,
+                "tempo/nodes_per_group": stats.nodes_per_group,
+                "tempo/branch_nodes_per_group": stats.n_branch_nodes / max(stats.n_groups, 1),
+            }
+        )
+    return advantages, advantages
+
+
+core_algos.register_adv_est(TEMPO)(compute_tempo_outcome_advantage)
+
+
+def _fetch_responses(tq: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's response token ids (B, L') and lengths (B,) from the TransferQueue."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses"])
+    responses = data["responses"]
+    if responses.is_nested:  # ragged rows: one per response, its own length
+        lengths = responses.offsets().diff()  # (B,)
+        return torch.nested.to_padded_tensor(responses, 0), lengths
+    return responses, torch.full((responses.shape[0],), responses.shape[1], dtype=torch.long)
+
+
+class TempoAdvantageMixin:
+    """Put before a verl v1 `PPOTrainer` subclass: gives the "tempo" estimator the responses."""
+
+    def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
+        if self.config.algorithm.adv_estimator != TEMPO:
+            return super()._compute_advantage(batch, metrics)
+        from verl.trainer.ppo.v1 import trainer_base  # the TransferQueue client verl's own code uses
+
+        responses, lengths = _fetch_responses(trainer_base.tq, batch)
+        with response_tokens(responses, lengths) as stats:
+            batch = super()._compute_advantage(batch, metrics)
+        metrics.update(stats)
+        return batch
+
+
+def _register_trainers() -> list[str]:
+    """Register `tempo_<mode>` for every v1 trainer mode; returns the names registered."""
+    from verl.trainer.ppo.v1 import trainer_base
+
+    names = []
+    for mode, base in list(trainer_base.TRAINER_REGISTRY.items()):
+        if mode.startswith("tempo_"):
+            continue
+        name = f"Tempo{base.__name__}"
+        cls = globals().get(name)
+        if cls is None:
+            cls = type(name, (TempoAdvantageMixin, base), {"__module__": __name__, "__qualname__": name})
+            globals()[name] = cls  # importable by name, so it pickles
+        trainer_base.register_trainer(f"tempo_{mode}")(cls)
+        names.append(f"tempo_{mode}")
+    return names
+
+
+try:
+    TRAINER_MODES = _register_trainers()
+except ImportError as e:  # a verl install without the v1 trainer's dependencies (ray, TransferQueue)
+    TRAINER_MODES = []
+    logger.warning("tempo: verl's v1 trainer is not importable (%s); only the estimator is registered", e)

@@ -1,0 +1,201 @@
+"""TempoGRPOTrainer: trains with every supported loss type, feeds the loss exactly
+`tempo_rl.tempo_advantages`, and gives the same advantages on two processes as on one."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.integrations.conftest import require
+
+require("trl")
+
+import tempo_rl  # noqa: E402
+from tempo_rl.integrations.trl import (  # noqa: E402
+    TempoGRPOConfig,
+    TempoGRPOTrainer,
+    _local_batch,
+    _rewards_and_groups,
+)
+from tests.integrations import tiny  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP = 3
+
+
+class Recording(TempoGRPOTrainer):
+    """Keeps each generation batch and each batch the loss receives."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generated: list[dict[str, torch.Tensor]] = []
+        self.fed: list[dict[str, torch.Tensor]] = []
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        keep = ("completion_ids", "completion_mask", "advantages")
+        self.generated.append({k: output[k].detach().clone() for k in keep})
+        return output
+
+    def _compute_loss(self, model, inputs):
+        self.fed.append({k: inputs[k].detach().clone() for k in ("completion_ids", "advantages")})
+        return super()._compute_loss(model, inputs)
+
+
+def make_trainer(tmp_path: Path, **overrides) -> Recording:
+    options = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2 * GROUP,
+        num_generations=GROUP,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        reward_weights=tiny.REWARD_WEIGHTS,
+    )
+    args = TempoGRPOConfig(**{**options, **overrides})
+    return Recording(
+        model=tiny.save_model(tmp_path / "model"),
+        reward_funcs=tiny.REWARD_FUNCS,
+        args=args,
+        train_dataset=tiny.prompts_dataset(),
+        processing_class=tiny.build_tokenizer(tmp_path / "tok"),
+    )
+
+
+def expected_advantages(batch: dict[str, torch.Tensor], trainer: Recording) -> torch.Tensor:
+    """The oracle: tempo_rl's public API on the same completions and TRL's weighted rewards."""
+    mask = batch["completion_mask"]  # no truncation masking here: exactly each completion's tokens
+    ids = [row[: int(n)].tolist() for row, n in zip(batch["completion_ids"], mask.sum(1))]
+    rewards = tiny.expected_rewards(ids)
+    groups = torch.arange(len(ids)) // GROUP
+    scale, eps, td = trainer.args.scale_rewards, trainer.args.tempo_eps, trainer.args.tempo_td_coef
+    adv = tempo_rl.tempo_advantages(
+        batch["completion_ids"], mask, rewards, groups, norm_by_std=scale == "group", eps=eps, td_coef=td
+    )
+    if scale == "batch":
+        adv = adv / (rewards.std() + eps)
+    return adv
+
+
+CASES = {
+    "dapo": {"loss_type": "dapo"},
+    "grpo-beta": {"loss_type": "grpo", "beta": 0.04},
+    "dr_grpo-unnormalised": {"loss_type": "dr_grpo", "scale_rewards": "none"},
+    "bnpo-batch-std": {"loss_type": "bnpo", "scale_rewards": "batch"},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_trains_two_steps_on_tempo_advantages(tmp_path, case):
+    trainer = make_trainer(tmp_path, **CASES[case])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    result = trainer.train()
+
+    assert math.isfinite(result.training_loss)
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    for name, param in trainer.model.named_parameters():
+        if name in before:
+            assert not torch.equal(param.detach(), before[name]), f"{name} did not change"
+
+    assert len(trainer.generated) == 2 and len(trainer.fed) == 2
+    for batch, fed in zip(trainer.generated, trainer.fed):
+        assert batch["advantages"].shape == batch["completion_ids"].shape  # (B, L): token advantages
+        assert torch.equal(batch["advantages"], expected_advantages(batch, trainer))
+        # The loss gets the same rows, shuffled by TRL.
+        rows = {tuple(i.tolist()) + tuple(a.tolist()) for i, a in zip(batch["completion_ids"], batch["advantages"])}
+        assert {tuple(i.tolist()) + tuple(a.tolist()) for i, a in zip(fed["completion_ids"], fed["advantages"])} <= rows
+
+    logged = [log for log in trainer.state.log_history if "tempo/branch_token_fraction" in log]
+    assert logged and all(0.0 <= log["tempo/branch_token_fraction"] <= 1.0 for log in logged)
+    assert all(log["tempo/nodes_per_group"] >= 1.0 for log in logged)
+
+
+def test_td_coef_zero_gives_trl_grpo(tmp_path):
+    trainer = make_trainer(tmp_path, tempo_td_coef=0.0, max_steps=1)
+    trainer.train()
+    (batch,) = trainer.generated
+    mask = batch["completion_mask"]
+    ids = [row[: int(n)].tolist() for row, n in zip(batch["completion_ids"], mask.sum(1))]
+    grpo = tempo_rl.grpo_advantages(
+        batch["completion_ids"], mask, tiny.expected_rewards(ids), torch.arange(len(ids)) // GROUP, eps=1e-4
+    )
+    assert torch.equal(batch["advantages"], grpo)
+
+
+def test_unscored_completion_gets_zero_and_leaves_the_group():
+    per_func = torch.tensor([[1.0, 0.0], [float("nan"), float("nan")], [0.0, 2.0], [3.0, float("nan")]])
+    rewards, groups = _rewards_and_groups(per_func, torch.tensor([1.0, 0.5]), group_size=2)
+    assert rewards.tolist() == [1.0, 0.0, 1.0, 3.0]
+    assert groups.tolist() == [0, -2, 1, 1]
+    with pytest.raises(ValueError, match="num_generations"):
+        _rewards_and_groups(per_func[:3], torch.tensor([1.0, 0.5]), group_size=2)
+
+
+def test_tool_output_keeps_its_place_in_the_tree_without_advantage():
+    ids = [[4, 5, 6, 1], [4, 1]]
+    output = {
+        "completion_ids": torch.tensor([[4, 5, 6, 1, 0], [4, 1, 0, 0, 0]]),  # padded to 5, as TRL may
+        "tool_mask": torch.tensor([[1, 0, 0, 1, 1], [1, 1, 1, 1, 1]]),  # 5, 6: tool output
+    }
+    local = _local_batch(output, ids)
+    assert local["response_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+    assert local["loss_mask"].tolist() == [[1, 0, 0, 1, 0], [1, 1, 0, 0, 0]]
+
+
+def test_unsupported_aggregation_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        make_trainer(tmp_path, multi_objective_aggregation="normalize_then_sum")
+
+
+def run_fixed_rollouts(out: Path, nproc: int) -> list[dict[str, torch.Tensor]]:
+    """Runs trl_distributed.py; returns per step the rows of all ranks in rank order."""
+    script = str(ROOT / "tests" / "integrations" / "trl_distributed.py")
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, script, str(out)]
+    else:
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+        cmd = [torchrun, "--nproc_per_node", str(nproc), "--master_port", "29517", script, str(out)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(nproc)]
+    assert all(r["world"] == nproc for r in ranks)
+    steps = []
+    for s in range(2):
+        parts = [r["steps"][s] for r in ranks]
+        width = max(p["advantages"].shape[1] for p in parts)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        steps.append({k: torch.cat([pad(p[k]) for p in parts]) for k in parts[0]})
+    return steps
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_advantages_of_one(tmp_path):
+    one = run_fixed_rollouts(tmp_path / "one", 1)
+    two = run_fixed_rollouts(tmp_path / "two", 2)
+    for a, b in zip(one, two):
+        width = max(a["advantages"].shape[1], b["advantages"].shape[1])
+        a = {k: torch.nn.functional.pad(v, (0, width - v.shape[1])) for k, v in a.items()}
+        b = {k: torch.nn.functional.pad(v, (0, width - v.shape[1])) for k, v in b.items()}
+        mask = a["completion_mask"].bool()
+        assert torch.equal(a["completion_mask"], b["completion_mask"])
+        assert torch.equal(a["completion_ids"] * mask, b["completion_ids"] * mask)  # same data
+        assert torch.equal(a["advantages"], b["advantages"])  # bitwise, split group included
+        ids = [row[: int(n)].tolist() for row, n in zip(a["completion_ids"], mask.sum(1))]
+        oracle = tempo_rl.tempo_advantages(
+            a["completion_ids"], mask, tiny.expected_rewards(ids), torch.arange(len(ids)) // 4, eps=1e-4
+        )
+        assert torch.equal(a["advantages"], oracle)

@@ -1,0 +1,87 @@
+"""Train TempoGRPOTrainer for 2 steps on fixed completions and save each rank's advantages.
+
+    python tests/integrations/trl_distributed.py OUT                           # one process
+    torchrun --nproc_per_node 2 tests/integrations/trl_distributed.py OUT      # two gloo ranks
+
+The completions come from a deterministic `rollout_func` keyed on the global row, so both runs
+see the same data. With 12 completions per step and num_generations=4, two ranks hold 6 rows each
+and the second prompt's group is split between them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.integrations import tiny  # noqa: E402
+
+GLOBAL_BATCH, GROUP = 12, 4
+
+
+def fixed_rollout(prompts, trainer):
+    """Completions over two words: groups share prefixes and branch at various depths."""
+    tok = trainer.processing_class
+    first_row = trainer.accelerator.process_index * len(prompts)
+    completion_ids = []
+    for i, prompt in enumerate(prompts):
+        row = first_row + i
+        rng = random.Random(f"{prompt}|{row % GROUP}|{trainer.state.global_step}")
+        length = rng.randint(1, 5)
+        completion_ids.append([rng.choice([2, 3]) for _ in range(length)] + [tiny.EOS])
+    prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+
+def main(out: Path) -> None:
+    from tempo_rl.integrations.trl import TempoGRPOConfig, TempoGRPOTrainer
+
+    class Recording(TempoGRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            self.recorded.append({k: output[k].cpu() for k in ("completion_ids", "completion_mask", "advantages")})
+            return output
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = tiny.build_tokenizer(Path(tmp) / "tok")
+        args = TempoGRPOConfig(
+            output_dir=str(Path(tmp) / "run"),
+            per_device_train_batch_size=GLOBAL_BATCH // world,
+            num_generations=GROUP,
+            max_completion_length=8,
+            max_steps=2,
+            learning_rate=1e-2,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            use_cpu=True,
+            seed=0,
+            data_seed=0,
+            reward_weights=tiny.REWARD_WEIGHTS,
+        )
+        trainer = Recording(
+            model=tiny.build_model(),
+            reward_funcs=tiny.REWARD_FUNCS,
+            args=args,
+            train_dataset=tiny.prompts_dataset(12),
+            processing_class=tokenizer,
+            rollout_func=fixed_rollout,
+        )
+        trainer.recorded = []
+        trainer.train()
+        rank = trainer.accelerator.process_index
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"world": trainer.accelerator.num_processes, "steps": trainer.recorded}, out / f"rank{rank}.pt")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # otherwise the ranks abort at exit
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
