@@ -20,6 +20,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import time
@@ -169,7 +170,9 @@ def environment(device: str) -> dict:
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "device": device, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "cpu": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(),
+           # Timings on a shared machine depend on what else runs: record how busy it was.
+           "load_avg_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
     try:
         import triton
 
