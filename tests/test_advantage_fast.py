@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import tempo_rl
 from tempo_rl.reference import PrefixTree, group_rows
 
-from .strategies import Case, cases
+from .strategies import Case, case_from, cases, concat, interleave, take, widen
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"
@@ -35,14 +35,9 @@ EXAMPLES = {"torch": 1.0, "triton": 0.15 if INTERPRETED else 1.0}
 
 
 def _backends():
-    out = [pytest.param("torch")]
-    try:
-        import tempo_rl.fast.advantage_triton  # noqa: F401
-
-        out.append(pytest.param("triton"))
-    except ImportError:
-        out.append(pytest.param("triton", marks=pytest.mark.skip(reason="triton is not installed")))
-    return out
+    # Triton is a test dependency (the `test` extra): if it does not import, these tests fail
+    # rather than skip, so a broken install cannot pass for a proven kernel.
+    return [pytest.param("torch"), pytest.param("triton")]
 
 
 backends = pytest.mark.parametrize("backend", _backends())
@@ -93,27 +88,17 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.int64 if x.dtype == torch.float64 else torch.int32)
 
 
-def _case_from(seqs: list[list[int]], rews: list[float], ids: list, L: int | None = None) -> Case:
-    L = max((len(s) for s in seqs), default=0) if L is None else L
-    responses = torch.zeros((len(seqs), L), dtype=torch.int64)
-    mask = torch.zeros((len(seqs), L), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        responses[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
-        mask[i, : len(s)] = True
-    return Case(responses, mask, torch.tensor(rews, dtype=torch.float64), list(ids), None)
-
-
 # Pinned edge cases: group of one, equal rewards, empty responses, one token, identical
 # responses, an empty batch, a response ending where another continues, |R| >> sigma.
 EDGE = [
-    _case_from([[3, 1]], [1.0], ["a"]),
-    _case_from([[1, 2], [1, 3], [2]], [0.5, 0.5, 0.5], [0, 0, 0]),
-    _case_from([[], [], [5]], [1.0, 0.0, 2.0], [0, 0, 0]),
-    _case_from([[4], [4]], [1.0, 0.0], [0, 0]),
-    _case_from([[1, 2, 3], [1, 2, 3], [1, 2, 3]], [1.0, 0.0, 2.0], ["q"] * 3),
-    _case_from([], [], []),
-    _case_from([[1], [1, 2], [1, 2, 0]], [0.0, 1.0, 3.0], [7, 7, 7]),
-    _case_from([[1, 2], [1, 3], [1, 3]], [1e8, 1e8 + 0.5, 1e8 + 1.0], [0, 0, 0]),
+    case_from([[3, 1]], [1.0], ["a"]),
+    case_from([[1, 2], [1, 3], [2]], [0.5, 0.5, 0.5], [0, 0, 0]),
+    case_from([[], [], [5]], [1.0, 0.0, 2.0], [0, 0, 0]),
+    case_from([[4], [4]], [1.0, 0.0], [0, 0]),
+    case_from([[1, 2, 3], [1, 2, 3], [1, 2, 3]], [1.0, 0.0, 2.0], ["q"] * 3),
+    case_from([], [], []),
+    case_from([[1], [1, 2], [1, 2, 0]], [0.0, 1.0, 3.0], [7, 7, 7]),
+    case_from([[1, 2], [1, 3], [1, 3]], [1e8, 1e8 + 0.5, 1e8 + 1.0], [0, 0, 0]),
 ]
 
 
@@ -231,53 +216,16 @@ def test_fast_batch_invariance_bitwise(backend):
     def check(case, other, data, coef):
         L = max(case.responses.shape[1], other.responses.shape[1])
         other = other.with_rewards(other.rewards.to(case.rewards.dtype))
-        alone = _pad(case, L, "a")
-        joined = _concat(alone, _pad(other, L, "b"))
-        perm = _interleave(joined.group_ids, data.draw(st.permutations(range(len(joined.group_ids)))))
-        out = _fast(_on_device(_take(joined, perm)), backend, td_coef=coef)
+        alone = widen(case, L, "a")
+        joined = concat([alone, widen(other, L, "b")])
+        perm = interleave(joined.group_ids, data.draw(st.permutations(range(len(joined.group_ids)))))
+        out = _fast(_on_device(take(joined, perm)), backend, td_coef=coef)
         mine = out[torch.argsort(perm)][: len(case.group_ids)]
         single = _fast(_on_device(alone), backend, td_coef=coef)
         differ = _bits(mine) != _bits(single)
         assert not differ.any(), f"{mine[differ].tolist()} != {single[differ].tolist()}"
 
     check()
-
-
-def _interleave(group_ids: list, shuffled: list[int]) -> torch.Tensor:
-    """A row order that moves groups anywhere but keeps each group's members in their order.
-
-    Spec 5b promises bitwise invariance for that; reordering a group's own members may change
-    the last bit (sums in another order), which Proposition 5(a) allows on the fast paths.
-    """
-    queues: dict = {}
-    for row, gid in enumerate(group_ids):
-        queues.setdefault(gid, []).append(row)
-    taken = {gid: 0 for gid in queues}
-    order = []
-    for row in shuffled:  # the slot pattern of a random shuffle, filled group by group in order
-        gid = group_ids[row]
-        order.append(queues[gid][taken[gid]])
-        taken[gid] += 1
-    return torch.tensor(order, dtype=torch.long)
-
-
-def _pad(case: Case, L: int, tag: str) -> Case:
-    B, L0 = case.responses.shape
-    grow = lambda t, fill: torch.cat([t, torch.full((B, L - L0), fill, dtype=t.dtype)], 1)  # noqa: E731
-    loss = case.loss_mask if case.loss_mask is not None else case.response_mask
-    return Case(grow(case.responses, 0), grow(case.response_mask, False), case.rewards,
-                [(tag, g) for g in case.group_ids], grow(loss, False))
-
-
-def _concat(a: Case, b: Case) -> Case:
-    return Case(torch.cat([a.responses, b.responses]), torch.cat([a.response_mask, b.response_mask]),
-                torch.cat([a.rewards, b.rewards]), a.group_ids + b.group_ids,
-                torch.cat([a.loss_mask, b.loss_mask]))
-
-
-def _take(case: Case, p: torch.Tensor) -> Case:
-    return Case(case.responses[p], case.response_mask[p], case.rewards[p],
-                [case.group_ids[i] for i in p.tolist()], case.loss_mask[p])
 
 
 @backends
@@ -301,7 +249,7 @@ def test_fast_degenerate_groups_are_exactly_zero(backend):
 @backends
 def test_fast_large_offset_rewards_keep_precision(backend):
     """|R| >> sigma: rewards are centred before values are summed."""
-    case = _case_from([[1, 2, 5], [1, 3], [1, 3, 4], [2]], [1e9, 1e9 + 1, 1e9 + 3, 1e9 + 2], [0] * 4)
+    case = case_from([[1, 2, 5], [1, 3], [1, 3, 4], [2]], [1e9, 1e9 + 1, 1e9 + 3, 1e9 + 2], [0] * 4)
     for norm in (True, False):
         fast = _fast(_on_device(case), backend, norm_by_std=norm)
         ref = _reference(case, norm_by_std=norm)
@@ -311,7 +259,7 @@ def test_fast_large_offset_rewards_keep_precision(backend):
 @backends
 def test_fast_worked_example(backend):
     """The two-response group of proofs_notes/tempo.md, Example 1: [[0.5, 1.0], [-0.5, -1.0]]."""
-    case = _case_from([[7, 1], [7, 2]], [1.0, 0.0], ["q", "q"])
+    case = case_from([[7, 1], [7, 2]], [1.0, 0.0], ["q", "q"])
     out = _fast(_on_device(case), backend, norm_by_std=False)
     assert out.tolist() == [[0.5, 1.0], [-0.5, -1.0]]
 

@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 
 from tempo_rl.trainer import compare
 from tempo_rl.trainer.config import TrainConfig
