@@ -1,6 +1,15 @@
-"""Hypothesis profiles: `ci` (default) has no deadline, since CPU time here is shared."""
+"""Hypothesis profiles: `ci` (default) has no deadline, since CPU time here is shared.
+
+Without CUDA, Triton kernels run on CPU tensors in Triton's interpreter, which must be switched on
+before triton is first imported: here, so that `make test` runs the Triton differential tests too.
+"""
 
 import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import HealthCheck, settings
 

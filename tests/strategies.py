@@ -125,3 +125,63 @@ def cases(
         bits = draw(st.lists(st.booleans(), min_size=B * L, max_size=B * L))
         loss = torch.tensor(bits, dtype=torch.bool).reshape(B, L)
     return Case(responses, mask, rewards, [name for name, _, _ in rows], loss)
+
+
+def case_from(seqs: list[list[int]], rews: list[float], ids: list, L: int | None = None) -> Case:
+    """A padded Case from ragged lists (padding value 0, float64 rewards, no loss mask)."""
+    L = max((len(s) for s in seqs), default=0) if L is None else L
+    responses = torch.zeros((len(seqs), L), dtype=torch.int64)
+    mask = torch.zeros((len(seqs), L), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        responses[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
+        mask[i, : len(s)] = True
+    return Case(responses, mask, torch.tensor(rews, dtype=torch.float64), list(ids), None)
+
+
+def widen(case: Case, L: int, tag: Hashable) -> Case:
+    """The same batch with L >= its width columns (padding 0) and group ids tagged (tag, id)."""
+    B, L0 = case.responses.shape
+    grow = lambda t, fill: torch.cat([t, torch.full((B, L - L0), fill, dtype=t.dtype)], 1)  # noqa: E731
+    return Case(
+        grow(case.responses, 0), grow(case.response_mask, False), case.rewards,
+        [(tag, g) for g in case.group_ids],
+        None if case.loss_mask is None else grow(case.loss_mask, False),
+    )
+
+
+def concat(parts: list[Case]) -> Case:
+    """One batch of several (same width and reward dtype); a part without a loss mask keeps all."""
+    loss = None
+    if any(p.loss_mask is not None for p in parts):
+        loss = torch.cat([p.loss_mask if p.loss_mask is not None else p.response_mask for p in parts])
+    return Case(
+        torch.cat([p.responses for p in parts]), torch.cat([p.response_mask for p in parts]),
+        torch.cat([p.rewards for p in parts]), sum((p.group_ids for p in parts), []), loss,
+    )
+
+
+def take(case: Case, rows: torch.Tensor) -> Case:
+    """The batch's rows in the order `rows` gives."""
+    return Case(
+        case.responses[rows], case.response_mask[rows], case.rewards[rows],
+        [case.group_ids[i] for i in rows.tolist()],
+        None if case.loss_mask is None else case.loss_mask[rows],
+    )
+
+
+def interleave(group_ids: list, shuffled: list[int]) -> torch.Tensor:
+    """A row order that moves groups anywhere but keeps each group's members in their order.
+
+    Spec 5b promises bitwise invariance for that; reordering a group's own members may change
+    the last bit of a fast path's sums, which Proposition 5(a) allows there.
+    """
+    queues: dict = {}
+    for row, gid in enumerate(group_ids):
+        queues.setdefault(gid, []).append(row)
+    taken = {gid: 0 for gid in queues}
+    order = []
+    for row in shuffled:  # the slot pattern of a random shuffle, filled group by group in order
+        gid = group_ids[row]
+        order.append(queues[gid][taken[gid]])
+        taken[gid] += 1
+    return torch.tensor(order, dtype=torch.long)

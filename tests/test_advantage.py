@@ -27,7 +27,7 @@ from tempo_rl.reference import (
 )
 from tempo_rl.reference.example import example_group
 
-from .strategies import Case, cases
+from .strategies import Case, case_from, cases, concat, take, widen
 
 # Pinned edge cases (STYLE.md): group of one, equal rewards, empty responses, one token,
 # all responses identical, an empty batch, a response ending where another continues.
@@ -54,17 +54,6 @@ def struct_bits(x: float) -> int:
     import struct
 
     return struct.unpack("<q", struct.pack("<d", x))[0]
-
-
-def case_from(seqs: list[list[int]], rews: list[float], ids: list) -> Case:
-    """A padded Case from ragged lists (padding value 0, float64 rewards)."""
-    L = max((len(s) for s in seqs), default=0)
-    responses = torch.zeros((len(seqs), L), dtype=torch.int64)
-    mask = torch.zeros((len(seqs), L), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        responses[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
-        mask[i, : len(s)] = True
-    return Case(responses, mask, torch.tensor(rews, dtype=torch.float64), list(ids), None)
 
 
 EDGE_CASES = [case_from(*e) for e in EDGE]
@@ -186,11 +175,7 @@ def _api(case: Case, **kw) -> torch.Tensor:
 def test_prop5_permuting_rows_permutes_output(case, data):
     perm = data.draw(st.permutations(range(len(case.group_ids))))
     p = torch.tensor(perm, dtype=torch.long)
-    moved = Case(
-        case.responses[p], case.response_mask[p], case.rewards[p], [case.group_ids[i] for i in perm],
-        None if case.loss_mask is None else case.loss_mask[p],
-    )
-    assert torch.equal(_api(moved), _api(case)[p])
+    assert torch.equal(_api(take(case, p)), _api(case)[p])
 
 
 @given(case=cases(max_batch=10, max_len=6), pad=st.integers(-(2**40), 2**40), extra=st.integers(0, 3))
@@ -237,41 +222,14 @@ def test_prop5b_batch_invariance_bitwise(case, other, data):
     L = max(case.responses.shape[1], other.responses.shape[1])
     if case.rewards.dtype != other.rewards.dtype:
         other = other.with_rewards(other.rewards.to(case.rewards.dtype))
-    joined = _concat([_pad_case(case, L, "a"), _pad_case(other, L, "b")])
+    joined = concat([widen(case, L, "a"), widen(other, L, "b")])
     perm = data.draw(st.permutations(range(len(joined.group_ids))))
     p = torch.tensor(perm, dtype=torch.long)
-    shuffled = _take(joined, p)
+    shuffled = take(joined, p)
     out = _api(shuffled)
     inverse = torch.argsort(p)
-    alone = _api(_pad_case(case, L, "a"))
+    alone = _api(widen(case, L, "a"))
     assert torch.equal(out[inverse][: len(case.group_ids)], alone)
-
-
-def _pad_case(case: Case, L: int, tag: str) -> Case:
-    B, L0 = case.responses.shape
-    grow = lambda t, fill: torch.cat([t, torch.full((B, L - L0), fill, dtype=t.dtype)], 1)  # noqa: E731
-    return Case(
-        grow(case.responses, 0), grow(case.response_mask, False), case.rewards,
-        [(tag, g) for g in case.group_ids],
-        None if case.loss_mask is None else grow(case.loss_mask, False),
-    )
-
-
-def _concat(parts: list[Case]) -> Case:
-    loss = None
-    if any(p.loss_mask is not None for p in parts):
-        loss = torch.cat([p.loss_mask if p.loss_mask is not None else p.response_mask for p in parts])
-    return Case(
-        torch.cat([p.responses for p in parts]), torch.cat([p.response_mask for p in parts]),
-        torch.cat([p.rewards for p in parts]), sum((p.group_ids for p in parts), []), loss,
-    )
-
-
-def _take(case: Case, p: torch.Tensor) -> Case:
-    return Case(
-        case.responses[p], case.response_mask[p], case.rewards[p], [case.group_ids[i] for i in p.tolist()],
-        None if case.loss_mask is None else case.loss_mask[p],
-    )
 
 
 # ------------------------------------------------ Proposition 6: equal rewards, groups of one

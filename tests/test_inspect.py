@@ -152,7 +152,7 @@ def test_bad_line_names_the_line(tmp_path, capsys, bad, message):
     with pytest.raises(RolloutError, match=re.escape(f"{path}:4: ") + ".*" + re.escape(message)):
         read_rollouts(path)
     assert cli_main(["inspect", str(path), "-o", str(tmp_path / "out")]) == 2
-    assert f"bad.jsonl:4: " in capsys.readouterr().err
+    assert "bad.jsonl:4: " in capsys.readouterr().err
 
 
 def test_empty_file_is_an_error(tmp_path):

@@ -1,0 +1,181 @@
+"""TEMPO advantages in vectorised torch (CPU and CUDA), equal to the reference trie.
+
+No trie is built. For response i of a group, the members of the prefix y_i[:t] are exactly
+{k : lcp(i, k) >= t}, with lcp the longest-common-prefix length (lcp(i, i) = n_i); see
+proofs_notes/fast-algorithm.md. So one pass over the tokens gives the G x G lcp matrix of each
+group, and everything else is O(G^2) work per response:
+
+- a token t of response i is a branch token iff t = lcp(i, k) < n_i for some k;
+- there, TD = V(>= t+1) - V(>= t), the mean centred reward over {k : lcp(i, k) > t} minus the
+  mean over {k : lcp(i, k) >= t};
+- every other token carries the GRPO value (R_i - mu_g) / (sigma_g + eps), the same number,
+  computed once per row, that `td_coef = 0` gives (so non-branch tokens are GRPO bitwise).
+
+Group statistics and TD are computed in float64 and rounded once to the output dtype. Every
+float reduction is a sequential sum over the group's own members in member order (an explicit
+loop over member slots, each step vectorised over all rows), so no association depends on the
+batch's other groups or a padded size: the result is batch invariant bitwise (spec 5b).
+Cost: O(sum_g G_g^2 * L) token comparisons (pairs i < k only), O(B * L) output writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tempo_rl._validate import Batch
+
+from ._groups import GroupLayout
+
+# Rows whose tokens one step compares at once; bounds temporaries to a few tens of MB.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class GroupMoments:
+    """Per-row group statistics in float64, rows laid out (groups, G).
+
+    centred: (c, G) R_k - mu_g.  denom: (c, 1) sigma_g + eps, or 1.  degenerate: (c, 1) bool,
+    a group of one or with all rewards equal (in the input dtype): every advantage is 0.
+    """
+
+    centred: torch.Tensor
+    denom: torch.Tensor
+    degenerate: torch.Tensor
+
+
+def group_moments(rewards: torch.Tensor, *, norm_by_std: bool, eps: float) -> GroupMoments:
+    """mu_g, sigma_g (divisor G - 1) of rewards (c, G), summed member by member in order."""
+    r = rewards.to(torch.float64)  # (c, G)
+    size = r.shape[1]
+    total = torch.zeros_like(r[:, 0])
+    for k in range(size):  # sequential in member order: no association depends on the batch
+        total = total + r[:, k]
+    centred = r - (total / size)[:, None]  # (c, G)
+    squares = torch.zeros_like(total)
+    for k in range(size):
+        squares = squares + centred[:, k] * centred[:, k]
+    sigma = torch.sqrt(squares / max(size - 1, 1))  # (c,)
+    # Exactly equal rewards give exactly 0; the float mean of equal values need not equal them.
+    degenerate = (rewards.amax(1) == rewards.amin(1)) | (size < 2)  # (c,)
+    denom = sigma + eps if norm_by_std else torch.ones_like(sigma)
+    denom = torch.where(degenerate, 1.0, denom)  # eps = 0 with equal rewards: never compute 0 / 0
+    return GroupMoments(centred=centred, denom=denom[:, None], degenerate=degenerate[:, None])
+
+
+def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """First column where a and b differ, or their width if none. a, b: (..., L) -> (...)."""
+    differ = a != b  # (..., L)
+    if differ.shape[-1] == 0:
+        return torch.zeros(differ.shape[:-1], dtype=torch.int64, device=a.device)
+    first = differ.view(torch.uint8).argmax(-1)  # (...) first True (argmax takes the first max)
+    return torch.where(differ.any(-1), first, a.shape[-1])
+
+
+def lcp_matrix(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Pairwise longest common prefix lengths within each group.
+
+    tokens: (c, G, L) ids, right-padded; lengths: (c, G). Returns (c, G, G) int64 with
+    lcp[i, i] = n_i. Padding may equal real ids: a match past min(n_i, n_k) is clamped away.
+    """
+    c, size, _ = tokens.shape
+    width = int(lengths.max()) if lengths.numel() else 0
+    tokens = tokens[..., :width]  # columns past every length can never matter
+    lcp = torch.diag_embed(lengths)  # (c, G, G)
+    for d in range(1, size):  # pairs (i, i + d): each unordered pair compared once
+        i = torch.arange(size - d, device=tokens.device)
+        first = _first_mismatch(tokens[:, : size - d], tokens[:, d:])  # (c, G - d)
+        common = torch.minimum(first, torch.minimum(lengths[:, : size - d], lengths[:, d:]))
+        lcp[:, i, i + d] = common
+        lcp[:, i + d, i] = common
+    return lcp
+
+
+def prefix_td(lcp: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
+    """TD at the token t = lcp[i, k] of response i, for every (i, k): (c, G, G) float64.
+
+    TD = V(>= t+1) - V(>= t) where V(>= t) is the mean centred reward of {k' : lcp[i, k'] >= t}
+    (Members(y_i[:t]), proofs_notes/fast-algorithm.md). Centring first keeps V(child) - V(parent)
+    accurate when |R| >> sigma. Sums run over k' in member order.
+    """
+    threshold = lcp  # (c, G, G): t = lcp[i, k]
+    zero = torch.zeros((), dtype=centred.dtype, device=centred.device)
+    n_parent = torch.zeros_like(lcp)
+    n_child = torch.zeros_like(lcp)
+    s_parent = torch.zeros(lcp.shape, dtype=centred.dtype, device=lcp.device)
+    s_child = torch.zeros_like(s_parent)
+    for k in range(lcp.shape[1]):
+        reach = lcp[:, :, k, None]  # (c, G, 1) lcp(i, k')
+        in_parent = reach >= threshold  # (c, G, G)
+        in_child = reach > threshold
+        c_k = centred[:, k, None, None]  # (c, 1, 1)
+        n_parent += in_parent
+        n_child += in_child
+        s_parent = s_parent + torch.where(in_parent, c_k, zero)
+        s_child = s_child + torch.where(in_child, c_k, zero)
+    # Where t >= n_i there is no token and n_child may be 0; those entries are discarded.
+    return s_child / n_child.clamp_min(1) - s_parent / n_parent.clamp_min(1)
+
+
+def _group_chunks(layout: GroupLayout, length: int) -> list[tuple[int, torch.Tensor]]:
+    """(G, member rows (c, G)) chunks, groups of one size per chunk, memory bounded."""
+    chunks = []
+    for size, groups in layout.by_size():
+        per_chunk = max(1, _CHUNK_ELEMENTS // max(1, size * length))
+        for start in range(0, groups.numel(), per_chunk):
+            chunks.append((size, layout.members(groups[start : start + per_chunk], size)))
+    return chunks
+
+
+def _member_tokens(responses: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(c, G, L) tokens of `rows`; a view, not a copy, when the rows are already consecutive."""
+    first = int(rows[0, 0])
+    flat = rows.reshape(-1)
+    if torch.equal(flat, torch.arange(first, first + flat.numel(), device=rows.device)):
+        return responses[first : first + flat.numel()].view(*rows.shape, -1)
+    return responses[rows]
+
+
+def _branch_points(batch: Batch, rows: torch.Tensor, moments: GroupMoments, *, td_coef: float):
+    """(row, t, value) of every branch token of these groups, value in float64."""
+    lcp = lcp_matrix(_member_tokens(batch.responses, rows), batch.lengths[rows])  # (c, G, G)
+    td = prefix_td(lcp, moments.centred)  # (c, G, G)
+    base = moments.centred[:, :, None]  # (c, G, 1)
+    # Two separate ops, never a fused multiply-add, so rounding is the same everywhere.
+    value = (base + td_coef * td) / moments.denom[:, :, None]  # (c, G, G)
+    n = batch.lengths[rows][:, :, None]  # (c, G, 1)
+    branch = (lcp < n) & ~moments.degenerate[:, :, None]  # t = lcp(i, k) < n_i is a branch token
+    where = branch.nonzero(as_tuple=True)
+    return rows[where[0], where[1]], lcp[where], value[where]
+
+
+def advantages(batch: Batch, *, norm_by_std: bool, eps: float, td_coef: float) -> torch.Tensor:
+    """TEMPO advantages (B, L) in batch.dtype on batch.device; td_coef = 0 gives GRPO bitwise.
+
+    A[i, t] = (R_i - mu_g + td_coef * TD[i, t]) / (sigma_g + eps) (proofs_notes/tempo.md,
+    Definition 3), TD exactly 0 at non-branch tokens; 0 past n_i, where loss_mask is 0, and for
+    groups of one or with equal rewards.
+    """
+    b, length = batch.shape
+    device = batch.device
+    if b == 0:
+        return torch.zeros(batch.shape, dtype=batch.dtype, device=device)
+    layout = GroupLayout.of(batch.group_index)
+    row_value = torch.zeros(b, dtype=torch.float64, device=device)  # GRPO value of each row
+    points = []
+    for _, rows in _group_chunks(layout, length):
+        moments = group_moments(batch.rewards[rows], norm_by_std=norm_by_std, eps=eps)
+        grpo = torch.where(moments.degenerate, 0.0, moments.centred / moments.denom)  # (c, G)
+        row_value[rows.reshape(-1)] = grpo.reshape(-1)
+        if td_coef != 0.0 and length > 0:
+            points.append(_branch_points(batch, rows, moments, td_coef=td_coef))
+    keep = torch.arange(length, device=device) < batch.lengths[:, None]  # (B, L)
+    if batch.loss_mask is not None:
+        keep &= batch.loss_mask
+    out = torch.where(keep, row_value.to(batch.dtype)[:, None], 0.0)  # (B, L) GRPO everywhere
+    if points:
+        row, t, value = (torch.cat(parts) for parts in zip(*points))
+        value = torch.where(keep[row, t], value.to(batch.dtype), 0.0)
+        out[row, t] = value  # branch tokens only; repeated (row, t) carry identical values
+    return out

@@ -1,0 +1,170 @@
+"""Trainer end to end on a tiny random model: smoke, exact resume, trust check, CLI."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tempo_rl.api
+from tempo_rl import cli
+from tempo_rl.trainer import train as train_mod
+from tempo_rl.trainer.config import TrainConfig
+from tempo_rl.trainer.rollout import Rollout, response_mask_after_eos
+from tempo_rl.trainer.tiny import build_model, build_tokenizer
+
+
+def digit_reward(completion: str, answer: str) -> float:
+    """A dense reward so a random policy's groups have unequal rewards (non-zero advantages)."""
+    return float(sum(c.isdigit() for c in completion))
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    tok = build_tokenizer()
+    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _cfg(tiny_path, out, **kw):
+    base = dict(model=tiny_path, output_dir=str(out), steps=2, prompts_per_step=2, group_size=4,
+                max_new_tokens=6, mini_batches=2, grad_accum=2, lr=1e-3, lr_warmup_steps=1, eval_every=0,
+                save_final=False, progress=False, tensorboard=False, threads=1,
+                reward=f"{__name__}:digit_reward")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_smoke_two_steps_change_every_parameter(tiny_path, tmp_path):
+    model = train_mod.load_policy(tiny_path, torch.device("cpu"))[1]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg(tiny_path, tmp_path, save_final=True, kl_coef=0.1, estimator="tempo")
+    history = train_mod.train(cfg)
+    assert len(history) == 2
+    for row in history:
+        for key in ("loss", "reward_mean", "grad_norm", "entropy", "approx_kl", "kl_ref", "clip_fraction",
+                    "branch_token_fraction", "nodes_per_group", "adv_absmax", "tokens_per_s", "time_step_s"):
+            assert row[key] == row[key] and abs(row[key]) != float("inf"), key
+    after = load_file(str(tmp_path / "checkpoints" / "step_000002" / "model.safetensors"))
+    assert set(before) <= set(after)  # tied lm_head is one parameter, saved once
+    for name, p in before.items():
+        assert not torch.equal(after[name], p), f"{name} did not change"
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo"])
+def test_other_estimators_run(tiny_path, tmp_path, estimator):
+    history = train_mod.train(_cfg(tiny_path, tmp_path, steps=1, estimator=estimator, aggregation="sequence-mean"))
+    assert history[0]["loss"] == history[0]["loss"]
+
+
+def test_resume_is_exact(tiny_path, tmp_path):
+    common = dict(steps=4, ppo_epochs=2, keep_checkpoints=5)
+    train_mod.train(_cfg(tiny_path, tmp_path / "straight", save_every=2, **common))
+    train_mod.train(_cfg(tiny_path, tmp_path / "split", **{**common, "steps": 2}, save_final=True))
+    train_mod.train(_cfg(tiny_path, tmp_path / "split", save_final=True, resume="latest", **{**common}))
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_000004" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoints" / "step_000004" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    straight = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
+    split = [json.loads(l) for l in open(tmp_path / "split" / "metrics.jsonl")]
+    assert [r["reward_mean"] for r in straight] == [r["reward_mean"] for r in split]
+
+
+def test_checkpoint_save_leaves_no_temporary(tiny_path, tmp_path):
+    train_mod.train(_cfg(tiny_path, tmp_path, steps=1, save_final=True))
+    names = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    assert names == ["step_000001"]
+    saved = tmp_path / "checkpoints" / "step_000001"
+    assert (saved / "model.safetensors").is_file() and (saved / "trainer_state.pt").is_file()
+
+
+def _small_rollout():
+    responses = torch.tensor([[5, 6, 2, 0], [5, 7, 8, 2], [9, 2, 0, 0], [9, 9, 2, 0]])
+    mask = response_mask_after_eos(responses, 2)
+    return Rollout(torch.ones(4, 1, dtype=torch.long), torch.ones(4, 1, dtype=torch.long), responses, mask,
+                   torch.tensor([0, 0, 1, 1]), [""] * 4)
+
+
+def _fake_backend(offset):
+    def advantages(batch, *, norm_by_std, eps, td_coef):
+        exact = tempo_rl.api._reference(batch, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
+        return exact + offset * batch.responses.ne(-1).to(exact.dtype) * (exact != 0)
+
+    return advantages
+
+
+@pytest.mark.parametrize("offset, fails", [(0.0, False), (1e-3, True)])
+def test_trust_check_stops_on_mismatch(monkeypatch, offset, fails):
+    monkeypatch.setattr(tempo_rl.api, "_load", lambda name: _fake_backend(offset))
+    roll, rewards = _small_rollout(), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    cfg = TrainConfig(backend="torch")
+    adv = train_mod.compute_advantages(roll, rewards, cfg)
+    if fails:
+        with pytest.raises(train_mod.AdvantageMismatch, match="disagrees with the reference"):
+            train_mod.trust_check(adv, roll, rewards, cfg, step=0)
+    else:
+        assert train_mod.trust_check(adv, roll, rewards, cfg, step=0)
+
+
+def test_response_mask_includes_first_eos_only():
+    r = torch.tensor([[4, 2, 2, 0], [4, 4, 4, 4], [2, 5, 2, 0]])
+    assert response_mask_after_eos(r, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_cli_train_end_to_end(tiny_path, tmp_path, capsys):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(f"model: {tiny_path}\nsteps: 5\nprompts_per_step: 2\ngroup_size: 4\nmax_new_tokens: 5\n"
+                        f"reward: {__name__}:digit_reward\nthreads: 1\n")
+    out = tmp_path / "out"
+    rc = cli.main(["train", "--config", str(cfg_file), "--steps", "2", "--output-dir", str(out),
+                   "--eval-every", "2", "--eval-prompts", "4", "--dump-rollouts-every", "1", "--no-progress",
+                   "--no-tensorboard", "--estimator", "grpo"])
+    assert rc == 0
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1, 2] and "eval_accuracy" in rows[0] and "eval_accuracy" in rows[2]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["group_size"] == 4 and saved["estimator"] == "grpo"  # flag > file
+    dumped = [json.loads(l) for l in open(out / "rollouts.jsonl")]
+    assert len(dumped) == 8 and set(dumped[0]) == {"group_id", "response", "text", "reward", "step"}
+    assert (out / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+    assert "reward_mean" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_config_key(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"learning_rate": 1}')
+    with pytest.raises(ValueError, match="learning_rate"):
+        cli.main(["train", "--config", str(bad)])
+
+
+def test_bf16_autocast_with_activation_checkpointing(tiny_path, tmp_path):
+    history = train_mod.train(_cfg(tiny_path, tmp_path, steps=1, dtype="bfloat16", gradient_checkpointing=True,
+                                   kl_coef=0.05))
+    assert history[0]["loss"] == history[0]["loss"] and history[0]["grad_norm"] > 0
+
+
+def test_repeated_run_restarts_its_metrics(tiny_path, tmp_path):
+    for _ in range(2):
+        train_mod.train(_cfg(tiny_path, tmp_path, steps=1))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_failed_save_leaves_previous_checkpoint(tiny_path, tmp_path, monkeypatch):
+    from tempo_rl.trainer import checkpoint
+
+    train_mod.train(_cfg(tiny_path, tmp_path, steps=1, save_final=True))
+    before = (tmp_path / "checkpoints" / "step_000001" / "model.safetensors").read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(checkpoint.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(_cfg(tiny_path, tmp_path, steps=2, save_final=True, resume="latest"))
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_000001"]
+    assert (tmp_path / "checkpoints" / "step_000001" / "model.safetensors").read_bytes() == before
+    assert checkpoint.resolve("latest", tmp_path / "checkpoints").name == "step_000001"

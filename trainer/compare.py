@@ -1,0 +1,253 @@
+"""`tempo-rl compare`: TEMPO vs GRPO on one budget, each at its own best learning rate.
+
+For every estimator, every learning rate of the sweep and every seed, one training run (same
+prompts, same budget). Each estimator is then judged at the learning rate that gives it the highest
+mean eval accuracy over the run (area under its curve, mean over seeds). An equal-rate comparison
+would mislead: at a group's first branch V(parent) is the group mean, so TEMPO's TD term doubles
+the advantage there and TEMPO takes a larger step at the same rate.
+
+Writes `<out>.png` (learning curves at each estimator's best rate, mean and min/max over seeds; and
+the sweep), `<out>.md` (tables: sweep, steps to the target accuracy, step time and the share of it
+spent computing advantages, TEMPO-vs-GRPO gradient cosine and norm ratio), `<out>.json` (all data).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig, load_file
+from .data import batch_for_step, load_dataset
+from .loss import policy_loss
+from .rewards import load_reward
+from .rollout import forward_logprobs, sample_groups
+
+
+def _one_run(cfg: TrainConfig) -> list[dict[str, Any]]:
+    from .train import train
+
+    return train(cfg)
+
+
+def _finished(cfg: TrainConfig) -> list[dict[str, Any]] | None:
+    """The metric rows of a run that already completed all its steps under the same config."""
+    out = Path(cfg.output_dir)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    except (OSError, ValueError):
+        return None
+    same = saved == json.loads(json.dumps(cfg.to_dict()))
+    steps = [r["step"] for r in rows if r["step"] > 0]
+    return rows if same and steps == list(range(1, cfg.steps + 1)) else None
+
+
+def run_grid(base: TrainConfig, estimators: list[str], lrs: list[float], seeds: list[int], out_dir: Path,
+             jobs: int, reuse: bool = True) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
+    """Every (estimator, lr, seed) run; `jobs` processes, one torch thread each. A run that already
+    finished with the same config is read back instead of rerun (`reuse`)."""
+    runs = {(e, lr, s): replace(base, estimator=e, lr=lr, seed=s, threads=1, progress=False, save_final=False,
+                                tensorboard=False, output_dir=str(out_dir / f"{e}_lr{lr:g}_seed{s}"))
+            for e in estimators for lr in lrs for s in seeds}
+    results = {key: rows for key, cfg in runs.items() if reuse and (rows := _finished(cfg)) is not None}
+    todo = {key: cfg for key, cfg in runs.items() if key not in results}
+    for cfg in todo.values():  # a rerun starts clean rather than appending to old metrics
+        (Path(cfg.output_dir) / "metrics.jsonl").unlink(missing_ok=True)
+    print(f"{len(results)} runs reused, {len(todo)} to run", flush=True)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {key: pool.submit(_one_run, cfg) for key, cfg in todo.items()}
+        for key, fut in futures.items():
+            results[key] = fut.result()
+            print(f"done {key}: final eval {results[key][-1].get('eval_accuracy')}", flush=True)
+    return results
+
+
+def eval_curve(history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def steps_to(history: list[dict[str, Any]], target: float) -> int | None:
+    """First eval step whose accuracy reaches the target; None if never."""
+    for step, acc in zip(*eval_curve(history)):
+        if acc >= target:
+            return step
+    return None
+
+
+def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
+    sweep: dict[str, dict[str, Any]] = {}
+    best: dict[str, float] = {}
+    for e in estimators:
+        sweep[e] = {}
+        for lr in lrs:
+            curves = [eval_curve(results[(e, lr, s)])[1] for s in seeds]
+            auc = statistics.mean(statistics.mean(c) for c in curves)
+            final = statistics.mean(c[-1] for c in curves)
+            hits = [steps_to(results[(e, lr, s)], target) for s in seeds]
+            sweep[e][f"{lr:g}"] = {"mean_eval_accuracy": auc, "final_eval_accuracy": final, "steps_to_target": hits}
+        best[e] = max(lrs, key=lambda lr: sweep[e][f"{lr:g}"]["mean_eval_accuracy"])
+    timing = {}
+    for e in estimators:
+        rows = [r for s in seeds for r in results[(e, best[e], s)]]
+        rows = [r for r in rows if "time_step_s" in r]  # not the step-0 evaluation
+        timing[e] = {"step_s": statistics.median(r["time_step_s"] for r in rows),
+                     "advantage_s": statistics.median(r["time_advantage_s"] for r in rows),
+                     "advantage_fraction": statistics.median(r["advantage_time_fraction"] for r in rows),
+                     "branch_token_fraction": statistics.mean(r["branch_token_fraction"] for r in rows),
+                     "nodes_per_group": statistics.mean(r["nodes_per_group"] for r in rows)}
+    return {"sweep": sweep, "best_lr": best, "timing": timing}
+
+
+def gradient_agreement(base: TrainConfig, n_batches: int) -> list[dict[str, float]]:
+    """On a few rollout batches of the initial policy: cosine and norm ratio of the TEMPO and GRPO
+    policy gradients (same samples, ratio 1, the configured aggregation)."""
+    from .train import compute_advantages, load_policy, model_path, score
+
+    torch.manual_seed(base.seed)
+    tokenizer, model = load_policy(model_path(base), torch.device("cpu"))
+    examples = load_dataset(base.dataset, seed=base.seed)
+    reward_fn = load_reward(base.reward)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = []
+    for b in range(n_batches):
+        batch = batch_for_step(examples, 10_000 + b, base.prompts_per_step, base.seed)
+        roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=base.group_size,
+                             max_new_tokens=base.max_new_tokens, temperature=base.temperature, top_p=base.top_p)
+        rewards = score(roll, batch, base, reward_fn)
+        grads = {}
+        for est in ("tempo", "grpo"):
+            adv = compute_advantages(roll, rewards, replace(base, estimator=est))
+            logp, _ = forward_logprobs(model, roll)
+            loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=base.aggregation).loss
+            grads[est] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+        t, g = grads["tempo"], grads["grpo"]
+        out.append({"cosine": float(torch.dot(t, g) / (t.norm() * g.norm() + 1e-30)),
+                    "norm_ratio": float(t.norm() / (g.norm() + 1e-30)),
+                    "reward_mean": float(rewards.mean())})
+    return out
+
+
+def plot(results, summary, estimators, lrs, seeds, target, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for e in estimators:
+        lr = summary["best_lr"][e]
+        curves = [eval_curve(results[(e, lr, s)]) for s in seeds]
+        steps = curves[0][0]
+        ys = list(zip(*[c[1] for c in curves]))
+        mean = [statistics.mean(y) for y in ys]
+        line, = ax.plot(steps, mean, marker="o", label=f"{e} (lr {lr:g}, {len(seeds)} seeds)")
+        ax.fill_between(steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
+        ax2.plot(lrs, [summary["sweep"][e][f"{x:g}"]["mean_eval_accuracy"] for x in lrs], marker="o", label=e)
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    ax.set(xlabel="step", ylabel="eval accuracy (sampled)", title="each estimator at its best lr (band: min-max)")
+    ax2.set(xscale="log", xlabel="learning rate", ylabel="mean eval accuracy over the run", title="lr sweep")
+    ax2.minorticks_off()
+    ax2.set_xticks(lrs, [f"{x:g}" for x in lrs])
+    ax.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _fmt_steps(hits: list[int | None], budget: int) -> str:
+    shown = ", ".join("-" if h is None else str(h) for h in hits)
+    reached = [h for h in hits if h is not None]
+    med = statistics.median([h if h is not None else float("inf") for h in hits])
+    return f"{'not reached' if med == float('inf') else f'{med:g}'} ({shown}; {len(reached)}/{len(hits)} within {budget})"
+
+
+def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, command: str) -> str:
+    lines = [f"# TEMPO vs GRPO on the `{cfg.dataset}` task", "",
+             f"`{command}`", "",
+             f"{cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} samples, "
+             f"{len(seeds)} seeds, lr sweep {', '.join(f'{x:g}' for x in lrs)}; eval accuracy = one sample "
+             f"at temperature {cfg.temperature:g} per held-out prompt ({cfg.eval_prompts} prompts, every "
+             f"{cfg.eval_every} steps).", "",
+             "## Learning-rate sweep (mean eval accuracy over the run / final, mean over seeds)", "",
+             "| estimator | " + " | ".join(f"lr {x:g}" for x in lrs) + " | best lr |",
+             "|---|" + "---|" * (len(lrs) + 1)]
+    for e in estimators:
+        cells = [f"{summary['sweep'][e][f'{x:g}']['mean_eval_accuracy']:.3f} / "
+                 f"{summary['sweep'][e][f'{x:g}']['final_eval_accuracy']:.3f}" for x in lrs]
+        lines.append(f"| {e} | " + " | ".join(cells) + f" | {summary['best_lr'][e]:g} |")
+    lines += ["", f"## Steps to eval accuracy >= {target:g}, each at its best lr (median; per seed)", "",
+              "| estimator | best lr | steps to target | mean eval acc | final eval acc | step time (s) | "
+              "advantage time (ms) | advantage share of step | branch-token fraction | nodes/group |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in estimators:
+        lr = summary["best_lr"][e]
+        s = summary["sweep"][e][f"{lr:g}"]
+        t = summary["timing"][e]
+        lines.append(f"| {e} | {lr:g} | {_fmt_steps(s['steps_to_target'], cfg.steps)} | "
+                     f"{s['mean_eval_accuracy']:.3f} | {s['final_eval_accuracy']:.3f} | {t['step_s']:.2f} | "
+                     f"{1e3 * t['advantage_s']:.1f} | {100 * t['advantage_fraction']:.2f}% | "
+                     f"{t['branch_token_fraction']:.3f} | {t['nodes_per_group']:.1f} |")
+    if grad:
+        lines += ["", "## TEMPO vs GRPO policy gradient on the same samples (initial policy)", "",
+                  "| batch | reward mean | cosine | norm ratio TEMPO/GRPO |", "|---|---|---|---|"]
+        lines += [f"| {i} | {g['reward_mean']:.3f} | {g['cosine']:.4f} | {g['norm_ratio']:.3f} |"
+                  for i, g in enumerate(grad)]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML/JSON TrainConfig fields for every run (model, task, budget)")
+    parser.add_argument("--estimators", nargs="+", default=["tempo", "grpo"], choices=["tempo", "grpo", "dr_grpo"])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4, 4e-4],
+                        help="learning-rate sweep, run for every estimator (at least 3 values)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="at least 3 seeds")
+    parser.add_argument("--steps", type=int, default=60, help="steps per run (the shared budget)")
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--target", type=float, default=0.8, help="eval accuracy that counts as reached")
+    parser.add_argument("--grad-batches", type=int, default=4, help="batches for the gradient cosine (0: skip)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--runs-dir", default="runs/compare", help="per-run metrics go here")
+    parser.add_argument("--fresh", action="store_true",
+                        help="rerun every run (default: read back runs that finished with the same config)")
+    parser.add_argument("--out", default="benchmarks/results/compare_demo", help="writes OUT.png, OUT.md, OUT.json")
+
+
+def run(args) -> int:
+    import sys
+
+    if len(args.lrs) < 3 or len(args.seeds) < 3:
+        print("warning: a fair comparison needs >= 3 learning rates and >= 3 seeds", file=sys.stderr)
+    base = TrainConfig(**(load_file(args.config) if args.config else {}))
+    base = replace(base, steps=args.steps, eval_every=args.eval_every).validate()
+    from .train import model_path
+
+    model_path(base)  # build the shared initial policy once, before the workers start
+    t0 = time.perf_counter()
+    results = run_grid(base, args.estimators, args.lrs, args.seeds, Path(args.runs_dir), args.jobs,
+                       reuse=not args.fresh)
+    summary = summarise(results, args.estimators, args.lrs, args.seeds, args.target)
+    grad = gradient_agreement(base, args.grad_batches) if args.grad_batches else []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot(results, summary, args.estimators, args.lrs, args.seeds, args.target, out.with_suffix(".png"))
+    command = "tempo-rl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else "tempo-rl compare"
+    md = markdown(summary, grad, base, args.estimators, args.lrs, args.seeds, args.target, command)
+    out.with_suffix(".md").write_text(md)
+    curves = {f"{e}|{lr:g}|{s}": eval_curve(h) for (e, lr, s), h in results.items()}
+    rewards = {f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h] for (e, lr, s), h in results.items()}
+    out.with_suffix(".json").write_text(json.dumps(
+        {"config": base.to_dict(), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+         "summary": summary, "gradient_agreement": grad, "eval_curves": curves, "train_reward": rewards,
+         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+         "wall_s": time.perf_counter() - t0}, indent=1))
+    print(md)
+    return 0

@@ -1,0 +1,80 @@
+"""Prompts with verifiable answers: a JSONL file (`prompt`, `answer` per line) or a built-in task.
+
+The built-in `add` task is the embedded demo. A prompt is "47+38=" and the response works the sum
+column by column before answering, e.g. "7+8=15,4+3+1=8;85". Every problem carries (the ones
+digits sum to 10 or more), so one token deep in the response decides most of the outcome: after
+"4+3" the policy writes "+1" (carries) or "=" (forgets the carry, and the answer is 10 short). The
+ones sum is a second, rarer decision point; the rest is fixed format or follows from what came
+before. A group's prefix tree branches exactly where samples first disagree: the structure that
+TEMPO's TD term reads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+
+
+def add_solution(a: int, b: int) -> str:
+    """The worked response for a+b (two-digit a, b): ones column, tens column with carry, answer."""
+    ones = a % 10 + b % 10
+    carry = ones // 10
+    tens = a // 10 + b // 10 + carry
+    tens_expr = f"{a // 10}+{b // 10}+{carry}" if carry else f"{a // 10}+{b // 10}"
+    return f"{a % 10}+{b % 10}={ones},{tens_expr}={tens};{a + b}"
+
+
+def add_examples(n: int, seed: int) -> list[Example]:
+    """n seeded `add` prompts: two-digit a, b whose ones digits carry (answers 2 or 3 digits)."""
+    rng = random.Random(seed)
+    return [Example(prompt=f"{a}+{b}=", answer=str(a + b)) for a, b in (carry_pair(rng) for _ in range(n))]
+
+
+def carry_pair(rng: random.Random) -> tuple[int, int]:
+    """Uniform over two-digit pairs with a % 10 + b % 10 >= 10."""
+    while True:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        if a % 10 + b % 10 >= 10:
+            return a, b
+
+
+BUILTIN_TASKS = {"add": add_examples}
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    """Read `{"prompt": ..., "answer": ...}` lines; a line without both fields is an error."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "prompt" not in row or "answer" not in row:
+                raise ValueError(f"{path}:{lineno}: each line needs 'prompt' and 'answer' fields")
+            out.append(Example(prompt=str(row["prompt"]), answer=str(row["answer"])))
+    if not out:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
+def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0) -> list[Example]:
+    """A built-in task by name (n seeded examples) or a JSONL file by path."""
+    if name_or_path in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name_or_path](n, seed)
+    if Path(name_or_path).is_file():
+        return load_jsonl(name_or_path)
+    raise ValueError(f"dataset {name_or_path!r} is neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
+
+
+def batch_for_step(examples: list[Example], step: int, n_prompts: int, seed: int) -> list[Example]:
+    """The prompts of one step, a pure function of (seed, step): a resumed run sees the same ones."""
+    rng = random.Random(seed * 1_000_003 + step)
+    return [examples[rng.randrange(len(examples))] for _ in range(n_prompts)]

@@ -1,0 +1,97 @@
+"""Sampling groups of responses and scoring token log-probabilities.
+
+A rollout holds the left-padded prompts (P*G, Lp), the responses (P*G, Lr) right-padded after the
+first EOS (which belongs to the response: the policy must learn when to stop), and the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .loss import entropy_from_logits, token_logprobs
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (B, Lp) left-padded
+    prompt_mask: torch.Tensor  # (B, Lp)
+    responses: torch.Tensor  # (B, Lr) right-padded with pad ids after EOS
+    response_mask: torch.Tensor  # (B, Lr) contiguous prefix of ones, EOS included
+    group_ids: torch.Tensor  # (B,) index of the prompt in the step's batch
+    texts: list[str]  # decoded responses, special tokens dropped
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.responses[rows],
+                       self.response_mask[rows], self.group_ids[rows], [self.texts[i] for i in rows.tolist()])
+
+
+def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool, device) -> dict[str, torch.Tensor]:
+    if chat_template:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    tokenizer.padding_side = "left"  # generation appends on the right
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat_template)
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def response_mask_after_eos(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row (the whole row if it never stops). (B, L) -> (B, L)."""
+    is_eos = responses == eos_id
+    before_first = (is_eos.cumsum(-1) - is_eos.long()) == 0  # True through the first EOS
+    return before_first.long()
+
+
+def sample_groups(model, tokenizer, prompts: list[str], *, group_size: int, max_new_tokens: int,
+                  temperature: float, top_p: float, chat_template: bool = False,
+                  greedy: bool = False, autocast_dtype=None) -> Rollout:
+    """G samples of each prompt (greedy: argmax decoding, for evaluation). Generation runs under
+    inference_mode; the returned tensors are ordinary ones (cloned), usable in autograd."""
+    roll = _sample(model, tokenizer, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, chat_template=chat_template, greedy=greedy,
+                   autocast_dtype=autocast_dtype)
+    return Rollout(roll.prompt_ids.clone(), roll.prompt_mask.clone(), roll.responses.clone(),
+                   roll.response_mask.clone(), roll.group_ids.clone(), roll.texts)
+
+
+@torch.inference_mode()
+def _sample(model, tokenizer, prompts, *, group_size, max_new_tokens, temperature, top_p, chat_template,
+            greedy, autocast_dtype) -> Rollout:
+    device = next(model.parameters()).device
+    enc = encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
+    g = group_size
+    ids = enc["input_ids"].repeat_interleave(g, 0)  # (P*G, Lp)
+    att = enc["attention_mask"].repeat_interleave(g, 0)
+    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+    responses = out[:, ids.shape[1]:]  # (P*G, Lr)
+    mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
+    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+    texts = tokenizer.batch_decode([r[: int(m.sum())] for r, m in zip(responses, mask)], skip_special_tokens=True)
+    groups = torch.arange(len(prompts), device=device).repeat_interleave(g)
+    return Rollout(ids, att, responses, mask, groups, texts)
+
+
+def forward_logprobs(model, roll: Rollout, *, with_entropy: bool = False, autocast_dtype=None):
+    """log pi(response token) at every response position, (B, Lr); and the entropy there if asked.
+
+    Position ids follow the attention mask (as `generate` does for left padding), so scores match
+    the sampling distribution exactly."""
+    ids = torch.cat([roll.prompt_ids, roll.responses], dim=1)  # (B, Lp + Lr)
+    att = torch.cat([roll.prompt_mask, roll.response_mask], dim=1)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    device = ids.device
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=False).logits
+    lp = roll.prompt_ids.shape[1]
+    logits = logits[:, lp - 1 : -1]  # (B, Lr, V): position p predicts token p + 1
+    logp = token_logprobs(logits, roll.responses)
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logp, entropy
