@@ -321,7 +321,8 @@ def run(args) -> int:
     md = markdown(summary, grad, base, names, args.lrs, args.seeds, args.target, command)
     out.with_suffix(".md").write_text(md)
     curves = {f"{e}|{lr:g}|{s}": eval_curve(h) for (e, lr, s), h in results.items()}
-    rewards = {f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h] for (e, lr, s), h in results.items()}
+    rewards = {f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h if "reward_mean" in r]  # not the step-0 eval
+               for (e, lr, s), h in results.items()}
     out.with_suffix(".json").write_text(json.dumps(
         {"config": base.to_dict(), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
          "summary": summary, "gradient_agreement": grad, "eval_curves": curves, "train_reward": rewards,
