@@ -155,7 +155,8 @@ def main(argv=None) -> None:
             "norm_ratio_tempo_grpo": sum(float(t.norm() / r.norm()) for t, r in paired) / len(paired),
         }
         print(f"| {kind} | {est} | {row['tokens']:.0f} | {row['accuracy']:.3f} | {row['branch_token_fraction']:.3f} | "
-              f"{row['mean_branch_depth']:.1f} | {row['offset_to_spread']:.3f} | {row['grad_norm']:.4f} | {row['cos_between_batches']:.3f} ± {row['cos_between_batches_se']:.3f} | "
+              f"{row['mean_branch_depth']:.1f} | {row['offset_to_spread']:.3f} | {row['grad_norm']:.4f} | "
+              f"{row['cos_between_batches']:.3f} ± {row['cos_between_batches_se']:.3f} | "
               f"{row['cos_to_other_rollout']:.3f} | {row['cos_tempo_grpo']:.3f} | {row['norm_ratio_tempo_grpo']:.2f} |")
         if not args.no_save:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)

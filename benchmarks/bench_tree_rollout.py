@@ -5,7 +5,8 @@ tokens, decode steps, wall time, and the shape of the trees (branch depth).
 
 A random Llama built from a config (no downloads); no EOS, so every response has exactly
 `max_new_tokens` tokens and the token counts are exact. Plain timer: one warm-up, median of
-`--reps` (and the minimum, since other load on a shared machine only adds time). Appends one JSON line per configuration to benchmarks/results/bench_tree_rollout.jsonl.
+`--reps` (and the minimum, since other load on a shared machine only adds time). Appends one
+JSON line per configuration to benchmarks/results/bench_tree_rollout.jsonl.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def run_generate(model, prompts, args):
         if rep:
             times.append(time.perf_counter() - t0)
     n = ids.shape[0] * args.max_new_tokens
-    return {"tokens_generated": n, "forward_tokens": n + ids.numel(), "row_steps": n, "decode_steps": args.max_new_tokens,
+    return {"tokens_generated": n, "forward_tokens": n + ids.numel(), "row_steps": n,
+            "decode_steps": args.max_new_tokens,
             "waves": 1, "seconds_median": statistics.median(times), "seconds_min": min(times),
             "branch_token_fraction": float("nan"), "mean_first_branch_depth": float("nan"),
             "mean_branch_depth": float("nan")}

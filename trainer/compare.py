@@ -267,8 +267,8 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
                   "| rollout | batch | reward mean | tokens | cosine TEMPO-GRPO | norm ratio TEMPO/GRPO | "
                   "cos to other batches GRPO | cos to other batches TEMPO |", "|---|---|---|---|---|---|---|---|"]
         nan = float("nan")
-        lines += [f"| {g.get('rollout', 'independent')} | {i} | {g['reward_mean']:.3f} | {g.get('tokens_generated', '-')} | "
-                  f"{g['cosine']:.4f} | {g['norm_ratio']:.3f} | {g.get('cos_other_batches_grpo', nan):.4f} | "
+        lines += [f"| {g.get('rollout', 'independent')} | {i} | {g['reward_mean']:.3f} | "
+                  f"{g.get('tokens_generated', '-')} | {g['cosine']:.4f} | {g['norm_ratio']:.3f} | {g.get('cos_other_batches_grpo', nan):.4f} | "
                   f"{g.get('cos_other_batches_tempo', nan):.4f} |" for i, g in enumerate(grad)]
     return "\n".join(lines) + "\n"
 
@@ -278,7 +278,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--estimators", nargs="+", default=["tempo", "grpo"], choices=["tempo", "grpo", "dr_grpo"])
     parser.add_argument("--rollout", "--rollouts", dest="rollouts", nargs="+", default=["independent"],
                         choices=["independent", "tree"],
-                        help="rollout kinds; with more than one, every estimator runs with each (arms 'tempo+tree' ...)")
+                        help="rollout kinds; with more than one, every estimator runs with each "
+                             "(arms 'tempo+tree', ...)")
     parser.add_argument("--tree-group-size", type=int, default=0,
                         help="leaves per group for tree arms (0: the config's group_size); a tree generates fewer "
                              "tokens per leaf, so more leaves give the arms equal tokens per step")

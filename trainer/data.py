@@ -80,7 +80,8 @@ def chain_solution(terms: list[int], carries: list[int] | None = None) -> str:
 def chain_examples(n: int, seed: int, k: int = 3) -> list[Example]:
     """n seeded `chain` prompts of k two-digit terms, every step carrying."""
     rng = random.Random(seed)
-    return [Example(prompt="+".join(map(str, t)) + "=", answer=str(sum(t))) for t in (chain_terms(rng, k) for _ in range(n))]
+    chains = (chain_terms(rng, k) for _ in range(n))
+    return [Example(prompt="+".join(map(str, t)) + "=", answer=str(sum(t))) for t in chains]
 
 
 BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}

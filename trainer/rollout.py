@@ -75,7 +75,8 @@ def _sample(model, tokenizer, prompts, *, group_size, max_new_tokens, temperatur
         responses, mask, stats = _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree,
                                               autocast_dtype)
     else:
-        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        sampling = ({"do_sample": False} if greedy else
+                    {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0})
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)

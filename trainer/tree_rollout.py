@@ -82,7 +82,8 @@ class TreeConfig:
         if self.points_per_parent is not None and self.points_per_parent < 1:
             raise ValueError(f"points_per_parent must be >= 1 or None, got {self.points_per_parent}")
         if self.min_fork_depth < 0 or (self.max_fork_depth is not None and self.max_fork_depth < self.min_fork_depth):
-            raise ValueError(f"need 0 <= min_fork_depth <= max_fork_depth, got {self.min_fork_depth}, {self.max_fork_depth}")
+            raise ValueError(f"need 0 <= min_fork_depth <= max_fork_depth, "
+                             f"got {self.min_fork_depth}, {self.max_fork_depth}")
 
 
 @dataclass
@@ -305,7 +306,8 @@ def _cache_keyword(cls) -> str:
 def _forward(model, ids, attention_mask, position_ids, cache) -> torch.Tensor:
     """One cached forward; the cache keyword is `cache` in recent transformers, `past_key_values` before."""
     name = _cache_keyword(type(model))
-    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **{name: cache})
+    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                **{name: cache})
     return out.logits
 
 
