@@ -425,11 +425,12 @@ def _decode_wave(model, forks, prompt_store, stores, sampling, generator, device
         counters["forward_tokens"] += n_active
         counters["tokens_generated"] += n_active
         counters["row_steps"] += len(rows)
+        tok_l, lp_l, ent_l = token.tolist(), lp.tolist(), ent.tolist()  # one device sync per step
         for j in active.nonzero()[:, 0].tolist():
             leaf = forks[rows[j]].leaf
-            leaf.tokens.append(int(token[j]))
-            leaf.logprobs.append(float(lp[j]))
-            leaf.entropies.append(float(ent[j]))
+            leaf.tokens.append(tok_l[j])
+            leaf.logprobs.append(lp_l[j])
+            leaf.entropies.append(ent_l[j])
         step += 1
         active = active & ~_is_eos(token, sampling.eos_token_id) & (step < budget)
         feed = torch.where(active, token, sampling.pad_token_id)
