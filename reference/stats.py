@@ -25,10 +25,16 @@ class GroupTreeStats:
     n_branch_tokens: int  # tokens t of responses k with |Members(child)| < |Members(parent)|
     first_branch_depth: int | None  # |s| of the shallowest branch node; None if none
     max_depth: int  # longest response
+    branch_depth_sum: int = 0  # sum of |s| over branch nodes
 
     @property
     def branch_token_fraction(self) -> float:
         return self.n_branch_tokens / self.n_tokens if self.n_tokens else 0.0
+
+    @property
+    def mean_branch_depth(self) -> float | None:
+        """Mean |s| over branch nodes: where the TD term can act (None if the group never branches)."""
+        return self.branch_depth_sum / self.n_branch_nodes if self.n_branch_nodes else None
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,16 @@ class TreeStats:
     n_branch_tokens: int
     max_depth: int
     mean_first_branch_depth: float | None  # over the groups that branch
+    branch_depth_sum: int = 0  # sum of |s| over every group's branch nodes
 
     @property
     def branch_token_fraction(self) -> float:
         return self.n_branch_tokens / self.n_tokens if self.n_tokens else 0.0
+
+    @property
+    def mean_branch_depth(self) -> float | None:
+        """Mean |s| over all branch nodes of the batch (None if no group branches)."""
+        return self.branch_depth_sum / self.n_branch_nodes if self.n_branch_nodes else None
 
     @property
     def nodes_per_group(self) -> float:
@@ -58,16 +70,18 @@ class TreeStats:
         out = {k: v for k, v in asdict(self).items() if k != "groups"}
         out["branch_token_fraction"] = self.branch_token_fraction
         out["nodes_per_group"] = self.nodes_per_group
+        out["mean_branch_depth"] = self.mean_branch_depth
         return out
 
 
 def group_tree_stats(tree: PrefixTree) -> GroupTreeStats:
-    n_nodes = n_branch_nodes = 0
+    n_nodes = n_branch_nodes = branch_depth_sum = 0
     first_branch: int | None = None
     for node in tree.nodes():
         n_nodes += 1
         if node.is_branch:
             n_branch_nodes += 1
+            branch_depth_sum += node.depth
             if first_branch is None or node.depth < first_branch:
                 first_branch = node.depth
     n_branch_tokens = sum(sum(tree.is_branch_token(k)) for k in range(len(tree)))
@@ -79,6 +93,7 @@ def group_tree_stats(tree: PrefixTree) -> GroupTreeStats:
         n_branch_tokens=n_branch_tokens,
         first_branch_depth=first_branch,
         max_depth=max((len(s) for s in tree.sequences), default=0),
+        branch_depth_sum=branch_depth_sum,
     )
 
 
@@ -96,6 +111,7 @@ def combine(groups: dict[Hashable, GroupTreeStats]) -> TreeStats:
         n_branch_tokens=sum(g.n_branch_tokens for g in stats),
         max_depth=max((g.max_depth for g in stats), default=0),
         mean_first_branch_depth=sum(depths) / len(depths) if depths else None,
+        branch_depth_sum=sum(g.branch_depth_sum for g in stats),
     )
 
 

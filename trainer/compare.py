@@ -50,13 +50,32 @@ def _finished(cfg: TrainConfig) -> list[dict[str, Any]] | None:
     return rows if same and steps == list(range(1, cfg.steps + 1)) else None
 
 
-def run_grid(base: TrainConfig, estimators: list[str], lrs: list[float], seeds: list[int], out_dir: Path,
-             jobs: int, reuse: bool = True) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
-    """Every (estimator, lr, seed) run; `jobs` processes, one torch thread each. A run that already
-    finished with the same config is read back instead of rerun (`reuse`)."""
-    runs = {(e, lr, s): replace(base, estimator=e, lr=lr, seed=s, threads=1, progress=False, save_final=False,
-                                tensorboard=False, output_dir=str(out_dir / f"{e}_lr{lr:g}_seed{s}"))
-            for e in estimators for lr in lrs for s in seeds}
+def make_arms(estimators: list[str], rollouts: list[str], tree_group_size: int = 0) -> dict[str, dict[str, Any]]:
+    """Arm name -> TrainConfig overrides. With independent rollouts only, arms are the estimators
+    ("tempo"); otherwise "tempo+tree" etc. Tree arms may sample more leaves per group
+    (`tree_group_size`) so that every arm generates about the same number of tokens per step."""
+    arms = {}
+    for r in rollouts:
+        for e in estimators:
+            name = e if rollouts == ["independent"] else f"{e}+{r}"
+            arms[name] = {"estimator": e, "rollout": r}
+            if r == "tree" and tree_group_size:
+                arms[name]["group_size"] = tree_group_size
+    return arms
+
+
+def run_grid(base: TrainConfig, arms: dict[str, dict[str, Any]] | list[str], lrs: list[float], seeds: list[int],
+             out_dir: Path, jobs: int, reuse: bool = True) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
+    """Every (arm, lr, seed) run; `jobs` processes, one torch thread each. An arm is an estimator
+    name or, from `make_arms`, a name with its config overrides. A run that already finished with
+    the same config is read back instead of rerun (`reuse`)."""
+    if not isinstance(arms, dict):
+        arms = {e: {"estimator": e} for e in arms}
+    runs = {(a, lr, s): replace(base, **arms[a], lr=lr, seed=s, threads=1, progress=False, save_final=False,
+                                tensorboard=False, output_dir=str(out_dir / f"{a.replace('+', '_')}_lr{lr:g}_seed{s}"))
+            for a in arms for lr in lrs for s in seeds}
+    for cfg in runs.values():
+        cfg.validate()
     results = {key: rows for key, cfg in runs.items() if reuse and (rows := _finished(cfg)) is not None}
     todo = {key: cfg for key, cfg in runs.items() if key not in results}
     for cfg in todo.values():  # a rerun starts clean rather than appending to old metrics
@@ -83,6 +102,12 @@ def steps_to(history: list[dict[str, Any]], target: float) -> int | None:
     return None
 
 
+def tokens_to(history: list[dict[str, Any]], target: float) -> int | None:
+    """Tokens generated up to and including the first eval step that reaches the target; None if never."""
+    step = steps_to(history, target)
+    return None if step is None else sum(r.get("tokens_generated", 0) for r in history if r["step"] <= step)
+
+
 def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
     sweep: dict[str, dict[str, Any]] = {}
     best: dict[str, float] = {}
@@ -93,7 +118,9 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
             auc = statistics.mean(statistics.mean(c) for c in curves)
             final = statistics.mean(c[-1] for c in curves)
             hits = [steps_to(results[(e, lr, s)], target) for s in seeds]
-            sweep[e][f"{lr:g}"] = {"mean_eval_accuracy": auc, "final_eval_accuracy": final, "steps_to_target": hits}
+            tokens = [tokens_to(results[(e, lr, s)], target) for s in seeds]
+            sweep[e][f"{lr:g}"] = {"mean_eval_accuracy": auc, "final_eval_accuracy": final, "steps_to_target": hits,
+                                   "tokens_to_target": tokens}
         best[e] = max(lrs, key=lambda lr: sweep[e][f"{lr:g}"]["mean_eval_accuracy"])
     timing = {}
     for e in estimators:
@@ -103,37 +130,51 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
                      "advantage_s": statistics.median(r["time_advantage_s"] for r in rows),
                      "advantage_fraction": statistics.median(r["advantage_time_fraction"] for r in rows),
                      "branch_token_fraction": statistics.mean(r["branch_token_fraction"] for r in rows),
-                     "nodes_per_group": statistics.mean(r["nodes_per_group"] for r in rows)}
+                     "nodes_per_group": statistics.mean(r["nodes_per_group"] for r in rows),
+                     "tokens_per_step": statistics.mean(r.get("tokens_generated", 0) for r in rows),
+                     "mean_branch_depth": statistics.mean(r.get("mean_branch_depth") or 0.0 for r in rows),
+                     "first_branch_depth": statistics.mean(r.get("first_branch_depth") or 0.0 for r in rows)}
     return {"sweep": sweep, "best_lr": best, "timing": timing}
 
 
-def gradient_agreement(base: TrainConfig, n_batches: int) -> list[dict[str, float]]:
+def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "independent",
+                       group_size: int = 0) -> list[dict[str, float]]:
     """On a few rollout batches of the initial policy: cosine and norm ratio of the TEMPO and GRPO
-    policy gradients (same samples, ratio 1, the configured aggregation)."""
+    policy gradients (same samples, ratio 1, the configured aggregation). Each row also carries the
+    mean cosine of its gradients with the other batches' (per estimator): a scale-free
+    signal-to-noise measure, since independent noise averages to cosine 0."""
     from .train import compute_advantages, load_policy, model_path, score
 
-    torch.manual_seed(base.seed)
-    tokenizer, model = load_policy(model_path(base), torch.device("cpu"))
-    examples = load_dataset(base.dataset, seed=base.seed)
-    reward_fn = load_reward(base.reward)
+    cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
+    torch.manual_seed(cfg.seed)
+    tokenizer, model = load_policy(model_path(cfg), torch.device("cpu"))
+    examples = load_dataset(cfg.dataset, seed=cfg.seed)
+    reward_fn = load_reward(cfg.reward)
     params = [p for p in model.parameters() if p.requires_grad]
-    out = []
+    out, grads = [], {"tempo": [], "grpo": []}
     for b in range(n_batches):
-        batch = batch_for_step(examples, 10_000 + b, base.prompts_per_step, base.seed)
-        roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=base.group_size,
-                             max_new_tokens=base.max_new_tokens, temperature=base.temperature, top_p=base.top_p)
-        rewards = score(roll, batch, base, reward_fn)
-        grads = {}
+        batch = batch_for_step(examples, 10_000 + b, cfg.prompts_per_step, cfg.seed)
+        roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=cfg.group_size,
+                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                             tree=cfg.tree_config())
+        rewards = score(roll, batch, cfg, reward_fn)
         for est in ("tempo", "grpo"):
-            adv = compute_advantages(roll, rewards, replace(base, estimator=est))
+            adv = compute_advantages(roll, rewards, replace(cfg, estimator=est))
             logp, _ = forward_logprobs(model, roll)
-            loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=base.aggregation).loss
-            grads[est] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
-        t, g = grads["tempo"], grads["grpo"]
-        out.append({"cosine": float(torch.dot(t, g) / (t.norm() * g.norm() + 1e-30)),
-                    "norm_ratio": float(t.norm() / (g.norm() + 1e-30)),
-                    "reward_mean": float(rewards.mean())})
+            loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=cfg.aggregation).loss
+            grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+        t, g = grads["tempo"][-1], grads["grpo"][-1]
+        out.append({"cosine": _cos(t, g), "norm_ratio": float(t.norm() / (g.norm() + 1e-30)),
+                    "reward_mean": float(rewards.mean()), "tokens_generated": roll.stats.get("tokens_generated", 0)})
+    for est, gs in grads.items():
+        for i, row in enumerate(out):
+            if len(gs) > 1:
+                row[f"cos_other_batches_{est}"] = statistics.mean(_cos(gs[i], h) for j, h in enumerate(gs) if j != i)
     return out
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a, b) / (a.norm() * b.norm() + 1e-30))
 
 
 def plot(results, summary, estimators, lrs, seeds, target, path: Path) -> None:
@@ -142,7 +183,9 @@ def plot(results, summary, estimators, lrs, seeds, target, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    by_tokens = any("+" in e for e in estimators)  # rollouts compared: also plot against generated tokens
+    fig, axes = plt.subplots(1, 3 if by_tokens else 2, figsize=(16 if by_tokens else 11, 4))
+    ax, ax2 = axes[0], axes[-1]
     for e in estimators:
         lr = summary["best_lr"][e]
         curves = [eval_curve(results[(e, lr, s)]) for s in seeds]
@@ -152,6 +195,14 @@ def plot(results, summary, estimators, lrs, seeds, target, path: Path) -> None:
         line, = ax.plot(steps, mean, marker="o", label=f"{e} (lr {lr:g}, {len(seeds)} seeds)")
         ax.fill_between(steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
         ax2.plot(lrs, [summary["sweep"][e][f"{x:g}"]["mean_eval_accuracy"] for x in lrs], marker="o", label=e)
+        if by_tokens:
+            cum = [statistics.mean(sum(r.get("tokens_generated", 0) for r in results[(e, lr, s)] if r["step"] <= st)
+                                   for s in seeds) for st in steps]
+            axes[1].plot(cum, mean, marker="o", color=line.get_color(), label=e)
+    if by_tokens:
+        axes[1].axhline(target, color="grey", ls="--", lw=1)
+        axes[1].set(xlabel="tokens generated", ylabel="eval accuracy (sampled)", title="against generated tokens")
+        axes[1].legend()
     ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
     ax.set(xlabel="step", ylabel="eval accuracy (sampled)", title="each estimator at its best lr (band: min-max)")
     ax2.set(xscale="log", xlabel="learning rate", ylabel="mean eval accuracy over the run", title="lr sweep")
@@ -196,17 +247,42 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
                      f"{s['mean_eval_accuracy']:.3f} | {s['final_eval_accuracy']:.3f} | {t['step_s']:.2f} | "
                      f"{1e3 * t['advantage_s']:.1f} | {100 * t['advantage_fraction']:.2f}% | "
                      f"{t['branch_token_fraction']:.3f} | {t['nodes_per_group']:.1f} |")
+    if any("+" in e for e in estimators):  # rollouts compared: the token budget and the trees' shape
+        lines += ["", f"## Generated tokens to eval accuracy >= {target:g}, and the trees (best lr)", "",
+                  "| arm | group size | tokens generated / step | tokens to target (median; per seed) | "
+                  "mean first-branch depth | mean branch depth |", "|---|---|---|---|---|---|"]
+        for e in estimators:
+            lr = summary["best_lr"][e]
+            t = summary["timing"][e]
+            toks = summary["sweep"][e][f"{lr:g}"]["tokens_to_target"]
+            med = statistics.median([x if x is not None else float("inf") for x in toks])
+            shown = ", ".join("-" if x is None else str(x) for x in toks)
+            lines.append(f"| {e} | {summary['group_size'][e]} | {t['tokens_per_step']:.0f} | "
+                         f"{'not reached' if med == float('inf') else f'{med:.0f}'} ({shown}) | "
+                         f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} |")
     if grad:
         lines += ["", "## TEMPO vs GRPO policy gradient on the same samples (initial policy)", "",
-                  "| batch | reward mean | cosine | norm ratio TEMPO/GRPO |", "|---|---|---|---|"]
-        lines += [f"| {i} | {g['reward_mean']:.3f} | {g['cosine']:.4f} | {g['norm_ratio']:.3f} |"
-                  for i, g in enumerate(grad)]
+                  "cos to other batches: mean cosine of a batch's gradient with the other batches' gradients "
+                  "(same rollout, same estimator); noise drives it to 0, so higher means more signal.", "",
+                  "| rollout | batch | reward mean | tokens | cosine TEMPO-GRPO | norm ratio TEMPO/GRPO | "
+                  "cos to other batches GRPO | cos to other batches TEMPO |", "|---|---|---|---|---|---|---|---|"]
+        nan = float("nan")
+        lines += [f"| {g.get('rollout', 'independent')} | {i} | {g['reward_mean']:.3f} | "
+                  f"{g.get('tokens_generated', '-')} | {g['cosine']:.4f} | {g['norm_ratio']:.3f} | {g.get('cos_other_batches_grpo', nan):.4f} | "
+                  f"{g.get('cos_other_batches_tempo', nan):.4f} |" for i, g in enumerate(grad)]
     return "\n".join(lines) + "\n"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML/JSON TrainConfig fields for every run (model, task, budget)")
     parser.add_argument("--estimators", nargs="+", default=["tempo", "grpo"], choices=["tempo", "grpo", "dr_grpo"])
+    parser.add_argument("--rollout", "--rollouts", dest="rollouts", nargs="+", default=["independent"],
+                        choices=["independent", "tree"],
+                        help="rollout kinds; with more than one, every estimator runs with each "
+                             "(arms 'tempo+tree', ...)")
+    parser.add_argument("--tree-group-size", type=int, default=0,
+                        help="leaves per group for tree arms (0: the config's group_size); a tree generates fewer "
+                             "tokens per leaf, so more leaves give the arms equal tokens per step")
     parser.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4, 4e-4],
                         help="learning-rate sweep, run for every estimator (at least 3 values)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="at least 3 seeds")
@@ -232,18 +308,22 @@ def run(args) -> int:
 
     model_path(base)  # build the shared initial policy once, before the workers start
     t0 = time.perf_counter()
-    results = run_grid(base, args.estimators, args.lrs, args.seeds, Path(args.runs_dir), args.jobs,
-                       reuse=not args.fresh)
-    summary = summarise(results, args.estimators, args.lrs, args.seeds, args.target)
-    grad = gradient_agreement(base, args.grad_batches) if args.grad_batches else []
+    arms = make_arms(args.estimators, args.rollouts, args.tree_group_size)
+    names = list(arms)
+    results = run_grid(base, arms, args.lrs, args.seeds, Path(args.runs_dir), args.jobs, reuse=not args.fresh)
+    summary = summarise(results, names, args.lrs, args.seeds, args.target)
+    summary["group_size"] = {a: arms[a].get("group_size", base.group_size) for a in names}
+    grad = [{"rollout": r, **row} for r in args.rollouts for row in gradient_agreement(
+        base, args.grad_batches, r, args.tree_group_size if r == "tree" else 0)] if args.grad_batches else []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot(results, summary, args.estimators, args.lrs, args.seeds, args.target, out.with_suffix(".png"))
+    plot(results, summary, names, args.lrs, args.seeds, args.target, out.with_suffix(".png"))
     command = "tempo-rl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else "tempo-rl compare"
-    md = markdown(summary, grad, base, args.estimators, args.lrs, args.seeds, args.target, command)
+    md = markdown(summary, grad, base, names, args.lrs, args.seeds, args.target, command)
     out.with_suffix(".md").write_text(md)
     curves = {f"{e}|{lr:g}|{s}": eval_curve(h) for (e, lr, s), h in results.items()}
-    rewards = {f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h] for (e, lr, s), h in results.items()}
+    rewards = {f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h if "reward_mean" in r]  # not the step-0 eval
+               for (e, lr, s), h in results.items()}
     out.with_suffix(".json").write_text(json.dumps(
         {"config": base.to_dict(), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
          "summary": summary, "gradient_agreement": grad, "eval_curves": curves, "train_reward": rewards,

@@ -42,6 +42,20 @@ class TrainConfig:
     max_new_tokens: int = _f(24, "response length limit; generation also stops at EOS", "sampling")
     temperature: float = _f(1.0, "sampling temperature", "sampling")
     top_p: float = _f(1.0, "nucleus sampling threshold", "sampling")
+    rollout: str = _f("independent", "'independent' (G samples per prompt with `generate`) or 'tree' (each group "
+                      "sampled as a prefix tree: roots, then branches forked inside sampled responses and "
+                      "continued from the policy; trainer/tree_rollout.py)", "sampling",
+                      choices=("independent", "tree"))
+    tree_roots: int = _f(2, "tree: responses sampled from the prompt alone before any fork", "sampling")
+    fork_at: str = _f("entropy", "tree: fork depths are 'entropy' (the parent's highest-entropy positions, its "
+                      "decision tokens), 'random' (uniform) or 'fixed' (fork_depths)", "sampling",
+                      choices=("entropy", "random", "fixed"))
+    fork_depths: str = _f("", "tree: comma-separated response depths for fork_at='fixed', e.g. '8,16'", "sampling")
+    forks_per_point: int = _f(1, "tree: children forked at one (parent, depth) point", "sampling")
+    fork_points_per_parent: int = _f(0, "tree: fork points one parent gives per wave (0: as many as needed; 1 "
+                                     "nests forks, children forking from the previous wave)", "sampling")
+    min_fork_depth: int = _f(1, "tree: forks share at least this many response tokens with their parent", "sampling")
+    max_fork_depth: int = _f(0, "tree: ... and at most this many (0: no limit)", "sampling")
 
     # advantages
     estimator: str = _f("tempo", "'tempo' (GRPO + TD over the group's prefix tree, arXiv 2509.18314), "
@@ -107,7 +121,24 @@ class TrainConfig:
                              f"{self.mini_batches} x grad_accum={self.grad_accum} equal parts")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (a group of one has zero advantage)")
+        if self.rollout == "tree":
+            self.tree_config()  # raises on inconsistent fork options
         return self
+
+    def tree_config(self):
+        """The `TreeConfig` of the tree rollout options (None for independent sampling)."""
+        if self.rollout != "tree":
+            return None
+        from .tree_rollout import TreeConfig
+
+        try:
+            depths = tuple(int(d) for d in self.fork_depths.split(",") if d.strip())
+        except ValueError:
+            raise ValueError(f"fork_depths must be comma-separated integers, got {self.fork_depths!r}") from None
+        return TreeConfig(n_roots=self.tree_roots, fork_at=self.fork_at, fork_depths=depths,
+                          forks_per_point=self.forks_per_point,
+                          points_per_parent=self.fork_points_per_parent or None,
+                          min_fork_depth=self.min_fork_depth, max_fork_depth=self.max_fork_depth or None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,12 @@ digits sum to 10 or more), so one token deep in the response decides most of the
 ones sum is a second, rarer decision point; the rest is fixed format or follows from what came
 before. A group's prefix tree branches exactly where samples first disagree: the structure that
 TEMPO's TD term reads.
+
+The built-in `chain` task puts the decisions deeper: a prompt adds three two-digit numbers,
+"78+87+97=", and the response works the running sum one addition at a time in the `add` format,
+"8+7=15,7+8+1=16;165 5+7=12,16+9+1=26;262" (40 tokens). Every step carries, so each step has its
+own carry decision, the second one about 30 tokens into the response, and a forgotten carry makes
+every later total wrong: correctness hinges on a chain of decisions, the last of them deep.
 """
 
 from __future__ import annotations
@@ -46,7 +52,39 @@ def carry_pair(rng: random.Random) -> tuple[int, int]:
             return a, b
 
 
-BUILTIN_TASKS = {"add": add_examples}
+def chain_terms(rng: random.Random, k: int = 3) -> list[int]:
+    """k two-digit terms, uniform among those whose every running-sum step carries (rejection)."""
+    while True:
+        terms = [rng.randint(10, 99) for _ in range(k)]
+        total, carries = terms[0], True
+        for b in terms[1:]:
+            carries = carries and total % 10 + b % 10 >= 10
+            total += b
+        if carries:
+            return terms
+
+
+def chain_solution(terms: list[int], carries: list[int] | None = None) -> str:
+    """The worked running sum, one `add`-format step per term after the first; `carries[j]` = 0
+    forgets step j's carry (every later total then follows from the wrong one)."""
+    total, steps = terms[0], []
+    for j, b in enumerate(terms[1:]):
+        carry = 1 if carries is None else carries[j]
+        ones, tens = total % 10 + b % 10, total // 10 + b // 10 + carry
+        tens_expr = f"{total // 10}+{b // 10}+1" if carry else f"{total // 10}+{b // 10}"
+        steps.append(f"{total % 10}+{b % 10}={ones},{tens_expr}={tens};{tens * 10 + ones % 10}")
+        total = tens * 10 + ones % 10
+    return " ".join(steps)
+
+
+def chain_examples(n: int, seed: int, k: int = 3) -> list[Example]:
+    """n seeded `chain` prompts of k two-digit terms, every step carrying."""
+    rng = random.Random(seed)
+    chains = (chain_terms(rng, k) for _ in range(n))
+    return [Example(prompt="+".join(map(str, t)) + "=", answer=str(sum(t))) for t in chains]
+
+
+BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}
 
 
 def load_jsonl(path: str | Path) -> list[Example]:

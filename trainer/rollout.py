@@ -6,7 +6,7 @@ first EOS (which belongs to the response: the policy must learn when to stop), a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +21,7 @@ class Rollout:
     response_mask: torch.Tensor  # (B, Lr) contiguous prefix of ones, EOS included
     group_ids: torch.Tensor  # (B,) index of the prompt in the step's batch
     texts: list[str]  # decoded responses, special tokens dropped
+    stats: dict = field(default_factory=dict)  # sampler counters: tokens_generated, ...
 
     @property
     def n_tokens(self) -> int:
@@ -28,7 +29,8 @@ class Rollout:
 
     def select(self, rows: torch.Tensor) -> "Rollout":
         return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.responses[rows],
-                       self.response_mask[rows], self.group_ids[rows], [self.texts[i] for i in rows.tolist()])
+                       self.response_mask[rows], self.group_ids[rows], [self.texts[i] for i in rows.tolist()],
+                       self.stats)
 
 
 def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool, device) -> dict[str, torch.Tensor]:
@@ -49,34 +51,55 @@ def response_mask_after_eos(responses: torch.Tensor, eos_id: int) -> torch.Tenso
 
 def sample_groups(model, tokenizer, prompts: list[str], *, group_size: int, max_new_tokens: int,
                   temperature: float, top_p: float, chat_template: bool = False,
-                  greedy: bool = False, autocast_dtype=None) -> Rollout:
+                  greedy: bool = False, autocast_dtype=None, tree=None) -> Rollout:
     """G samples of each prompt (greedy: argmax decoding, for evaluation). Generation runs under
-    inference_mode; the returned tensors are ordinary ones (cloned), usable in autograd."""
+    inference_mode; the returned tensors are ordinary ones (cloned), usable in autograd. With a
+    `TreeConfig` as `tree`, each group is sampled as a prefix tree by `tree_rollout.sample_tree`
+    instead of `generate` (same sampling rules, same global RNG)."""
     roll = _sample(model, tokenizer, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=top_p, chat_template=chat_template, greedy=greedy,
-                   autocast_dtype=autocast_dtype)
+                   autocast_dtype=autocast_dtype, tree=tree)
     return Rollout(roll.prompt_ids.clone(), roll.prompt_mask.clone(), roll.responses.clone(),
-                   roll.response_mask.clone(), roll.group_ids.clone(), roll.texts)
+                   roll.response_mask.clone(), roll.group_ids.clone(), roll.texts, roll.stats)
 
 
 @torch.inference_mode()
 def _sample(model, tokenizer, prompts, *, group_size, max_new_tokens, temperature, top_p, chat_template,
-            greedy, autocast_dtype) -> Rollout:
+            greedy, autocast_dtype, tree=None) -> Rollout:
     device = next(model.parameters()).device
     enc = encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
     g = group_size
     ids = enc["input_ids"].repeat_interleave(g, 0)  # (P*G, Lp)
     att = enc["attention_mask"].repeat_interleave(g, 0)
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
-    responses = out[:, ids.shape[1]:]  # (P*G, Lr)
-    mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
-    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+    if tree is not None and not greedy:
+        responses, mask, stats = _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree,
+                                              autocast_dtype)
+    else:
+        sampling = ({"do_sample": False} if greedy else
+                    {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0})
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+        responses = out[:, ids.shape[1]:]  # (P*G, Lr)
+        mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
+        responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+        stats = {"tokens_generated": int(mask.sum())}
     texts = tokenizer.batch_decode([r[: int(m.sum())] for r, m in zip(responses, mask)], skip_special_tokens=True)
     groups = torch.arange(len(prompts), device=device).repeat_interleave(g)
-    return Rollout(ids, att, responses, mask, groups, texts)
+    return Rollout(ids, att, responses, mask, groups, texts, stats)
+
+
+def _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree, autocast_dtype):
+    """(responses (P*G, Lr), mask, sampler stats) of tree-sampled groups, group-major like `generate`."""
+    from .tree_rollout import SamplingConfig, sample_tree_padded
+
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    device = enc["input_ids"].device
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = sample_tree_padded(model, enc["input_ids"], enc["attention_mask"], group_size=g, sampling=sampling,
+                                 tree=tree)
+    return out.responses.to(device), out.response_mask.long().to(device), out.stats
 
 
 def forward_logprobs(model, roll: Rollout, *, with_entropy: bool = False, autocast_dtype=None):

@@ -4,7 +4,9 @@ Everything is built locally (no hub access) and saved with `save_pretrained`, so
 it through `from_pretrained(path)` exactly as it loads a real model. The supervised warm-up is
 short and on imperfect demonstrations: half of them forget the carry (a systematic error, as a
 student makes) and a few slip one digit of the ones sum, so RL starts from a policy that knows the
-format and is right a bit under half of the time; the reward then has something to teach.
+format and is right a bit under half of the time; the reward then has something to teach. For the
+`chain` task (`task="chain"`) each of its steps forgets the carry with probability 0.3, so about
+half of the warmed-up policy's chains are right; it is stored with a `tiny_task.txt` marker.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data import carry_pair
+from .data import carry_pair, chain_solution, chain_terms
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Characters enough for arithmetic, \boxed{...}, and short words; anything else maps to <unk>.
@@ -69,13 +71,28 @@ def _noisy_solution(a: int, b: int, rng: random.Random, forget_carry: float, sli
     return f"{a % 10}+{b % 10}={ones},{tens_expr}={tens};{tens * 10 + ones % 10}"
 
 
-def warmup_batch(tokenizer, n: int, rng: random.Random, forget_carry: float, slip: float):
+def _noisy_demo(task: str, rng: random.Random, forget_carry: float, slip: float) -> tuple[str, str]:
+    """(prompt, response) of one noisy demonstration of a built-in task. `chain` forgets each
+    step's carry independently (a chain of decisions); it has no ones-column slips."""
+    if task == "chain":
+        terms = chain_terms(rng)
+        carries = [0 if rng.random() < forget_carry else 1 for _ in terms[1:]]
+        return "+".join(map(str, terms)) + "=", chain_solution(terms, carries)
+    a, b = carry_pair(rng)
+    return f"{a}+{b}=", _noisy_solution(a, b, rng, forget_carry, slip)
+
+
+# Carry-forgetting rate of the demonstrations: about half of the warmed-up policy's answers are right.
+WARMUP_FORGET_CARRY = {"add": 0.5, "chain": 0.3}
+
+
+def warmup_batch(tokenizer, n: int, rng: random.Random, forget_carry: float, slip: float, task: str = "add"):
     """(input_ids, labels, attention_mask) of n demonstrations; loss only on response tokens."""
     rows, labels = [], []
     for _ in range(n):
-        a, b = carry_pair(rng)
-        prompt = tokenizer(f"{a}+{b}=")["input_ids"]
-        response = tokenizer(_noisy_solution(a, b, rng, forget_carry, slip))["input_ids"] + [tokenizer.eos_token_id]
+        prompt_text, response_text = _noisy_demo(task, rng, forget_carry, slip)
+        prompt = tokenizer(prompt_text)["input_ids"]
+        response = tokenizer(response_text)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt + response)
         labels.append([-100] * len(prompt) + response)
     width = max(map(len, rows))
@@ -88,7 +105,7 @@ def warmup_batch(tokenizer, n: int, rng: random.Random, forget_carry: float, sli
 
 
 def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, forget_carry: float = 0.5,
-            slip: float = 0.1, seed: int = 0, log_every: int = 100) -> None:
+            slip: float = 0.1, seed: int = 0, log_every: int = 100, task: str = "add") -> None:
     """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -98,7 +115,7 @@ def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, 
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        ids, lab, att = warmup_batch(tokenizer, batch, rng, forget_carry, slip)
+        ids, lab, att = warmup_batch(tokenizer, batch, rng, forget_carry, slip, task)
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,16 +128,23 @@ def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, 
 
 
 def make_base_model(path: str | Path, *, warmup_steps: int = 1500, seed: int = 0, hidden: int = 96,
-                    layers: int = 2) -> Path:
-    """Build, warm up and `save_pretrained` the demo policy at `path` (skipped if already there)."""
+                    layers: int = 2, task: str = "add") -> Path:
+    """Build, warm up on `task` and `save_pretrained` the demo policy at `path` (skipped if already
+    there; a policy warmed up on another task is an error, not a silent reuse)."""
     path = Path(path)
+    marker = path / "tiny_task.txt"
     if (path / "config.json").is_file():
+        built = marker.read_text().strip() if marker.is_file() else "add"
+        if built != task:
+            raise ValueError(f"{path} holds the tiny policy warmed up on {built!r}, not {task!r}; "
+                             "pass another --tiny-dir")
         return path
     tokenizer = build_tokenizer()
     model = build_model(len(tokenizer), hidden=hidden, layers=layers, seed=seed)
-    warm_up(model, tokenizer, steps=warmup_steps, seed=seed)
+    warm_up(model, tokenizer, steps=warmup_steps, seed=seed, task=task, forget_carry=WARMUP_FORGET_CARRY[task])
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    (tmp / "tiny_task.txt").write_text(task + "\n")
     tmp.rename(path)
     return path

@@ -1,6 +1,7 @@
 """`tempo-rl train`: policy optimisation of a causal LM with TEMPO (or GRPO / Dr. GRPO) advantages.
 
-One step: P prompts -> G sampled responses each (`generate` under inference_mode) -> verifiable
+One step: P prompts -> G sampled responses each (`generate` under inference_mode, or a prefix tree
+per group with `rollout = "tree"`: trainer/tree_rollout.py) -> verifiable
 rewards -> token advantages from `tempo_rl.tempo_advantages` (TEMPO, arXiv 2509.18314) or
 `tempo_rl.grpo_advantages` -> PPO clipped surrogate (asymmetric clip), `ppo_epochs` x
 `mini_batches` AdamW updates with gradient accumulation and clipping -> metrics, checkpoints.
@@ -28,7 +29,7 @@ from tempo_rl.api import resolve_backend
 
 from . import checkpoint
 from .config import TrainConfig, add_config_arguments, config_from_args
-from .data import Example, add_examples, batch_for_step, load_dataset
+from .data import BUILTIN_TASKS, Example, batch_for_step, load_dataset
 from .loss import policy_loss
 from .rewards import load_reward, safe_reward
 from .rollout import Rollout, forward_logprobs, sample_groups
@@ -62,7 +63,10 @@ def model_path(cfg: TrainConfig) -> str:
         return cfg.model
     from .tiny import make_base_model
 
-    return str(make_base_model(cfg.tiny_dir, warmup_steps=cfg.tiny_warmup_steps))
+    from .tiny import WARMUP_FORGET_CARRY
+
+    task = cfg.dataset if cfg.dataset in WARMUP_FORGET_CARRY else "add"
+    return str(make_base_model(cfg.tiny_dir, warmup_steps=cfg.tiny_warmup_steps, task=task))
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -76,8 +80,8 @@ def make_optimizer(model, cfg: TrainConfig):
 def eval_examples(cfg: TrainConfig) -> list[Example]:
     if cfg.eval_dataset:
         return load_dataset(cfg.eval_dataset, n=cfg.eval_prompts, seed=cfg.seed + 1)[: cfg.eval_prompts]
-    if cfg.dataset == "add":
-        return add_examples(cfg.eval_prompts, seed=10_000 + cfg.seed)
+    if cfg.dataset in BUILTIN_TASKS:
+        return BUILTIN_TASKS[cfg.dataset](cfg.eval_prompts, 10_000 + cfg.seed)
     return load_dataset(cfg.dataset)[: cfg.eval_prompts]
 
 
@@ -194,6 +198,8 @@ def rollout_metrics(roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor) -> 
         "branch_token_fraction": tree["branch_token_fraction"],
         "nodes_per_group": tree["nodes_per_group"],
         "first_branch_depth": tree.get("mean_first_branch_depth"),
+        "mean_branch_depth": tree.get("mean_branch_depth"),
+        "tokens_generated": roll.stats.get("tokens_generated", roll.n_tokens),
         "adv_mean": float(a.mean()) if a.numel() else 0.0,
         "adv_std": float(a.std()) if a.numel() > 1 else 0.0,
         "adv_absmax": float(a.abs().max()) if a.numel() else 0.0,
@@ -306,12 +312,13 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
                desc=f"train {cfg.estimator}", dynamic_ncols=True, mininterval=1.0)
+    tree = cfg.tree_config()  # None: independent samples through `generate`
     for step in bar:
         t0 = time.perf_counter()
         batch = batch_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
         roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=cfg.group_size,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             chat_template=cfg.chat_template, autocast_dtype=autocast_dtype)
+                             chat_template=cfg.chat_template, autocast_dtype=autocast_dtype, tree=tree)
         t_gen = time.perf_counter()
         rewards = score(roll, batch, cfg, reward_fn)
         t_adv0 = time.perf_counter()
