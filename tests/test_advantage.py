@@ -329,3 +329,33 @@ def test_long_responses_do_not_recurse(seed):
     stats = tempo_rl.reference.tree_stats(seqs, [0] * 4)
     assert stats.max_depth == 5000
     assert len(tempo_advantages(seqs, [1.0, 0.0, 0.5, 0.25], [0] * 4)[0]) == 5000
+
+
+# ------------------------------- Proposition T1 (proofs_notes/tree-rollouts.md): one branch node
+
+
+@given(case=ragged_batches)
+@settings(max_examples=300)
+@edge_examples_ragged
+def test_propT1_branch_node_decomposition(case):
+    """Per child c of a branch node s with no ends: GRPO's coefficient of l_c is S_c + N_c and
+    TEMPO's is 2 S_c + N_c, with S_c = m_c (V(c) - V(s)), N_c = m_c (V(s) - mu); exact."""
+    seqs, rews, ids = case
+    tds = td_values(seqs, rews, ids)
+    for rows in group_rows(ids).values():
+        tree = PrefixTree([seqs[i] for i in rows], [rews[i] for i in rows])
+        mu = GroupMoments.of(tree.rewards).mean
+        prefixes = {tuple(seqs[i][:d]) for i in rows for d in range(len(seqs[i]))}
+        for prefix in prefixes:
+            node = tree.node(prefix)
+            if node.ends or not node.is_branch:
+                continue
+            d = len(prefix)
+            for token, child in node.children.items():
+                members = [(k, i) for k, i in enumerate(rows) if tuple(seqs[i][: d + 1]) == prefix + (token,)]
+                grpo = sum((tree.rewards[k] - mu for k, _ in members), Fraction(0))
+                tempo = grpo + sum((tds[i][d] for _, i in members), Fraction(0))
+                local = child.count * (child.value - node.value)
+                offset = child.count * (node.value - mu)
+                assert grpo == local + offset
+                assert tempo == 2 * local + offset
