@@ -19,7 +19,6 @@ require("trl")
 
 import tempo_rl  # noqa: E402
 from tempo_rl.integrations.trl import (  # noqa: E402
-    TempoGRPOConfig,
     TempoGRPOTrainer,
     _local_batch,
     _rewards_and_groups,
@@ -50,21 +49,7 @@ class Recording(TempoGRPOTrainer):
 
 
 def make_trainer(tmp_path: Path, **overrides) -> Recording:
-    options = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=2 * GROUP,
-        num_generations=GROUP,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        reward_weights=tiny.REWARD_WEIGHTS,
-    )
-    args = TempoGRPOConfig(**{**options, **overrides})
+    args = tiny.trl_config(tmp_path / "run", group=GROUP, per_device_batch=2 * GROUP, **overrides)
     return Recording(
         model=tiny.save_model(tmp_path / "model"),
         reward_funcs=tiny.REWARD_FUNCS,

@@ -77,3 +77,24 @@ def expected_rewards(completion_ids: list[list[int]]) -> torch.Tensor:
     """The weighted reward TRL sums (float32, same operation order as GRPOTrainer)."""
     per_func = torch.tensor([f(completion_ids=completion_ids) for f in REWARD_FUNCS], dtype=torch.float32).T
     return (per_func * torch.tensor(REWARD_WEIGHTS, dtype=torch.float32)[None, :]).nansum(dim=1)
+
+
+def trl_config(output_dir: Path, *, group: int, per_device_batch: int, **overrides):
+    """The TempoGRPOConfig every TRL test starts from: 2 short CPU steps, no saving or reporting."""
+    from tempo_rl.integrations.trl import TempoGRPOConfig
+
+    options = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_device_batch,
+        num_generations=group,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        reward_weights=REWARD_WEIGHTS,
+    )
+    return TempoGRPOConfig(**{**options, **overrides})

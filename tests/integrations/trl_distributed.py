@@ -40,7 +40,7 @@ def fixed_rollout(prompts, trainer):
 
 
 def main(out: Path) -> None:
-    from tempo_rl.integrations.trl import TempoGRPOConfig, TempoGRPOTrainer
+    from tempo_rl.integrations.trl import TempoGRPOTrainer
 
     class Recording(TempoGRPOTrainer):
         def _generate_and_score_completions(self, inputs):
@@ -51,21 +51,8 @@ def main(out: Path) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = tiny.build_tokenizer(Path(tmp) / "tok")
-        args = TempoGRPOConfig(
-            output_dir=str(Path(tmp) / "run"),
-            per_device_train_batch_size=GLOBAL_BATCH // world,
-            num_generations=GROUP,
-            max_completion_length=8,
-            max_steps=2,
-            learning_rate=1e-2,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-            seed=0,
-            data_seed=0,
-            reward_weights=tiny.REWARD_WEIGHTS,
-        )
+        args = tiny.trl_config(Path(tmp) / "run", group=GROUP, per_device_batch=GLOBAL_BATCH // world,
+                               max_completion_length=8, data_seed=0)
         trainer = Recording(
             model=tiny.build_model(),
             reward_funcs=tiny.REWARD_FUNCS,
