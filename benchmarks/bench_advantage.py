@@ -92,12 +92,12 @@ def floor_bytes(inputs: dict) -> int:
 
 
 def _fast_fn(name: str, inputs: dict) -> Callable[[], object]:
-    from tempo_rl._validate import validate
-    from tempo_rl.api import _load
+    from tempo_rl import get_backend, validate
 
-    batch = validate(**inputs)
-    fn = _load(name)
-    return lambda: fn(batch, norm_by_std=True, eps=1e-6, td_coef=1.0)
+    b = validate(**inputs)
+    fn = get_backend(name).advantages_and_stats
+    return lambda: fn(b.responses, b.lengths, b.rewards, b.group_index, b.loss_mask, norm_by_std=True, eps=1e-6,
+                      td_coef=1.0, with_stats=False)
 
 
 def _python_fn(name: str, inputs: dict) -> Callable[[], object]:

@@ -11,11 +11,15 @@ group, and everything else is O(G^2) work per response:
 - every other token carries the GRPO value (R_i - mu_g) / (sigma_g + eps), the same number,
   computed once per row, that `td_coef = 0` gives (so non-branch tokens are GRPO bitwise).
 
-Group statistics and TD are computed in float64 and rounded once to the output dtype. Every
-float reduction is a sequential sum over the group's own members in member order (an explicit
-loop over member slots, each step vectorised over all rows), so no association depends on the
-batch's other groups or a padded size: the result is batch invariant bitwise (spec 5b).
+Group statistics and TD are computed in float64 on rewards divided by the group's power-of-two
+scale (`_groups.group_scale`: exact, so finite for any finite rewards) and rounded once to the
+output dtype. Every float reduction is a sequential sum over the group's own members in member
+order (an explicit loop over member slots, each step vectorised over all rows), so no
+association depends on the batch's other groups or a padded size: the result is batch invariant
+bitwise (spec 5b). The same lcp matrices give the tree statistics (`stats_torch`).
 Cost: O(sum_g G_g^2 * L) token comparisons (pairs i < k only), O(B * L) output writes.
+
+A leaf: plain tensors in, nothing imported from the package that calls it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tempo_rl._validate import Batch
-
-from ._groups import GroupLayout
+from ._groups import GroupLayout, group_scale
+from .stats_torch import STAT_COLUMNS, stats_from_lcp
 
 # Rows whose tokens one step compares at once; bounds temporaries to a few tens of MB.
 _CHUNK_ELEMENTS = 1 << 24
@@ -34,20 +37,30 @@ _CHUNK_ELEMENTS = 1 << 24
 
 @dataclass(frozen=True)
 class GroupMoments:
-    """Per-row group statistics in float64, rows laid out (groups, G).
+    """Per-row group statistics in float64 on scaled rewards R / s_g, rows laid out (groups, G).
 
-    centred: (c, G) R_k - mu_g.  denom: (c, 1) sigma_g + eps, or 1.  degenerate: (c, 1) bool,
-    a group of one or with all rewards equal (in the input dtype): every advantage is 0.
+    centred: (c, G) (R_k - mu_g) / s_g.  denom: (c, 1) (sigma_g + eps) / s_g.  scale: (c, 1) s_g.
+    degenerate: (c, 1) bool, a group of one or with all rewards equal (in the input dtype):
+    every advantage is 0.
     """
 
     centred: torch.Tensor
     denom: torch.Tensor
+    scale: torch.Tensor
     degenerate: torch.Tensor
+    norm_by_std: bool
+
+    def normalise(self, numerator: torch.Tensor) -> torch.Tensor:
+        """numerator (c, G, ...) in scaled units -> the advantage: / denom, or x s_g (Dr. GRPO)."""
+        extra = (1,) * (numerator.dim() - 2)
+        if self.norm_by_std:
+            return numerator / self.denom.view(*self.denom.shape, *extra)
+        return numerator * self.scale.view(*self.scale.shape, *extra)
 
 
-def group_moments(rewards: torch.Tensor, *, norm_by_std: bool, eps: float) -> GroupMoments:
-    """mu_g, sigma_g (divisor G - 1) of rewards (c, G), summed member by member in order."""
-    r = rewards.to(torch.float64)  # (c, G)
+def group_moments(rewards: torch.Tensor, scale: torch.Tensor, *, norm_by_std: bool, eps: float) -> GroupMoments:
+    """mu_g, sigma_g (divisor G - 1) of rewards (c, G) / scale (c,), summed member by member in order."""
+    r = rewards.to(torch.float64) / scale[:, None]  # (c, G) exact: scale is a power of two
     size = r.shape[1]
     total = torch.zeros_like(r[:, 0])
     for k in range(size):  # sequential in member order: no association depends on the batch
@@ -59,9 +72,10 @@ def group_moments(rewards: torch.Tensor, *, norm_by_std: bool, eps: float) -> Gr
     sigma = torch.sqrt(squares / max(size - 1, 1))  # (c,)
     # Exactly equal rewards give exactly 0; the float mean of equal values need not equal them.
     degenerate = (rewards.amax(1) == rewards.amin(1)) | (size < 2)  # (c,)
-    denom = sigma + eps if norm_by_std else torch.ones_like(sigma)
+    denom = sigma + eps / scale  # eps / s_g exact (s_g >= eps 2^-60 keeps it finite)
     denom = torch.where(degenerate, 1.0, denom)  # eps = 0 with equal rewards: never compute 0 / 0
-    return GroupMoments(centred=centred, denom=denom[:, None], degenerate=degenerate[:, None])
+    return GroupMoments(centred=centred, denom=denom[:, None], scale=scale[:, None],
+                        degenerate=degenerate[:, None], norm_by_std=norm_by_std)
 
 
 def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -118,13 +132,14 @@ def prefix_td(lcp: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
     return s_child / n_child.clamp_min(1) - s_parent / n_parent.clamp_min(1)
 
 
-def _group_chunks(layout: GroupLayout, length: int) -> list[tuple[int, torch.Tensor]]:
-    """(G, member rows (c, G)) chunks, groups of one size per chunk, memory bounded."""
+def _group_chunks(layout: GroupLayout, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(group indices (c,), member rows (c, G)) chunks, groups of one size per chunk, memory bounded."""
     chunks = []
     for size, groups in layout.by_size():
         per_chunk = max(1, _CHUNK_ELEMENTS // max(1, size * length))
         for start in range(0, groups.numel(), per_chunk):
-            chunks.append((size, layout.members(groups[start : start + per_chunk], size)))
+            part = groups[start : start + per_chunk]
+            chunks.append((part, layout.members(part, size)))
     return chunks
 
 
@@ -133,49 +148,115 @@ def _member_tokens(responses: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     first = int(rows[0, 0])
     flat = rows.reshape(-1)
     if torch.equal(flat, torch.arange(first, first + flat.numel(), device=rows.device)):
-        return responses[first : first + flat.numel()].view(*rows.shape, -1)
+        return responses[first : first + flat.numel()].reshape(*rows.shape, -1)
     return responses[rows]
 
 
-def _branch_points(batch: Batch, rows: torch.Tensor, moments: GroupMoments, *, td_coef: float):
+def _branch_points(lcp: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor, moments: GroupMoments,
+                   *, td_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, t, value) of every branch token of these groups, value in float64."""
-    lcp = lcp_matrix(_member_tokens(batch.responses, rows), batch.lengths[rows])  # (c, G, G)
     td = prefix_td(lcp, moments.centred)  # (c, G, G)
-    base = moments.centred[:, :, None]  # (c, G, 1)
     # Two separate ops, never a fused multiply-add, so rounding is the same everywhere.
-    value = (base + td_coef * td) / moments.denom[:, :, None]  # (c, G, G)
-    n = batch.lengths[rows][:, :, None]  # (c, G, 1)
+    value = moments.normalise(moments.centred[:, :, None] + td_coef * td)  # (c, G, G)
+    n = lengths[rows][:, :, None]  # (c, G, 1)
     branch = (lcp < n) & ~moments.degenerate[:, :, None]  # t = lcp(i, k) < n_i is a branch token
     where = branch.nonzero(as_tuple=True)
     return rows[where[0], where[1]], lcp[where], value[where]
 
 
-def advantages(batch: Batch, *, norm_by_std: bool, eps: float, td_coef: float) -> torch.Tensor:
-    """TEMPO advantages (B, L) in batch.dtype on batch.device; td_coef = 0 gives GRPO bitwise.
+def _check_finite(values: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    """Finite rewards can still give an advantage past the output dtype's range (Dr. GRPO on
+    rewards near its limit, a huge td_coef): refuse rather than return inf."""
+    if values.numel() and not bool(torch.isfinite(values.to(dtype)).all()):
+        raise ValueError(f"{name} too large: the advantages overflow {dtype} (largest finite is "
+                         f"{torch.finfo(dtype).max:.3g}); rescale it")
 
-    A[i, t] = (R_i - mu_g + td_coef * TD[i, t]) / (sigma_g + eps) (proofs_notes/tempo.md,
-    Definition 3), TD exactly 0 at non-branch tokens; 0 past n_i, where loss_mask is 0, and for
-    groups of one or with equal rewards.
+
+def advantages_and_stats(
+    responses: torch.Tensor,
+    lengths: torch.Tensor,
+    rewards: torch.Tensor,
+    group_index: torch.Tensor,
+    loss_mask: torch.Tensor | None = None,
+    *,
+    norm_by_std: bool,
+    eps: float,
+    td_coef: float,
+    with_stats: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TEMPO advantages (B, L) and, from the same lcp matrices, per-group tree statistics.
+
+    Args:
+        responses: (B, L) int ids, any strides.  lengths: (B,) int64 n_i.
+        rewards: (B,) float32/float64, the output dtype.  group_index: (B,) int64 in [0, n_groups).
+        loss_mask: optional (B, L) bool.
+
+    Returns:
+        advantages: (B, L), A[i, t] = (R_i - mu_g + td_coef * TD[i, t]) / (sigma_g + eps)
+        (proofs_notes/tempo.md, Definition 3), TD exactly 0 at non-branch tokens; 0 past n_i, where
+        loss_mask is 0, and for groups of one or with equal rewards. td_coef = 0 gives GRPO bitwise.
+        stats: (n_groups, len(STAT_COLUMNS)) int64, or None without `with_stats`.
     """
-    b, length = batch.shape
-    device = batch.device
+    b, length = responses.shape
+    device = responses.device
+    dtype = rewards.dtype
+    n_groups = int(group_index.max()) + 1 if b else 0
+    stats = torch.zeros((n_groups, len(STAT_COLUMNS)), dtype=torch.int64, device=device) if with_stats else None
     if b == 0:
-        return torch.zeros(batch.shape, dtype=batch.dtype, device=device)
-    layout = GroupLayout.of(batch.group_index)
+        return torch.zeros((b, length), dtype=dtype, device=device), stats
+    layout = GroupLayout.of(group_index)
+    scale = group_scale(rewards, group_index, layout.n_groups, eps=eps if norm_by_std else 0.0)
     row_value = torch.zeros(b, dtype=torch.float64, device=device)  # GRPO value of each row
     points = []
-    for _, rows in _group_chunks(layout, length):
-        moments = group_moments(batch.rewards[rows], norm_by_std=norm_by_std, eps=eps)
-        grpo = torch.where(moments.degenerate, 0.0, moments.centred / moments.denom)  # (c, G)
+    for groups, rows in _group_chunks(layout, length):
+        moments = group_moments(rewards[rows], scale[groups], norm_by_std=norm_by_std, eps=eps)
+        grpo = torch.where(moments.degenerate, 0.0, moments.normalise(moments.centred))  # (c, G)
         row_value[rows.reshape(-1)] = grpo.reshape(-1)
-        if td_coef != 0.0 and length > 0:
-            points.append(_branch_points(batch, rows, moments, td_coef=td_coef))
-    keep = torch.arange(length, device=device) < batch.lengths[:, None]  # (B, L)
-    if batch.loss_mask is not None:
-        keep &= batch.loss_mask
-    out = torch.where(keep, row_value.to(batch.dtype)[:, None], 0.0)  # (B, L) GRPO everywhere
+        if not (with_stats or td_coef != 0.0):
+            continue
+        lcp = lcp_matrix(_member_tokens(responses, rows), lengths[rows])  # (c, G, G)
+        if stats is not None:
+            stats[groups] = stats_from_lcp(lcp, lengths[rows])
+        if td_coef != 0.0:
+            points.append(_branch_points(lcp, rows, lengths, moments, td_coef=td_coef))
+    _check_finite(row_value, dtype, "rewards")
+    keep = torch.arange(length, device=device) < lengths[:, None]  # (B, L)
+    if loss_mask is not None:
+        keep &= loss_mask
+    out = torch.where(keep, row_value.to(dtype)[:, None], 0.0)  # (B, L) GRPO everywhere
     if points:
         row, t, value = (torch.cat(parts) for parts in zip(*points))
-        value = torch.where(keep[row, t], value.to(batch.dtype), 0.0)
+        _check_finite(value, dtype, "td_coef")
+        value = torch.where(keep[row, t], value.to(dtype), 0.0)
         out[row, t] = value  # branch tokens only; repeated (row, t) carry identical values
+    return out, stats
+
+
+def advantages(
+    responses: torch.Tensor,
+    lengths: torch.Tensor,
+    rewards: torch.Tensor,
+    group_index: torch.Tensor,
+    loss_mask: torch.Tensor | None = None,
+    *,
+    norm_by_std: bool,
+    eps: float,
+    td_coef: float,
+) -> torch.Tensor:
+    """TEMPO advantages (B, L) in rewards.dtype; arguments as `advantages_and_stats`."""
+    out, _ = advantages_and_stats(responses, lengths, rewards, group_index, loss_mask,
+                                  norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, with_stats=False)
     return out
+
+
+def tree_stats(responses: torch.Tensor, lengths: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """(n_groups, len(STAT_COLUMNS)) int64 tree statistics; only the lcp work, no rewards."""
+    b, length = responses.shape
+    device = responses.device
+    n_groups = int(group_index.max()) + 1 if b else 0
+    stats = torch.zeros((n_groups, len(STAT_COLUMNS)), dtype=torch.int64, device=device)
+    if b == 0:
+        return stats
+    for groups, rows in _group_chunks(GroupLayout.of(group_index), length):
+        stats[groups] = stats_from_lcp(lcp_matrix(_member_tokens(responses, rows), lengths[rows]), lengths[rows])
+    return stats

@@ -64,8 +64,15 @@ class TempoGRPOConfig(GRPOConfig):
     )
     tempo_log_tree_stats: bool = field(
         default=True,
-        metadata={"help": "Log the prefix-tree statistics (tempo/*) each generation step; costs a CPU pass."},
+        metadata={"help": "Log the prefix-tree statistics (tempo/*) each generation step (computed with the "
+                  "advantages, from the same pass over the tokens)."},
     )
+    tempo_trust_check: bool = field(
+        default=False,
+        metadata={"help": "Each step, recompute tempo_trust_groups sampled groups with the exact reference and "
+                  "raise tempo_rl.AdvantageMismatch on a difference (cost independent of the batch size)."},
+    )
+    tempo_trust_groups: int = field(default=4, metadata={"help": "Groups checked per step by tempo_trust_check."})
 
 
 class TempoGRPOTrainer(GRPOTrainer):
@@ -85,6 +92,8 @@ class TempoGRPOTrainer(GRPOTrainer):
         self.tempo_eps = float(getattr(self.args, "tempo_eps", 1e-4))
         self.tempo_backend = getattr(self.args, "tempo_backend", "auto")
         self.tempo_log_tree_stats = bool(getattr(self.args, "tempo_log_tree_stats", True))
+        self.tempo_trust_check = bool(getattr(self.args, "tempo_trust_check", False))
+        self.tempo_trust_groups = int(getattr(self.args, "tempo_trust_groups", 4))
         self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -118,26 +127,24 @@ class TempoGRPOTrainer(GRPOTrainer):
             )
         rewards, group_ids = _rewards_and_groups(rewards_per_func, self.reward_weights, group_size)
         scale = self.scale_rewards
-        adv = tempo_rl.tempo_advantages(
-            batch["responses"],
-            batch["response_mask"],
-            rewards,
-            group_ids,
-            loss_mask=batch["loss_mask"],
-            norm_by_std=_NORM_BY_STD[scale],
-            eps=self.tempo_eps,
+        options = dict(
+            loss_mask=batch["loss_mask"], norm_by_std=_NORM_BY_STD[scale], eps=self.tempo_eps,
             td_coef=self.tempo_td_coef,
-            backend=self.tempo_backend,
+        )
+        # One pass over the tokens gives the advantages and the tree statistics logged as tempo/*.
+        adv, stats = tempo_rl.tempo_advantages_with_stats(
+            batch["responses"], batch["response_mask"], rewards, group_ids, backend=self.tempo_backend, **options
         )  # (B_global, L_global)
+        if self.tempo_trust_check:
+            tempo_rl.check_against_reference(adv, batch["responses"], batch["response_mask"], rewards, group_ids,
+                                             max_groups=self.tempo_trust_groups, **options)
         if scale == "batch":
             adv = adv / (_batch_std(rewards, group_ids) + self.tempo_eps)
-        self._log_tempo(mode, batch, group_ids, adv)
+        self._log_tempo(mode, batch, adv, stats.select(lambda gid: gid >= 0))  # unscored rows: ids < 0
         start = self.accelerator.process_index * n_local
         return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
 
-    def _log_tempo(
-        self, mode: str, batch: dict[str, torch.Tensor], group_ids: torch.Tensor, adv: torch.Tensor
-    ) -> None:
+    def _log_tempo(self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, stats: tempo_rl.TreeStats) -> None:
         mask = batch["response_mask"].bool()
         # The completions table shows one advantage per completion: the mean over its tokens.
         seq_adv = (adv * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B_global,)
@@ -145,15 +152,9 @@ class TempoGRPOTrainer(GRPOTrainer):
             self._logs["advantages"].pop()  # GRPO's values that GRPOTrainer just logged
         self._logs["advantages"].extend(seq_adv.tolist())
         self._metrics[mode]["tempo/td_coef"].append(self.tempo_td_coef)
-        if not self.tempo_log_tree_stats:
-            return
-        keep = group_ids >= 0  # unscored completions are not in any tree
-        stats = tempo_rl.tree_stats(batch["responses"][keep].cpu(), mask[keep].cpu(), group_ids[keep].cpu())
-        self._metrics[mode]["tempo/branch_token_fraction"].append(stats.branch_token_fraction)
-        self._metrics[mode]["tempo/nodes_per_group"].append(stats.nodes_per_group)
-        self._metrics[mode]["tempo/branch_nodes_per_group"].append(stats.n_branch_nodes / max(stats.n_groups, 1))
-        if stats.mean_first_branch_depth is not None:
-            self._metrics[mode]["tempo/first_branch_depth"].append(stats.mean_first_branch_depth)
+        if self.tempo_log_tree_stats:
+            for key, value in stats.as_metrics(prefix="tempo/").items():
+                self._metrics[mode][key].append(value)
 
 
 def _check_supported(args: GRPOConfig) -> None:

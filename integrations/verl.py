@@ -22,7 +22,9 @@ tempo-rl's pyproject.toml (importing this module registers them too). A run:
 
 Options read from `algorithm`: `norm_adv_by_std_in_grpo` (True -> norm_by_std) and, added with
 Hydra's `+algorithm.tempo_td_coef=0.5`, `tempo_td_coef` (default 1.0), `tempo_eps` (default 1e-6,
-verl's GRPO epsilon) and `tempo_backend` (default "auto").
+verl's GRPO epsilon), `tempo_backend` (default "auto"), and `tempo_trust_check` (default False:
+True recomputes `tempo_trust_groups` sampled groups, default 4, with the exact reference each step
+and raises `tempo_rl.AdvantageMismatch` on a difference; its cost does not grow with the batch).
 
 The tree covers each response's tokens (its length in the TransferQueue); verl's
 `response_mask`, which is 0 on tool output inside a multi-turn response, is the loss mask and
@@ -136,27 +138,23 @@ def compute_tempo_outcome_advantage(
     responses = responses[:, :width].to(response_mask.device)
     tree_mask = _tree_mask(response_mask, response_lengths)
     group_ids = list(index)
+    scores = token_level_rewards.sum(dim=-1)
+    options = dict(
+        loss_mask=response_mask,
+        norm_by_std=bool(_option(config, "norm_adv_by_std_in_grpo", True)),
+        eps=float(_option(config, "tempo_eps", 1e-6)),
+        td_coef=float(_option(config, "tempo_td_coef", 1.0)),
+    )
+    backend = str(_option(config, "tempo_backend", "auto"))
     with torch.no_grad():
-        advantages = tempo_rl.tempo_advantages(
-            responses,
-            tree_mask,
-            token_level_rewards.sum(dim=-1),
-            group_ids,
-            loss_mask=response_mask,
-            norm_by_std=bool(_option(config, "norm_adv_by_std_in_grpo", True)),
-            eps=float(_option(config, "tempo_eps", 1e-6)),
-            td_coef=float(_option(config, "tempo_td_coef", 1.0)),
-            backend=str(_option(config, "tempo_backend", "auto")),
-        )
+        # One pass over the tokens gives the advantages and, for the trainer's metrics, the tree statistics.
+        advantages, stats = tempo_rl.tempo_advantages_with_stats(responses, tree_mask, scores, group_ids,
+                                                                 backend=backend, **options)
+        if bool(_option(config, "tempo_trust_check", False)):
+            tempo_rl.check_against_reference(advantages, responses, tree_mask, scores, group_ids, **options,
+                                             max_groups=int(_option(config, "tempo_trust_groups", 4)))
     if call is not None:
-        stats = tempo_rl.tree_stats(responses.cpu(), tree_mask.cpu(), group_ids)
-        call.stats.update(
-            {
-                "tempo/branch_token_fraction": stats.branch_token_fraction,
-                "tempo/nodes_per_group": stats.nodes_per_group,
-                "tempo/branch_nodes_per_group": stats.n_branch_nodes / max(stats.n_groups, 1),
-            }
-        )
+        call.stats.update(stats.as_metrics(prefix="tempo/"))
     return advantages, advantages
 
 

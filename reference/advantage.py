@@ -1,9 +1,11 @@
-"""TEMPO and GRPO advantages, exactly as ../shared/spec/tempo-semantics.md defines them.
+"""TEMPO and GRPO advantages, exactly as the contract (proofs_notes/contract.md) defines them.
 
 Pure Python on ragged lists; the public `tempo_rl.tempo_advantages(..., backend="reference")`
 validates tensors, calls these functions and pads the result. Values, TD and the numerator
 R_i - mu_g + td_coef * TD are `Fraction`s; only the final division by (sigma_g + eps) is done in
-float64. For response i of group g and token t < n_i (proofs_notes/tempo.md, Definition 3):
+float64, on numerator and variance divided by a power of two s_g near max|R_g| (exact, so the
+same bits as unscaled float64 where that is finite, and finite for rewards of any magnitude).
+For response i of group g and token t < n_i (proofs_notes/tempo.md, Definition 3):
 
     A[i, t] = (R_i - mu_g + td_coef * (V(y_i[:t+1]) - V(y_i[:t]))) / (sigma_g + eps)
 
@@ -13,6 +15,7 @@ GRPO is the same with TD = 0. A group of one, or a group whose rewards are all e
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Hashable, Sequence
@@ -22,24 +25,34 @@ from .trie import PrefixTree
 Ragged = list[list[float]]
 
 
+_EPS_HEADROOM = 60  # the scale stays >= eps 2^-60, so eps / s_g is finite
+
+
 @dataclass(frozen=True)
 class GroupMoments:
-    """mu_g and the unbiased variance of a group's rewards, exact."""
+    """mu_g and the unbiased variance of a group's rewards, exact, and the power-of-two scale."""
 
     size: int
     mean: Fraction
     var: Fraction  # divisor G - 1, as torch.std; 0 for a group of one
+    exponent: int  # s_g = 2^exponent, max|R_g| in [s_g, 2 s_g)
 
     @classmethod
     def of(cls, rewards: Sequence[Fraction]) -> GroupMoments:
         size = len(rewards)
         mean = sum(rewards, Fraction(0)) / size
         ss = sum(((r - mean) ** 2 for r in rewards), Fraction(0))
-        return cls(size=size, mean=mean, var=ss / (size - 1) if size > 1 else Fraction(0))
+        exponent = math.frexp(float(max((abs(r) for r in rewards), default=0)))[1] - 1
+        return cls(size=size, mean=mean, var=ss / (size - 1) if size > 1 else Fraction(0),
+                   exponent=min(max(exponent, -1074), 1023))
 
     @property
     def std(self) -> float:
         return math.sqrt(float(self.var))
+
+    def scaled_std(self, exponent: int) -> float:
+        """sigma_g / 2^exponent: the square root of the exactly scaled variance."""
+        return math.sqrt(float(self.var / Fraction(2) ** (2 * exponent)))
 
     @property
     def degenerate(self) -> bool:
@@ -47,12 +60,33 @@ class GroupMoments:
         return self.size < 2 or self.var == 0
 
 
-def normalise(numerator: Fraction, moments: GroupMoments, *, norm_by_std: bool, eps: float) -> float:
-    """The one rounding step: numerator / (sigma_g + eps) in float64 (or the numerator itself)."""
+def _to_float(value: Fraction, name: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} too large: the advantages overflow float64 (largest finite is "
+                         f"{sys.float_info.max:.3g}); rescale it") from None
+
+
+def normalise(numerator: Fraction, moments: GroupMoments, *, norm_by_std: bool, eps: float,
+              name: str = "rewards") -> float:
+    """The rounding step: numerator / (sigma_g + eps) in float64 (or the numerator itself).
+
+    Numerator, sigma_g and eps are divided by s_g = 2^e first (exact), so the quotient is the one
+    unscaled float64 gives wherever that is finite, and finite for rewards of any magnitude.
+    """
     if moments.degenerate:
         return 0.0
-    x = float(numerator)
-    return x / (moments.std + eps) if norm_by_std else x
+    if not norm_by_std:
+        return _to_float(numerator, name)
+    e = moments.exponent
+    if eps > 0:
+        e = max(e, math.frexp(eps)[1] - 1 - _EPS_HEADROOM)
+    x = _to_float(numerator / Fraction(2) ** e, name)
+    quotient = x / (moments.scaled_std(e) + math.ldexp(eps, -e))
+    if math.isinf(quotient):
+        raise ValueError(f"{name} too large: the advantages overflow float64; rescale it")
+    return quotient
 
 
 def group_rows(group_ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
@@ -115,7 +149,8 @@ def tempo_advantages(
         for k, i in enumerate(rows):
             base = tree.rewards[k] - moments.mean
             values = [
-                normalise(base + coef * td, moments, norm_by_std=norm_by_std, eps=eps)
+                normalise(base + coef * td, moments, norm_by_std=norm_by_std, eps=eps,
+                          name="rewards" if td == 0 else "td_coef")
                 for td in tree.td(k)
             ]
             out[i] = _masked(values, loss_masks[i] if loss_masks is not None else None)

@@ -8,7 +8,7 @@ logs these per step; `tempo_rl.tree_stats` returns them for a batch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from .advantage import group_rows
 from .trie import PrefixTree
@@ -72,6 +72,23 @@ class TreeStats:
         out["nodes_per_group"] = self.nodes_per_group
         out["mean_branch_depth"] = self.mean_branch_depth
         return out
+
+    def select(self, keep: Callable[[Hashable], bool]) -> TreeStats:
+        """The statistics of the groups whose id passes `keep`, batch totals recomputed."""
+        return combine({gid: g for gid, g in self.groups.items() if keep(gid)})
+
+    def as_metrics(self, prefix: str = "tempo/") -> dict[str, float]:
+        """The per-step tree metrics the trainer and the TRL and verl integrations log, as floats
+        (depth metrics are left out in a batch where no group branches)."""
+        values = {
+            "branch_token_fraction": self.branch_token_fraction,
+            "nodes_per_group": self.nodes_per_group,
+            "branch_nodes_per_group": self.n_branch_nodes / self.n_groups if self.n_groups else 0.0,
+            "first_branch_depth": self.mean_first_branch_depth,
+            "mean_branch_depth": self.mean_branch_depth,
+            "max_depth": self.max_depth,
+        }
+        return {prefix + k: float(v) for k, v in values.items() if v is not None}
 
 
 def group_tree_stats(tree: PrefixTree) -> GroupTreeStats:

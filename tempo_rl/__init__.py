@@ -6,15 +6,30 @@
 See README.md and proofs_notes/ for the definition and its properties.
 """
 
-from .api import BACKENDS, available_backends, grpo_advantages, tempo_advantages, tree_stats
+from ._validate import Batch, validate
+from .api import grpo_advantages, stats_from_table, tempo_advantages, tempo_advantages_with_stats, tree_stats
+from .backends import BACKENDS, available_backends, get_backend, resolve_backend
+from .reference.stats import GroupTreeStats, TreeStats
+from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "AdvantageMismatch",
+    "TrustReport",
+    "Batch",
+    "GroupTreeStats",
+    "TreeStats",
     "__version__",
     "available_backends",
+    "check_against_reference",
+    "get_backend",
     "grpo_advantages",
+    "resolve_backend",
+    "stats_from_table",
     "tempo_advantages",
+    "tempo_advantages_with_stats",
     "tree_stats",
+    "validate",
 ]

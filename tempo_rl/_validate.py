@@ -137,6 +137,9 @@ def check_group_ids(group_ids: Any, batch: int, device: torch.device) -> tuple[t
     elif isinstance(group_ids, np.ndarray):
         if group_ids.ndim != 1:
             raise ValueError(f"group_ids must be 1-D, got shape {group_ids.shape}")
+    elif isinstance(group_ids, (set, frozenset, dict)):
+        raise TypeError(f"group_ids must be an ordered sequence of B ids (a list, tuple, array or tensor), "
+                        f"got a {type(group_ids).__name__}, whose order is not the batch's")
     elif isinstance(group_ids, (str, bytes)) or not hasattr(group_ids, "__len__"):
         raise TypeError(f"group_ids must be a sequence of B ids, got {type(group_ids).__name__}")
     if len(group_ids) != batch:

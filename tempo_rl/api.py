@@ -1,109 +1,42 @@
 """The public advantage API: one call, several backends that compute the same numbers.
 
-Backends:
-- "reference": the exact P2T trie of `tempo_rl.reference` (pure Python, the definition).
-- "torch": vectorised torch (CPU and CUDA), `tempo_rl.fast.advantage_torch`.
-- "triton": Triton kernels for CUDA tensors, `tempo_rl.fast.advantage_triton`.
-- "auto": Triton for CUDA tensors when Triton imports, torch otherwise.
-
-A fast backend is trusted because the differential tests (tests/test_advantage_fast.py) prove it
-equals the reference; the trainer re-checks that on its first batches.
+Backends are named in one place, `tempo_rl.backends` ("reference", "torch", "triton", "auto").
+A fast backend is trusted because the differential tests (tests/test_advantage_fast.py,
+tests/test_stats.py) prove it equals the reference; the trainer re-checks a sample of groups.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable, Hashable, Sequence
+from typing import Hashable, Sequence
 
 import torch
 
 from ._validate import Batch, check_responses, check_scalars, validate
-from .reference import advantage as ref_advantage
-from .reference import stats as ref_stats
-
-BACKENDS = ("auto", "reference", "torch", "triton")
-
-# name -> (module, function); each function takes (batch, *, norm_by_std, eps, td_coef) and
-# returns the (B, L) advantages. td_coef == 0.0 must give GRPO bitwise.
-_FAST = {
-    "torch": ("tempo_rl.fast.advantage_torch", "advantages"),
-    "triton": ("tempo_rl.fast.advantage_triton", "advantages"),
-}
+from .backends import STAT_COLUMNS, get_backend, resolve_backend
+from .fast.stats_torch import NO_BRANCH
+from .reference.stats import GroupTreeStats, TreeStats, combine
 
 
-def available_backends() -> list[str]:
-    """Backends that import on this machine (Triton also needs CUDA tensors to run natively)."""
-    names = ["reference"]
-    for name in _FAST:
-        try:
-            _load(name)
-            names.append(name)
-        except (ImportError, AttributeError):
-            pass
-    return names
+def _backend_for(batch: Batch, backend: str):
+    return get_backend(resolve_backend(backend, batch.device))
 
 
-def _load(name: str) -> Callable[..., torch.Tensor]:
-    module, fn = _FAST[name]
-    return getattr(importlib.import_module(module), fn)
+def _run(batch: Batch, backend: str, *, norm_by_std: bool, eps: float, td_coef: float,
+         with_stats: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    fn = _backend_for(batch, backend).advantages_and_stats
+    return fn(batch.responses, batch.lengths, batch.rewards, batch.group_index, batch.loss_mask,
+              norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, with_stats=with_stats)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend `backend` names for tensors on `device`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        return backend
-    for name in (("triton", "torch") if device.type == "cuda" else ("torch",)):
-        try:
-            _load(name)
-            return name
-        except (ImportError, AttributeError):
-            continue
-    return "reference"
-
-
-def _ragged_inputs(batch: Batch) -> tuple[list[list[int]], list[float], list[int], list[list[bool]] | None]:
-    """Python lists for the reference: each row cut to its n_i tokens (padding never read)."""
-    lengths = batch.lengths.tolist()
-    rows = batch.responses.cpu().tolist()
-    sequences = [row[:n] for row, n in zip(rows, lengths)]
-    loss = None
-    if batch.loss_mask is not None:
-        loss = [row[:n] for row, n in zip(batch.loss_mask.cpu().tolist(), lengths)]
-    return sequences, batch.rewards.cpu().tolist(), batch.group_index.cpu().tolist(), loss
-
-
-def _pad(rows: list[list[float]], batch: Batch) -> torch.Tensor:
-    out = torch.zeros(batch.shape, dtype=torch.float64)
-    for i, row in enumerate(rows):
-        if row:
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
-    return out.to(device=batch.device, dtype=batch.dtype)
-
-
-def _reference(batch: Batch, *, norm_by_std: bool, eps: float, td_coef: float | None) -> torch.Tensor:
-    sequences, rewards, groups, loss = _ragged_inputs(batch)
-    if td_coef is None:
-        rows = ref_advantage.grpo_advantages(
-            sequences, rewards, groups, loss_masks=loss, norm_by_std=norm_by_std, eps=eps
-        )
-    else:
-        rows = ref_advantage.tempo_advantages(
-            sequences, rewards, groups, loss_masks=loss, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef
-        )
-    return _pad(rows, batch)
-
-
-def _run(batch: Batch, backend: str, *, norm_by_std: bool, eps: float, td_coef: float | None) -> torch.Tensor:
-    name = resolve_backend(backend, batch.device)
-    if name == "reference":
-        return _reference(batch, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
-    try:
-        fn = _load(name)
-    except (ImportError, AttributeError) as e:
-        raise RuntimeError(f"backend {name!r} is not available here: {e}") from e
-    return fn(batch, norm_by_std=norm_by_std, eps=eps, td_coef=0.0 if td_coef is None else td_coef)
+def stats_from_table(table: torch.Tensor, group_keys: Sequence[Hashable]) -> TreeStats:
+    """TreeStats from a backend's (n_groups, len(STAT_COLUMNS)) int64 table, keyed by group id."""
+    groups = {}
+    for key, row in zip(group_keys, table.cpu().tolist()):
+        fields = dict(zip(STAT_COLUMNS, row))
+        if fields["first_branch_depth"] == NO_BRANCH:
+            fields["first_branch_depth"] = None
+        groups[key] = GroupTreeStats(**fields)
+    return combine(groups)
 
 
 def tempo_advantages(
@@ -148,7 +81,33 @@ def tempo_advantages(
     """
     check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    return _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef))
+    out, _ = _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef),
+                  with_stats=False)
+    return out
+
+
+def tempo_advantages_with_stats(
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    rewards: torch.Tensor | Sequence[float],
+    group_ids: Sequence[Hashable] | torch.Tensor,
+    *,
+    loss_mask: torch.Tensor | None = None,
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+    td_coef: float = 1.0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, TreeStats]:
+    """`tempo_advantages` and `tree_stats` of the same batch in one call: the lcp work (the only
+    pass over the tokens) is done once. Arguments as `tempo_advantages`; td_coef=0 gives GRPO
+    advantages with the tree statistics.
+    """
+    check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
+    batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
+    out, table = _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef),
+                      with_stats=True)
+    assert table is not None
+    return out, stats_from_table(table, batch.group_keys)
 
 
 def grpo_advantages(
@@ -169,23 +128,27 @@ def grpo_advantages(
     """
     check_scalars(norm_by_std=norm_by_std, eps=eps)
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    return _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=None)
+    out, _ = _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=0.0, with_stats=False)
+    return out
 
 
 def tree_stats(
     responses: torch.Tensor,
     response_mask: torch.Tensor,
     group_ids: Sequence[Hashable] | torch.Tensor,
-) -> ref_stats.TreeStats:
-    """Per-group and batch statistics of the prefix trees (nodes, branch nodes and tokens,
-    branch-token fraction, depth of the first branch, max depth).
+    *,
+    backend: str = "auto",
+) -> TreeStats:
+    """Per-group and batch statistics of the prefix trees: nodes, branch nodes and tokens,
+    branch-token fraction, first and mean branch depth, max depth (proofs_notes/fast-algorithm.md,
+    "Tree statistics", gives each as a function of the lcp matrix).
 
-    `.groups` maps each original group id to its `GroupTreeStats`; `.as_dict()` gives the batch
-    numbers for logging.
+    All integers, so every backend gives exactly the reference's numbers. `.groups` maps each
+    original group id to its `GroupTreeStats`; `.as_dict()` gives the batch numbers and
+    `.as_metrics(prefix="tempo/")` the ones the trainer and integrations log.
     """
     responses = check_responses(responses)
     # Rewards play no part in the tree; zeros stand in so the one validator serves.
     batch = validate(responses, response_mask, torch.zeros(responses.shape[0]), group_ids)
-    sequences, _, groups, _ = _ragged_inputs(batch)
-    per_group = ref_stats.tree_stats(sequences, groups).groups
-    return ref_stats.combine({batch.group_keys[g]: s for g, s in per_group.items()})
+    table = _backend_for(batch, backend).tree_stats(batch.responses, batch.lengths, batch.group_index)
+    return stats_from_table(table, batch.group_keys)

@@ -14,6 +14,7 @@ groups == 0.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -269,31 +270,21 @@ def test_fast_worked_example(backend):
 
 @pytest.mark.slow
 def test_triton_kernels_compile_for_sm90():
-    """Without a GPU the interpreter runs the kernels; this also compiles them for an H100 (sm_90)
-    so code the interpreter accepts but the compiler would reject cannot go unnoticed."""
+    """Without a GPU the interpreter runs the kernels; this also compiles every variant the
+    launcher can pick for an H100 (sm_90a: BLOCK_G 2..64, int32/int64 ids, float32/float64, TD
+    on/off, statistics on/off, both norms, unit and general strides), so code the interpreter
+    accepts but the compiler would reject cannot go unnoticed, and checks ptxas's register report:
+    no spills up to BLOCK_G = 32 (groups of up to 32). BLOCK_G = 64 still spills a little at 16
+    warps (reported, see proofs_notes/fast-algorithm.md)."""
     pytest.importorskip("triton")
-    script = (
-        "import triton\n"
-        "from triton.backends.compiler import GPUTarget\n"
-        "from triton.compiler import ASTSource\n"
-        "from tempo_rl.fast import advantage_triton as m\n"
-        "target = GPUTarget('cuda', 90, 32)\n"
-        "group = {'tokens_ptr': '*i32', 'lengths_ptr': '*i64', 'rewards_ptr': '*fp32', 'order_ptr': '*i64',\n"
-        "  'offsets_ptr': '*i64', 'sizes_ptr': '*i64', 'params_ptr': '*fp64', 'row_value_ptr': '*fp32',\n"
-        "  'branch_pos_ptr': '*i32', 'branch_value_ptr': '*fp32', 'stride_tb': 'i64', 'stride_tl': 'i64'}\n"
-        "const = dict(NORM_BY_STD=True, WITH_TD=True, NO_LCP=2**30, BLOCK_G=16, BLOCK_L=32)\n"
-        "sig = {**group, **{k: 'constexpr' for k in const}}\n"
-        "triton.compile(ASTSource(m._group_kernel, sig, constexprs=const), target=target)\n"
-        "write = {'out_ptr': '*fp32', 'lengths_ptr': '*i64', 'row_value_ptr': '*fp32', 'branch_pos_ptr': '*i32',\n"
-        "  'branch_value_ptr': '*fp32', 'loss_ptr': '*u8', 'length': 'i32', 'stride_ob': 'i64',\n"
-        "  'stride_ol': 'i64', 'stride_mb': 'i64', 'stride_ml': 'i64'}\n"
-        "const = dict(HAS_LOSS=True, WITH_TD=True, BLOCK_G=16, BLOCK_L=256)\n"
-        "sig = {**write, **{k: 'constexpr' for k in const}}\n"
-        "triton.compile(ASTSource(m._write_kernel, sig, constexprs=const), target=target)\n"
-        "print('compiled')\n"
-    )
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "0"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    if "ptxas" in done.stderr and "not found" in done.stderr:
-        pytest.skip("this triton wheel ships no ptxas")
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-m", "tempo_rl.benchmarks.compile_kernels"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {r["block_g"] for r in rows if r["kernel"] == "group"} == {2, 4, 8, 16, 32, 64}
+    assert {r["kernel"] for r in rows} == {"group", "fill", "scatter"}
+    for r in rows:
+        assert r["registers"] <= 255
+        if r["block_g"] <= 32 or r["kernel"] != "group":
+            assert r["spill_bytes"] == 0, r

@@ -159,7 +159,7 @@ def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "indepe
                              tree=cfg.tree_config())
         rewards = score(roll, batch, cfg, reward_fn)
         for est in ("tempo", "grpo"):
-            adv = compute_advantages(roll, rewards, replace(cfg, estimator=est))
+            adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
             logp, _ = forward_logprobs(model, roll)
             loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=cfg.aggregation).loss
             grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))

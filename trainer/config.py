@@ -66,6 +66,8 @@ class TrainConfig:
                       choices=("auto", "reference", "torch", "triton"))
     trust_batches: int = _f(1, "on this many first batches, check the fast backend against the exact "
                             "reference and stop on a mismatch", "advantages")
+    trust_groups: int = _f(4, "groups per checked batch recomputed by the reference (sampled; the cost "
+                           "does not grow with the batch)", "advantages")
     trust_atol: float = _f(1e-5, "mismatch tolerance of the trust check, relative to max(1, |A|max)",
                            "advantages")
 
