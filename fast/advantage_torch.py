@@ -72,7 +72,9 @@ def group_moments(rewards: torch.Tensor, scale: torch.Tensor, *, norm_by_std: bo
     sigma = torch.sqrt(squares / max(size - 1, 1))  # (c,)
     # Exactly equal rewards give exactly 0; the float mean of equal values need not equal them.
     degenerate = (rewards.amax(1) == rewards.amin(1)) | (size < 2)  # (c,)
-    denom = sigma + eps / scale  # eps / s_g exact (s_g >= eps 2^-60 keeps it finite)
+    # eps / s_g exact (s_g >= eps 2^-60 keeps it finite); a true division, as `eps / tensor` is
+    # computed as eps * (1 / s_g), which is 0 * inf for eps = 0 and a subnormal s_g.
+    denom = sigma + torch.full_like(scale, eps) / scale
     denom = torch.where(degenerate, 1.0, denom)  # eps = 0 with equal rewards: never compute 0 / 0
     return GroupMoments(centred=centred, denom=denom[:, None], scale=scale[:, None],
                         degenerate=degenerate[:, None], norm_by_std=norm_by_std)

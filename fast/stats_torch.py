@@ -2,9 +2,9 @@
 
 Every statistic is an integer function of the group's G x G lcp matrix and lengths
 (proofs_notes/fast-algorithm.md, "Tree statistics"), so it equals the reference exactly. With
-m_i = max_{k < i} lcp(i, k) (0 for the first member) and D_i = {lcp(i, k) : y_k != y_i}:
+m_i = max_{k < i} lcp(i, k) (-1 for the first member) and D_i = {lcp(i, k) : y_k != y_i}:
 
-- nodes          = 1 + sum_i (n_i - m_i)           (prefixes y_i[:t], t > m_i, are new at member i)
+- nodes          = sum_i (n_i - m_i)               (prefixes y_i[:t], t > m_i, are new at member i)
 - branch nodes   = sum_i |{t in D_i : t > m_i}|    (y_i[:t] branches iff t in D_i; counted once)
 - branch tokens  = sum_i |{lcp(i, k) : k != i} intersected with [0, n_i)|
 - first branch depth = min over D; branch depth sum = sum_i sum {t in D_i : t > m_i}.
@@ -50,7 +50,7 @@ def stats_from_lcp(lcp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     n = lengths.to(torch.int64)  # (c, G)
     eye = torch.eye(size, dtype=torch.bool, device=lcp.device)
     earlier = torch.ones(size, size, dtype=torch.bool, device=lcp.device).tril(-1)  # k < i
-    m = torch.where(earlier, lcp, 0).amax(-1)  # (c, G) m_i
+    m = torch.where(earlier, lcp, -1).amax(-1)  # (c, G) m_i; -1 for the first member, who owns the root
     identical = (lcp == n[:, :, None]) & (lcp == n[:, None, :])  # (c, G, G), diagonal included
     differs = ~identical  # y_k != y_i, so t = lcp(i, k) is a branch node on y_i's path
     branch_nodes, depth_sum = _distinct(lcp, differs & (lcp > m[:, :, None]))  # (c, G)
@@ -60,7 +60,7 @@ def stats_from_lcp(lcp: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     columns = {
         "n_responses": torch.full((c,), size, dtype=torch.int64, device=lcp.device),
         "n_tokens": n.sum(-1),
-        "n_nodes": 1 + (n - m).sum(-1),
+        "n_nodes": (n - m).sum(-1),
         "n_branch_nodes": branch_nodes.sum(-1),
         "n_branch_tokens": branch_tokens.sum(-1),
         "first_branch_depth": torch.where(branches, first, NO_BRANCH),

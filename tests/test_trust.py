@@ -1,0 +1,48 @@
+"""The trust check: a sample of whole groups against the reference, cost bounded by its budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tempo_rl
+
+
+def _batch(n_groups: int, size: int = 3, length: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    responses = torch.randint(0, 2, (n_groups * size, length), generator=g)
+    mask = torch.ones_like(responses, dtype=torch.bool)
+    rewards = torch.randint(0, 2, (n_groups * size,), generator=g).float()
+    ids = [f"uid-{i // size}" for i in range(n_groups * size)]
+    return responses, mask, rewards, ids
+
+
+def test_agreeing_backends_pass_and_the_sample_is_bounded():
+    args = _batch(200)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    report = tempo_rl.check_against_reference(adv, *args, max_groups=3)
+    assert report.groups_checked == 3 and report.rows_checked == 9 and report.tokens_checked == 54
+    tight = tempo_rl.check_against_reference(adv, *args, max_groups=50, max_tokens=20)
+    assert tight.groups_checked == 1  # one group always, then only what fits the token budget
+
+
+def test_a_difference_names_group_row_and_token():
+    args = _batch(2)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    adv[4, 2] += 1e-3  # second group, row 4, token 2
+    with pytest.raises(tempo_rl.AdvantageMismatch, match=r"group 'uid-1', row 4, token 2"):
+        tempo_rl.check_against_reference(adv, *args, max_groups=2)
+
+
+def test_the_sampled_groups_are_what_the_reference_gives_for_them_alone():
+    """Batch invariance: the check runs the reference on the sampled groups only, and an error in a
+    group it did not sample is not seen (so a seed varies the sample from step to step)."""
+    args = _batch(10)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    seen = {tempo_rl.check_against_reference(adv, *args, max_groups=1, seed=s).groups_checked for s in range(3)}
+    assert seen == {1}
+    bad = adv.clone()
+    bad[:, :] += 1.0  # every group wrong: any sample catches it
+    for s in range(3):
+        with pytest.raises(tempo_rl.AdvantageMismatch):
+            tempo_rl.check_against_reference(bad, *args, max_groups=1, seed=s)
