@@ -245,9 +245,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the .md/.csv/.json/.png")
+    parser.add_argument("--scale", action="store_true",
+                        help="the whole per-step cost at the authors' batch instead (benchmarks/bench_scale.py)")
+    from .bench_scale import add_scale_arguments
+
+    add_scale_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scale:
+        from .bench_scale import run as run_scale
+
+        return run_scale(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.threads:

@@ -33,6 +33,8 @@ from .stats_torch import STAT_COLUMNS, stats_from_lcp
 
 # Rows whose tokens one step compares at once; bounds temporaries to a few tens of MB.
 _CHUNK_ELEMENTS = 1 << 24
+# Token ids one lcp step gathers at most (two such gathers live at once).
+_BLOCK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -80,31 +82,45 @@ def group_moments(rewards: torch.Tensor, scale: torch.Tensor, *, norm_by_std: bo
                         degenerate=degenerate[:, None], norm_by_std=norm_by_std)
 
 
-def _first_mismatch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """First column where a and b differ, or their width if none. a, b: (..., L) -> (...)."""
-    differ = a != b  # (..., L)
-    if differ.shape[-1] == 0:
-        return torch.zeros(differ.shape[:-1], dtype=torch.int64, device=a.device)
-    first = differ.view(torch.uint8).argmax(-1)  # (...) first True (argmax takes the first max)
-    return torch.where(differ.any(-1), first, a.shape[-1])
-
-
 def lcp_matrix(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Pairwise longest common prefix lengths within each group.
 
     tokens: (c, G, L) ids, right-padded; lengths: (c, G). Returns (c, G, G) int64 with
     lcp[i, i] = n_i. Padding may equal real ids: a match past min(n_i, n_k) is clamped away.
+
+    Each unordered pair is compared in column blocks only while it is still open (no mismatch
+    yet, shorter row not ended), so the tokens read are about sum over pairs of lcp + a block,
+    not G^2 L: most pairs of sampled responses part within a few tokens. Blocks start at 64
+    columns and double (long shared prefixes take few steps), capped so a step gathers at most
+    _BLOCK_ELEMENTS ids.
     """
-    c, size, _ = tokens.shape
-    width = int(lengths.max()) if lengths.numel() else 0
-    tokens = tokens[..., :width]  # columns past every length can never matter
-    lcp = torch.diag_embed(lengths)  # (c, G, G)
-    for d in range(1, size):  # pairs (i, i + d): each unordered pair compared once
-        i = torch.arange(size - d, device=tokens.device)
-        first = _first_mismatch(tokens[:, : size - d], tokens[:, d:])  # (c, G - d)
-        common = torch.minimum(first, torch.minimum(lengths[:, : size - d], lengths[:, d:]))
-        lcp[:, i, i + d] = common
-        lcp[:, i + d, i] = common
+    c, size, width = tokens.shape
+    lcp = torch.diag_embed(lengths.to(torch.int64))  # (c, G, G)
+    if size < 2 or c == 0:
+        return lcp
+    device = tokens.device
+    i_idx, k_idx = torch.triu_indices(size, size, 1, device=device)  # (P,) pairs i < k
+    flat = tokens.reshape(c * size, width)  # a view when tokens is one
+    base = (torch.arange(c, device=device) * size)[:, None]  # (c, 1)
+    row_i, row_k = (base + i_idx).reshape(-1), (base + k_idx).reshape(-1)  # (c P,)
+    n = lengths.reshape(-1).to(torch.int64)
+    shorter = torch.minimum(n[row_i], n[row_k])  # (c P,) no mismatch: lcp = the shorter length
+    common = shorter.clone()
+    live = torch.nonzero(shorter > 0)[:, 0]  # open pairs
+    start, block = 0, 64
+    while live.numel():
+        step = max(1, min(block, _BLOCK_ELEMENTS // live.numel()))
+        end = min(start + step, width)
+        differ = flat[row_i[live], start:end] != flat[row_k[live], start:end]  # (p, step)
+        found = differ.any(1)  # (p,)
+        first = start + differ.view(torch.uint8).argmax(1)  # (p,) first mismatch, where found
+        hit = live[found]
+        common[hit] = torch.minimum(shorter[hit], first[found])
+        live = live[~found & (shorter[live] > end)]
+        start, block = end, min(2 * block, 2048)
+    P = i_idx.numel()
+    lcp[:, i_idx, k_idx] = common.view(c, P)
+    lcp[:, k_idx, i_idx] = common.view(c, P)
     return lcp
 
 

@@ -88,17 +88,24 @@ def check_mask(mask: Any, name: str, shape: tuple[int, int], device: torch.devic
 
 
 def check_prefix_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Lengths n_i of a mask whose every row is a contiguous prefix of ones."""
-    lengths = mask.sum(dim=1)  # (B,)
-    cols = torch.arange(mask.shape[1], device=mask.device)
-    not_prefix = (mask != (cols[None, :] < lengths[:, None])).any(dim=1)  # (B,)
+    """Lengths n_i of a mask whose every row is a contiguous prefix of ones.
+
+    A row is a prefix iff it never rises from 0 to 1; its length is then the position of its
+    first 0 (L if none). Two byte passes: torch's sum over a bool row is several times slower.
+    """
+    b, length = mask.shape
+    if length == 0:
+        return torch.zeros(b, dtype=torch.int64, device=mask.device)
+    bits = mask.view(torch.uint8)  # (B, L)
+    not_prefix = (bits[:, 1:] > bits[:, :-1]).any(dim=1)  # (B,) a 0 -> 1 step
     if bool(not_prefix.any()):
         row = _first_bad_row(not_prefix)
         raise ValueError(
             f"response_mask row {row} is not a contiguous prefix of ones "
             f"(responses must be right-padded)"
         )
-    return lengths.to(torch.int64)
+    first_zero = bits.argmin(dim=1)  # (B,) the first 0, or 0 for a row of ones
+    return torch.where(bits[:, -1].bool(), length, first_zero).to(torch.int64)
 
 
 def check_rewards(rewards: Any, batch: int, device: torch.device) -> torch.Tensor:
