@@ -7,14 +7,19 @@ See README.md and proofs_notes/ for the definition and its properties.
 """
 
 from .api import BACKENDS, available_backends, grpo_advantages, tempo_advantages, tree_stats
+from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "PrefixValues",
     "__version__",
     "available_backends",
+    "branch_snr_stats",
     "grpo_advantages",
+    "predicted_snr_ratio",
+    "prefix_values",
     "tempo_advantages",
     "tree_stats",
 ]

@@ -1,0 +1,179 @@
+"""Prefix values: the torch path equals the exact reference (proofs_notes/prefix-values.md).
+
+The oracle is `backend="reference"`: the P2T trie in `Fraction`s, each V rounded once to float64.
+
+Tolerance for V (derived, and measured below it): the torch path sums centred rewards in float64,
+V = fl(mu + fl(sum_{k in s} fl(R_k - mu)) / n). mu's own rounding cancels to first order (mu plus the
+mean of R_k - mu is the mean of R_k whatever mu is), so the error is one rounding of V (2^-53 |V|),
+the n-term sequential sum and the centring ((n - 1) + 1 roundings of at most max|R_k - mu|, each
+2^-53), and the division. The reference adds its own rounding, 2^-53 |V|. With n <= G, both stay
+below 2^-52 (|V| + (G + 1) * spread), spread = max R - min R of the group: twice the first-order
+bound. Counts, branch tokens and member ids are integers and must be equal exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+
+import tempo_rl
+from tempo_rl.reference import PrefixTree, group_rows, td_values
+
+from .strategies import Case, case_from, cases
+
+EDGE = [
+    case_from([[3, 1]], [1.0], ["a"]),  # group of one
+    case_from([[1, 2], [1, 3], [2]], [0.5, 0.5, 0.5], [0, 0, 0]),  # equal rewards
+    case_from([[], [], [5]], [1.0, 0.0, 2.0], [0, 0, 0]),  # empty responses
+    case_from([[4], [4]], [1.0, 0.0], [0, 0]),  # one token, identical
+    case_from([[1, 2, 3], [1, 2, 3], [1, 2, 3]], [1.0, 0.0, 2.0], ["q"] * 3),  # all identical
+    case_from([], [], []),  # empty batch
+    case_from([[1], [1, 2], [1, 2, 0]], [0.0, 1.0, 3.0], [7, 7, 7]),  # ends where others continue
+    case_from([[1, 2], [1, 3], [1, 3]], [1e8, 1e8 + 0.5, 1e8 + 1.0], [0, 0, 0]),  # |R| >> spread
+]
+
+
+def _pv(case: Case, backend: str) -> tempo_rl.PrefixValues:
+    return tempo_rl.prefix_values(*case.args(), backend=backend)
+
+
+def _value_tolerance(case: Case, value: torch.Tensor) -> torch.Tensor:
+    """(B, L) absolute tolerance on V: 2^-52 (|V| + (G + 1) spread) per row's group (docstring)."""
+    r = case.rewards.double()
+    spread = torch.zeros(len(case.group_ids), 1, dtype=torch.float64)
+    for rows in group_rows(case.group_ids).values():
+        g = r[rows]
+        spread[rows] = (len(rows) + 1) * (g.max() - g.min()).item()
+    return 2.0**-52 * (value.abs() + spread)
+
+
+def _branch_tokens(case: Case) -> torch.Tensor:
+    """(B, L) bool: where TEMPO applies its TD term, from the reference trie (Definition 4)."""
+    out = torch.zeros(case.responses.shape, dtype=torch.bool)
+    seqs = case.sequences
+    for rows in group_rows(case.group_ids).values():
+        tree = PrefixTree([seqs[i] for i in rows], [0] * len(rows))
+        for k, i in enumerate(rows):
+            flags = tree.is_branch_token(k)
+            out[i, : len(flags)] = torch.tensor(flags, dtype=torch.bool)
+    return out
+
+
+def _check_equal(fast: tempo_rl.PrefixValues, ref: tempo_rl.PrefixValues, case: Case) -> None:
+    for name in ("lengths", "branch_offsets", "branch_t", "run_count", "run_first"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+    d_fast, d_ref = fast.dense(), ref.dense()
+    for name in ("n_parent", "n_child", "branch"):
+        assert torch.equal(getattr(d_fast, name), getattr(d_ref, name)), name
+    for name in ("v_parent", "v_child"):
+        a, b = getattr(d_fast, name), getattr(d_ref, name)
+        assert a.dtype == b.dtype == torch.float64 and torch.isfinite(a).all()
+        err = (a - b).abs()
+        assert (err <= _value_tolerance(case, b)).all(), f"{name}: max error {err.max().item()}"
+
+
+# ------------------------------------------------------------------ torch == reference
+
+
+def _edges(test):
+    for c in EDGE:
+        test = example(case=c)(test)
+    return test
+
+
+@settings(max_examples=300)
+@given(case=cases(max_batch=12, max_len=9, max_group=6))
+@_edges
+def test_torch_equals_reference(case):
+    """Ragged lengths, interleaved groups, tiny and 2^31 vocabularies, colliding padding, every reward kind."""
+    _check_equal(_pv(case, "torch"), _pv(case, "reference"), case)
+
+
+@settings(max_examples=25)
+@given(case=cases(max_batch=70, max_len=4, max_group=64, max_vocab=2))
+def test_torch_equals_reference_large_groups(case):
+    _check_equal(_pv(case, "torch"), _pv(case, "reference"), case)
+
+
+def test_torch_accepts_strided_and_int32_inputs():
+    """A column slice of a wider tensor, a column-major copy, int32 ids: the same result."""
+    case = case_from([[1, 2, 5], [1, 3], [1, 3, 4], [2], [1, 2, 5, 5]], [0.0, 1.0, 0.5, 2.0, 1.0], [0, 0, 0, 1, 0])
+    ref = _pv(case, "reference")
+    wide = torch.zeros(5, 8, dtype=torch.int64)
+    wide[:, 2:6] = case.responses
+    mask = torch.zeros(5, 8, dtype=torch.bool)
+    mask[:, 2:6] = case.response_mask
+    for responses, m in ((wide[:, 2:6], mask[:, 2:6]), (case.responses.t().contiguous().t(), case.response_mask),
+                         (case.responses.to(torch.int32), case.response_mask)):
+        got = tempo_rl.prefix_values(responses, m, case.rewards, case.group_ids, backend="torch")
+        _check_equal(got, ref, case)
+
+
+# ------------------------------------------------------------------ laws
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@settings(max_examples=150)
+@given(case=cases(max_batch=10, max_len=8, max_group=6))
+@_edges
+def test_branch_flags_are_the_advantages_branch_tokens(backend, case):
+    """`branch` is exactly where TEMPO applies TD (n_child < n_parent); elsewhere V(child) == V(parent)
+    bitwise and the counts are equal; zero past each response."""
+    d = _pv(case, backend).dense()
+    assert torch.equal(d.branch, _branch_tokens(case))
+    assert torch.equal(d.branch, d.n_child < d.n_parent)
+    same = case.response_mask & ~d.branch
+    assert torch.equal(d.v_child[same], d.v_parent[same]) and torch.equal(d.n_child[same], d.n_parent[same])
+    past = ~case.response_mask
+    assert not d.v_parent[past].any() and not d.v_child[past].any()
+    assert not d.n_parent[past].any() and not d.n_child[past].any() and not d.branch[past].any()
+
+
+@settings(max_examples=150)
+@given(case=cases(max_batch=10, max_len=8, max_group=6, float64=True))
+@_edges
+def test_reference_values_are_the_trie_rounded_once(case):
+    """v_child - v_parent is the exact TD (td_values) up to the rounding of the two values and the
+    subtraction: 2^-53 (|v_child| + |v_parent|) + 2^-53 |TD|."""
+    d = _pv(case, "reference").dense()
+    for i, tds in enumerate(td_values(case.sequences, case.reward_list, case.group_ids)):
+        for t, td in enumerate(tds):
+            got = d.v_child[i, t].item() - d.v_parent[i, t].item()
+            bound = 2.0**-53 * (abs(d.v_child[i, t].item()) + abs(d.v_parent[i, t].item()) + abs(float(td)))
+            assert abs(got - float(td)) <= bound
+
+
+def test_hand_worked_group():
+    """The group of proofs_notes/worked-example.md: y4 = "so </s>" ends where the others continue.
+
+    Tokens: so=1, x=2, y=3, '='=4, 5=5, 6=6, </s>=0. Values from the tree printed there.
+    """
+    case = case_from([[1, 2, 4, 5, 0], [1, 2, 4, 6, 0], [1, 3, 4, 5, 0], [1, 0]], [1.0, 0.0, 1.0, 0.0], [0] * 4)
+    for backend in ("reference", "torch"):
+        d = _pv(case, backend).dense()
+        assert d.v_child[0].tolist() == [0.5, 0.5, 0.5, 1.0, 1.0]
+        assert d.n_child[0].tolist() == [4, 2, 2, 1, 1]
+        assert d.branch[0].tolist() == [False, True, False, True, False]
+        assert d.v_child[3, :2].tolist() == [0.5, 0.0] and d.branch[3, :2].tolist() == [False, True]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_unknown_and_triton_backends_are_refused_with_their_name():
+    case = EDGE[3]
+    with pytest.raises(ValueError, match="triton"):
+        tempo_rl.prefix_values(*case.args(), backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        tempo_rl.prefix_values(*case.args(), backend="cuda")
+
+
+def test_bad_arguments_name_the_argument():
+    case = EDGE[3]
+    with pytest.raises(ValueError, match="rewards"):
+        tempo_rl.prefix_values(case.responses, case.response_mask, [1.0, float("nan")], case.group_ids)
+    with pytest.raises(ValueError, match="response_mask"):
+        tempo_rl.prefix_values(case.responses, torch.ones(2, 3), case.rewards, case.group_ids)
+    with pytest.raises(ValueError, match="group_ids"):
+        tempo_rl.prefix_values(case.responses, case.response_mask, case.rewards, [0])
