@@ -72,7 +72,8 @@ class PrefixValues:
     branch_t[branch_offsets[i]:branch_offsets[i + 1]] (ascending).  run_value (float64),
     run_count, run_first (int64): (P + B,), row i's J_i + 1 runs start at branch_offsets[i] + i;
     run 0 holds depths 0..t_1 (the whole group), run j depths t_j + 1..t_{j+1}; run_first is the
-    smallest batch row among the run's members (it names the member set).
+    smallest batch row among the run's members (it names the member set).  group_index: (B,) int64
+    dense group of each row (groups numbered in order of first appearance).
     """
 
     lengths: torch.Tensor
@@ -82,6 +83,17 @@ class PrefixValues:
     run_count: torch.Tensor
     run_first: torch.Tensor
     width: int  # L
+    group_index: torch.Tensor
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """(B,) float64 V(root) of each row: its group's mean reward."""
+        return self.run_value[self.branch_offsets[:-1] + torch.arange(self.lengths.shape[0], device=self.lengths.device)]
+
+    @property
+    def group_size(self) -> torch.Tensor:
+        """(B,) int64 |Members(root)| of each row: its group's size G."""
+        return self.run_count[self.branch_offsets[:-1] + torch.arange(self.lengths.shape[0], device=self.lengths.device)]
 
     def _run_of_depth(self) -> torch.Tensor:
         """(B, L + 1) index into the run arrays of the node at depth d of each row."""
@@ -151,6 +163,7 @@ def _reference(batch: Batch) -> PrefixValues:
         run_count=ints([n for r in runs for n in r.count]),
         run_first=ints([f for r in runs for f in r.first]),
         width=batch.shape[1],
+        group_index=batch.group_index,
     )
 
 
@@ -158,7 +171,7 @@ def _torch(batch: Batch) -> PrefixValues:
     from .fast.prefix_values_torch import prefix_runs
 
     runs = prefix_runs(batch.responses, batch.lengths, batch.rewards, batch.group_index)
-    return PrefixValues(batch.lengths, *runs, width=batch.shape[1])
+    return PrefixValues(batch.lengths, *runs, width=batch.shape[1], group_index=batch.group_index)
 
 
 def _resolve(backend: str) -> str:
@@ -274,18 +287,15 @@ def branch_snr_stats(
     batch = validate(responses, response_mask, rewards, group_ids)
     run = _reference if name == "reference" else _torch
     first = run(batch)
-    rewards64 = batch.rewards.to(torch.float64)
-    mu_row = first.run_value[first.branch_offsets[:-1] + torch.arange(len(rewards64), device=batch.device)]
-    squares = (rewards64 - mu_row) ** 2  # (B,)
+    squares = (batch.rewards.to(torch.float64) - first.mu) ** 2  # (B,)
     second = run(Batch(batch.responses, batch.lengths, squares, batch.group_index, batch.group_keys, None))
     p, q = first.points(), second.points()
     keep = _first_of_each(p.node)  # one entry per node (its rows all report it)
     m = p.n_parent[keep]
     offset = p.v_parent[keep] - p.mu[keep]
     sigma2 = (m / (m - 1)) * (q.v_parent[keep] - offset * offset).clamp_min(0.0)  # m >= 2 at a branch
-    root = first.branch_offsets[p.row[keep]] + p.row[keep]  # run 0 of each node's reporting row
     return BranchSNRStats(
-        m=m, depth=p.t[keep], group_size=first.run_count[root],
+        m=m, depth=p.t[keep], group_size=first.group_size[p.row[keep]],
         offset=offset, sigma2=sigma2, delta2=offset * offset - sigma2 / m,
     )
 

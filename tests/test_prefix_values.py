@@ -13,6 +13,11 @@ bound. Counts, branch tokens and member ids are integers and must be equal exact
 
 from __future__ import annotations
 
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -177,3 +182,99 @@ def test_bad_arguments_name_the_argument():
         tempo_rl.prefix_values(case.responses, torch.ones(2, 3), case.rewards, case.group_ids)
     with pytest.raises(ValueError, match="group_ids"):
         tempo_rl.prefix_values(case.responses, case.response_mask, case.rewards, [0])
+
+
+# ------------------------------------------------------------------ the note's snippets
+
+NOTE = Path(__file__).resolve().parents[1] / "proofs_notes" / "prefix-values.md"
+
+
+def _note_functions() -> dict:
+    """Every ```python block of proofs_notes/prefix-values.md, run in order in one namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", NOTE.read_text(), flags=re.S)
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(NOTE), "exec"), namespace)  # noqa: S102 (our own note)
+    return namespace
+
+
+SNIPPETS = _note_functions()
+
+
+def _paths(case: Case):
+    """(row, prefix tree, member index, path nodes) of every row, from the reference trie."""
+    seqs, rewards = case.sequences, case.reward_list
+    for rows in group_rows(case.group_ids).values():
+        tree = PrefixTree([seqs[i] for i in rows], [rewards[i] for i in rows])
+        for k, i in enumerate(rows):
+            yield i, tree, k, tree.path(k)
+
+
+def _snippet_tolerance(case: Case, scale: torch.Tensor) -> torch.Tensor:
+    """(B, 1): a few float64 roundings of max|R| and G times the spread, over `scale` (B, 1)."""
+    r = case.rewards.double()
+    tol = torch.zeros(len(case.group_ids), 1, dtype=torch.float64)
+    for rows in group_rows(case.group_ids).values():
+        g = r[rows]
+        tol[rows] = 2.0**-49 * (g.abs().max() + (len(rows) + 2) * (g.max() - g.min())).item()
+    return tol / scale
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@settings(max_examples=150)
+@given(case=cases(max_batch=10, max_len=8, max_group=6, float64=True, with_loss_mask=False))
+@_edges
+def test_note_snippets_tempo_equals_tempo_advantages(backend, case):
+    """TEMPO from prefix values == tempo_advantages(backend="reference"), within float64 rounding
+    (2^-49 (max|R| + (G + 2) spread) / (sigma + eps): the V's, TD's and centring's roundings, each
+    at most 2^-52 of those sizes, times (1 + td_coef); plus 2^-50 |A| for sigma's rounding)."""
+    for coef in (1.0, 0.5):
+        got = SNIPPETS["tempo_via_prefix_values"](*case.args(), td_coef=coef, backend=backend)
+        want = tempo_rl.tempo_advantages(*case.args(), td_coef=coef, backend="reference")
+        r = case.rewards.double()
+        sigma = torch.zeros(len(r), 1, dtype=torch.float64)
+        for rows in group_rows(case.group_ids).values():
+            sigma[rows] = r[rows].std().item() if len(rows) > 1 else 0.0
+        bound = _snippet_tolerance(case, sigma + 1e-6) + 2.0**-50 * want.abs()
+        assert ((got - want).abs() <= bound).all(), (got - want).abs().max()
+        assert not got[~case.response_mask].any()
+        for rows in group_rows(case.group_ids).values():  # degenerate groups: exactly 0, as the contract says
+            if len(rows) < 2 or len(set(r[rows].tolist())) == 1:
+                assert not got[rows].any()
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@settings(max_examples=100)
+@given(case=cases(max_batch=10, max_len=8, max_group=6, float64=True, with_loss_mask=False))
+@_edges
+def test_note_snippets_tree_estimators_match_their_definitions(backend, case):
+    """Local + global and subgroup-mean advantages against their definitions, evaluated exactly on
+    the trie (Fractions, one rounding, then the square root in float64)."""
+    local_global = SNIPPETS["tree_local_global_advantages"](*case.args(), backend=backend)
+    subgroup = SNIPPETS["subgroup_mean_advantages"](*case.args(), backend=backend)
+    want_lg = torch.zeros_like(local_global)
+    want_sub = torch.zeros_like(subgroup)
+    for i, tree, k, path in _paths(case):
+        root = path[0].value
+        gaps = [tree.rewards[k] - p.value for p, c in zip(path, path[1:]) if c.count != p.count]
+        for t, (parent, child) in enumerate(zip(path, path[1:])):
+            exact = (child.value - root) + (child.value - parent.value)
+            want_lg[i, t] = float(exact) / math.sqrt(child.count)
+            want_sub[i, t] = float(sum(gaps, Fraction(0)) / len(gaps)) if gaps else 0.0
+    one = torch.ones(len(case.group_ids), 1, dtype=torch.float64)
+    assert ((local_global - want_lg).abs() <= _snippet_tolerance(case, one) + 2.0**-50 * want_lg.abs()).all()
+    assert ((subgroup - want_sub).abs() <= _snippet_tolerance(case, one) + 2.0**-50 * want_sub.abs()).all()
+
+
+def test_note_snippets_hand_worked():
+    """Example 1 of proofs_notes/tempo.md: y1 = (7, 1) with R = 1, y2 = (7, 2) with R = 0.
+
+    Local + global at token 1 of y1: (1 - 1/2) + (1 - 1/2) = 1, over sqrt(1). Subgroup mean: the one
+    branch node (7) gives R - V = 1/2 and -1/2. TEMPO (eps = 0): (1/2 + 1/2) / sigma, sigma = sqrt(1/2).
+    """
+    case = case_from([[7, 1], [7, 2]], [1.0, 0.0], ["q", "q"])
+    assert SNIPPETS["tree_local_global_advantages"](*case.args()).tolist() == [[0.0, 1.0], [0.0, -1.0]]
+    assert SNIPPETS["subgroup_mean_advantages"](*case.args()).tolist() == [[0.5, 0.5], [-0.5, -0.5]]
+    got = SNIPPETS["tempo_via_prefix_values"](*case.args(), eps=0.0)
+    assert got[0, 1].item() == pytest.approx(1 / math.sqrt(0.5), rel=1e-15)
