@@ -217,14 +217,24 @@ def prefix_values(
     return _reference(batch) if name == "reference" else _torch(batch)
 
 
-def predicted_snr_ratio(m: float | torch.Tensor, r: float | torch.Tensor, rho: float | torch.Tensor = 0.0):
-    """SNR(TEMPO) / SNR(GRPO) at one branch node (proofs_notes/tree-rollouts.md, Proposition T2).
+def predicted_snr_ratio(m, r, rho=0.0, *, td_coef: float = 1.0):
+    """SNR(TEMPO) / SNR(GRPO) at one node with m members (proofs_notes/tree-rollouts.md, Proposition T2).
 
-    (2 - 1/m)^2 (1 + r - rho) / (4 - 3/m + r - rho (4 - 5/m + 2/m^2)), with m the node's members,
-    r = delta^2 / sigma^2 and rho = |g|^2 / (sigma^2 F) (0: the small-signal limit).
+    a^2 (1 + r - rho) / (a^2 + b + r - rho (a^2 - b)), a = 1 + td_coef (1 - 1/m), b = (m - 1) td_coef^2 / m^2;
+    with td_coef = 1: (2 - 1/m)^2 (1 + r - rho) / (4 - 3/m + r - rho (4 - 5/m + 2/m^2)).
+
+    Args:
+        m: members of the node (float or tensor, >= 1).
+        r: delta^2 / sigma^2, the squared offset of the node's value from mu over the outcome variance below it.
+        rho: |g|^2 / (sigma^2 F) in [0, 1]; 0 is the small-signal limit.
+        td_coef: TEMPO's weight on TD.
+
+    >>> round(predicted_snr_ratio(2, 0.0), 4), round(predicted_snr_ratio(8, 0.2), 4)
+    (0.9, 1.1029)
     """
-    a = 2 - 1 / m
-    return a * a * (1 + r - rho) / (4 - 3 / m + r - rho * (4 - 5 / m + 2 / (m * m)))
+    a = 1 + td_coef * (1 - 1 / m)
+    b = (m - 1) * td_coef**2 / (m * m)
+    return a * a * (1 + r - rho) / (a * a + b + r - rho * (a * a - b))
 
 
 @dataclass(frozen=True)

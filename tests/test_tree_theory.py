@@ -20,7 +20,7 @@ from .strategies import cases
 BLOCKS = 25
 
 
-def _node_samples(rng, n: int, m: int, *, q: float, s: float, delta: float):
+def _node_samples(rng, n: int, m: int, *, q: float, s: float, delta: float, td_coef: float = 1.0):
     """n independent draws of one branch node with m members (the model of Proposition T2).
 
     Each member draws a token a ~ Bernoulli(1/2) from the node, score l = a - 1/2 (the gradient of
@@ -37,7 +37,7 @@ def _node_samples(rng, n: int, m: int, *, q: float, s: float, delta: float):
     v_zero = (rewards * (1 - a)).sum(1, keepdims=True) / np.maximum(zeros, 1)
     v_child = np.where(a == 1, v_one, v_zero)  # members that took the same token share a child
     grpo = (rewards * score).sum(1)
-    tempo = ((rewards + v_child - v_node) * score).sum(1)
+    tempo = ((rewards + td_coef * (v_child - v_node)) * score).sum(1)
     return grpo, tempo
 
 
@@ -74,6 +74,17 @@ def test_T2_finite_m_snr_ratio_matches_simulation(m, q, s, delta, rejected):
     # rho -> 0 form at finite m where rho is large, lies outside the band.
     alternative = (1 + r) / (1 + r / 4) if rejected == "m_infinity" else float(tempo_rl.predicted_snr_ratio(m, r))
     assert abs(measured - alternative) > 4 * se
+
+
+def test_T2_other_td_coef_matches_simulation():
+    """td_coef = 1/2: a = 1 + (1 - 1/m)/2, b = (m - 1)/(4 m^2) in the same formula."""
+    m, q, s, delta = 3, 0.4, 0.8, 0.6
+    grpo, tempo = _node_samples(np.random.default_rng(5), 1_000_000, m, q=q, s=s, delta=delta, td_coef=0.5)
+    sigma2 = q * q + s * s
+    measured, se = _ratio_and_se(grpo, tempo)
+    predicted = float(tempo_rl.predicted_snr_ratio(m, delta**2 / sigma2, q * q / sigma2, td_coef=0.5))
+    assert abs(measured - predicted) <= 4 * se
+    assert abs(measured - float(tempo_rl.predicted_snr_ratio(m, delta**2 / sigma2, q * q / sigma2))) > 4 * se
 
 
 def test_T2_small_signal_limit_values():
