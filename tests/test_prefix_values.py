@@ -13,6 +13,8 @@ bound. Counts, branch tokens and member ids are integers and must be equal exact
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 import re
 from fractions import Fraction
@@ -278,3 +280,9 @@ def test_note_snippets_hand_worked():
     assert SNIPPETS["subgroup_mean_advantages"](*case.args()).tolist() == [[0.5, 0.5], [-0.5, -0.5]]
     got = SNIPPETS["tempo_via_prefix_values"](*case.args(), eps=0.0)
     assert got[0, 1].item() == pytest.approx(1 / math.sqrt(0.5), rel=1e-15)
+
+
+@pytest.mark.parametrize("module", ["tempo_rl.prefix_values", "tempo_rl.reference.prefix_values"])
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
