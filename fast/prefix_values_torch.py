@@ -49,7 +49,8 @@ def _chunks(layout: GroupLayout, length: int) -> list[torch.Tensor]:
     """Member rows (c, G) of groups of one size per chunk, memory bounded."""
     chunks = []
     for size, groups in layout.by_size():
-        per_chunk = max(1, _CHUNK_ELEMENTS // max(1, size * max(length, 1)))
+        # Per group: G x L tokens for the lcp matrix, G x G per member step for the sums.
+        per_chunk = max(1, _CHUNK_ELEMENTS // (size * max(length, size, 1)))
         for start in range(0, groups.numel(), per_chunk):
             chunks.append(layout.members(groups[start : start + per_chunk], size))
     return chunks

@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import tempo_rl
 from tempo_rl.reference import PrefixTree, group_rows, td_values
 
-from .strategies import Case, case_from, cases
+from .strategies import Case, case_from, cases, concat, interleave, take, widen
 
 EDGE = [
     case_from([[3, 1]], [1.0], ["a"]),  # group of one
@@ -286,3 +287,22 @@ def test_note_snippets_hand_worked():
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@settings(max_examples=60)
+@given(case=cases(max_batch=8, max_len=6, max_group=5, float64=True),
+       other=cases(max_batch=12, max_len=6, max_group=7, float64=True), seed=st.integers(0, 2**16))
+def test_torch_batch_invariance_bitwise(case, other, seed):
+    """A group's dense values do not depend on the other groups nor on where its rows sit (members
+    keep their relative order): every sum runs over the group's own members in member order."""
+    width = max(case.responses.shape[1], other.responses.shape[1])
+    a, b = widen(case, width, "a"), widen(other, width, "b")
+    both = concat([a, b])
+    shuffled = torch.randperm(len(both.group_ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = interleave(both.group_ids, shuffled)
+    mixed = take(both, order)
+    alone = _pv(a, "torch").dense()
+    together = _pv(mixed, "torch").dense()
+    back = torch.argsort(order)[: len(a.group_ids)]  # where each row of `a` went
+    for name in ("v_parent", "v_child", "n_parent", "n_child", "branch"):
+        assert torch.equal(getattr(together, name)[back], getattr(alone, name)), name
