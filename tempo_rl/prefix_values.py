@@ -85,15 +85,19 @@ class PrefixValues:
     width: int  # L
     group_index: torch.Tensor
 
+    def _root_runs(self) -> torch.Tensor:
+        """(B,) index of each row's run 0 (the root's)."""
+        return self.branch_offsets[:-1] + torch.arange(self.lengths.shape[0], device=self.lengths.device)
+
     @property
     def mu(self) -> torch.Tensor:
         """(B,) float64 V(root) of each row: its group's mean reward."""
-        return self.run_value[self.branch_offsets[:-1] + torch.arange(self.lengths.shape[0], device=self.lengths.device)]
+        return self.run_value[self._root_runs()]
 
     @property
     def group_size(self) -> torch.Tensor:
         """(B,) int64 |Members(root)| of each row: its group's size G."""
-        return self.run_count[self.branch_offsets[:-1] + torch.arange(self.lengths.shape[0], device=self.lengths.device)]
+        return self.run_count[self._root_runs()]
 
     def _run_of_depth(self) -> torch.Tensor:
         """(B, L + 1) index into the run arrays of the node at depth d of each row."""
@@ -103,8 +107,7 @@ class PrefixValues:
         row = torch.repeat_interleave(torch.arange(b, device=device), per_row)  # (P,)
         steps = torch.zeros(b, self.width + 1, dtype=torch.int64, device=device)
         steps[row, self.branch_t + 1] = 1  # a new run starts after each branch token
-        first_run = self.branch_offsets[:-1] + torch.arange(b, device=device)  # (B,)
-        return first_run[:, None] + torch.cumsum(steps, 1)  # (B, L + 1)
+        return self._root_runs()[:, None] + torch.cumsum(steps, 1)  # (B, L + 1)
 
     def dense(self) -> DensePrefixValues:
         """The (B, L) tensors, zero past each response."""
@@ -133,7 +136,7 @@ class PrefixValues:
         device = self.lengths.device
         per_row = self.branch_offsets[1:] - self.branch_offsets[:-1]  # (B,)
         row = torch.repeat_interleave(torch.arange(b, device=device), per_row)  # (P,)
-        root = self.branch_offsets[:-1] + torch.arange(b, device=device)  # (B,) run 0 of each row
+        root = self._root_runs()  # (B,)
         j = torch.arange(row.numel(), device=device) - self.branch_offsets[row]  # (P,) rank in row
         parent = root[row] + j  # run j holds the parent of branch token j, run j + 1 its child
         node = self.run_first[parent] * (self.width + 1) + self.branch_t  # (member set, depth)
@@ -266,7 +269,8 @@ class BranchSNRStats:
             d2, s2 = float(self.delta2[pick].sum()), float(self.sigma2[pick].sum())
             r = d2 / s2 if s2 > 0 else math.nan
             ratio = float(predicted_snr_ratio(m, max(r, 0.0))) if s2 > 0 else math.nan
-            out[m] = {"nodes": int(pick.sum()), "delta2_sum": d2, "sigma2_sum": s2, "r": r, "predicted_snr_ratio": ratio}
+            out[m] = {"nodes": int(pick.sum()), "delta2_sum": d2, "sigma2_sum": s2, "r": r,
+                      "predicted_snr_ratio": ratio}
         return out
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
