@@ -9,6 +9,7 @@ See README.md and proofs_notes/ for the definition and its properties.
 from ._validate import Batch, validate
 from .api import grpo_advantages, stats_from_table, tempo_advantages, tempo_advantages_with_stats, tree_stats
 from .backends import BACKENDS, available_backends, get_backend, resolve_backend
+from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
@@ -17,15 +18,19 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "AdvantageMismatch",
-    "TrustReport",
     "Batch",
     "GroupTreeStats",
+    "PrefixValues",
     "TreeStats",
+    "TrustReport",
     "__version__",
     "available_backends",
+    "branch_snr_stats",
     "check_against_reference",
     "get_backend",
     "grpo_advantages",
+    "predicted_snr_ratio",
+    "prefix_values",
     "resolve_backend",
     "stats_from_table",
     "tempo_advantages",

@@ -6,7 +6,7 @@
                  TRITON_INTERPRET=1, how the tests run it)
     "auto"       Triton for CUDA tensors when it imports, torch otherwise
 
-Every backend provides the same two functions, called with the validated tensors of
+Every backend provides the same three functions (prefix values: see `tempo_rl.prefix_values`), called with the validated tensors of
 `tempo_rl.validate` (responses (B, L), lengths (B,), rewards (B,), dense group index (B,),
 loss mask (B, L) or None):
 
@@ -30,6 +30,7 @@ import torch
 
 from .fast.stats_torch import NO_BRANCH, STAT_COLUMNS
 from .reference import advantage as ref_advantage
+from .reference import prefix_values as ref_prefix_values
 from .reference import stats as ref_stats
 
 BACKENDS = ("auto", "reference", "torch", "triton")
@@ -43,6 +44,8 @@ class Backend:
     name: str
     advantages_and_stats: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
     tree_stats: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    # (responses, lengths, rewards, group_index) -> the compact prefix values (fast.prefix_values_torch.Runs)
+    prefix_runs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
 
 
 # ----------------------------------------------------------------------------- reference
@@ -97,23 +100,47 @@ def _reference_advantages(
     return out, _reference_stats(responses, lengths, group_index) if with_stats else None
 
 
+def _reference_prefix_runs(responses: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor,
+                           group_index: torch.Tensor) -> tuple:
+    """The trie's exact prefix values, each V(s) rounded once to float64, in the compact layout."""
+    from .fast.prefix_values_torch import Runs
+
+    runs = ref_prefix_values.prefix_values(_ragged(responses, lengths), rewards.cpu().tolist(), group_index.tolist())
+    offsets = [0]
+    for r in runs:
+        offsets.append(offsets[-1] + len(r.branch))
+    ints = lambda xs: torch.tensor(xs, dtype=torch.int64, device=responses.device)  # noqa: E731
+    return Runs(
+        branch_offsets=ints(offsets),
+        branch_t=ints([t for r in runs for t in r.branch]),
+        run_value=torch.tensor([float(v) for r in runs for v in r.value], dtype=torch.float64,
+                               device=responses.device),
+        run_count=ints([n for r in runs for n in r.count]),
+        run_first=ints([f for r in runs for f in r.first]),
+    )
+
+
 def _load_reference() -> Backend:
-    return Backend("reference", _reference_advantages, _reference_stats)
+    return Backend("reference", _reference_advantages, _reference_stats, _reference_prefix_runs)
 
 
 # ----------------------------------------------------------------------------- fast
 def _load_torch() -> Backend:
-    from .fast import advantage_torch
+    from .fast import advantage_torch, prefix_values_torch
 
-    return Backend("torch", advantage_torch.advantages_and_stats, advantage_torch.tree_stats)
+    return Backend("torch", advantage_torch.advantages_and_stats, advantage_torch.tree_stats,
+                   prefix_values_torch.prefix_runs)
 
 
 def _load_triton() -> Backend:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         raise ImportError("Triton needs a CUDA device here (or TRITON_INTERPRET=1 to interpret it on CPU)")
     from .fast import advantage_triton  # imports triton: ImportError where it is not installed
+    from .fast import prefix_values_torch
 
-    return Backend("triton", advantage_triton.advantages_and_stats, advantage_triton.tree_stats)
+    # Prefix values have no kernel of their own: the torch path runs on the same CUDA tensors.
+    return Backend("triton", advantage_triton.advantages_and_stats, advantage_triton.tree_stats,
+                   prefix_values_torch.prefix_runs)
 
 
 _LOADERS: dict[str, Callable[[], Backend]] = {

@@ -359,3 +359,15 @@ def test_propT1_branch_node_decomposition(case):
                 offset = child.count * (node.value - mu)
                 assert grpo == local + offset
                 assert tempo == 2 * local + offset
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_loss_mask_zeros_inside_a_response_keep_td_after_them(backend):
+    """Masked tool tokens in the middle of a response zero their own advantages only: the branch
+    token after them still gets TD (tempo.md, section 4: a loop that stops at the first mask-0 would
+    give it GRPO's 0.5). Dr. GRPO form, mu = 1/2, TD at token 3 = +-1/2."""
+    y = torch.tensor([[1, 9, 9, 2], [1, 9, 9, 3]])
+    loss = torch.tensor([[1, 0, 0, 1], [1, 0, 0, 1]])
+    out = tempo_rl.tempo_advantages(y, torch.ones_like(y), torch.tensor([1.0, 0.0], dtype=torch.float64), [0, 0],
+                                    loss_mask=loss, norm_by_std=False, backend=backend)
+    assert out.tolist() == [[0.5, 0.0, 0.0, 1.0], [-0.5, 0.0, 0.0, -1.0]]
