@@ -7,6 +7,7 @@ See README.md and proofs_notes/ for the definition and its properties.
 """
 
 from .api import BACKENDS, available_backends, grpo_advantages, tempo_advantages, tree_stats
+from .policy_loss import fused_policy_loss
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,7 @@ __all__ = [
     "BACKENDS",
     "__version__",
     "available_backends",
+    "fused_policy_loss",
     "grpo_advantages",
     "tempo_advantages",
     "tree_stats",
