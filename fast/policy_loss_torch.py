@@ -83,11 +83,11 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.
     return ratio - log_ratio - 1.0, 1.0 - ratio
 
 
-def _masked(x: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
-    """x in float32 with masked-out positions set to 0 (padding may hold anything)."""
+def _masked(x: torch.Tensor | None, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """x in `dtype` with masked-out positions set to 0 (padding may hold anything)."""
     if x is None:
         return None
-    return torch.where(mask, x.to(torch.float32), torch.zeros((), dtype=torch.float32, device=x.device))
+    return torch.where(mask, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
 
 
 def metrics_from_tokens(logp, entropy, pg, kl, ratio, old_logp, adv, w, mask, p: LossParams) -> dict[str, torch.Tensor]:
@@ -140,13 +140,13 @@ def policy_loss_ref(
     with torch.no_grad():
         logq = torch.log_softmax(logits, -1)  # (B, T, V)
         entropy = -(logq.exp() * logq).sum(-1)  # (B, T)
-    old, adv = _masked(old_logp, keep).to(dtype), _masked(advantages, keep).to(dtype)
+    old, adv = _masked(old_logp, keep, dtype), _masked(advantages, keep, dtype)
     ratio, pg, _ = surrogate(logp, old, adv, p)
     w = token_weights(keep, aggregation).to(dtype)  # (B, T)
     loss = (w * pg).sum()
     kl = torch.zeros_like(pg)
     if kl_coef:
-        kl = k3(logp, _masked(ref_logp, keep).to(dtype))[0]
+        kl = k3(logp, _masked(ref_logp, keep, dtype))[0]
         loss = loss + kl_coef * (w * kl).sum()
     metrics = metrics_from_tokens(logp.detach(), entropy, pg.detach(), kl.detach(), ratio.detach(), old, adv, w,
                                   keep, p)
