@@ -158,27 +158,56 @@ ChunkStep = Callable[..., tuple[ChunkOut, "torch.Tensor | None"]]
 
 
 def chunk_step_torch(logits: torch.Tensor, targets: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
-                     ref: torch.Tensor | None, w: torch.Tensor, p: LossParams,
-                     with_grad: bool) -> tuple[ChunkOut, torch.Tensor | None]:
+                     ref: torch.Tensor | None, w: torch.Tensor, p: LossParams, with_grad: bool,
+                     scratch: dict[str, torch.Tensor]) -> tuple[ChunkOut, torch.Tensor | None]:
     """One chunk: logits (C, V) float32, already divided by temperature -> (per-token results, and
     with_grad the (C, V) float32 d loss / d (h W^T + b), temperature included; else None).
 
-    Memory: the logits and one (C, V) softmax buffer, which becomes the gradient in place."""
-    lse = torch.logsumexp(logits, -1)  # (C,)
+    Memory: one (C, V) buffer besides the logits, kept in `scratch` across chunks and turned into
+    the gradient in place; no other (C, V) temporary (on CPU a fresh buffer per chunk costs page
+    faults comparable to the matmuls)."""
+    e = _buffer(scratch, "exp", *logits.shape, logits.device)  # (C, V)
+    peak = logits.amax(-1, keepdim=True)  # (C, 1)
+    torch.sub(logits, peak, out=e).exp_()  # exp(z - max z)
+    total = e.sum(-1)  # (C,)
+    lse = peak.squeeze(-1) + torch.log(total)  # (C,)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (C,)
-    probs = torch.exp(logits - lse.unsqueeze(-1))  # (C, V)
-    entropy = lse - torch.linalg.vecdot(probs, logits)  # (C,) H = lse - sum p z
+    entropy = lse - torch.bmm(e.unsqueeze(1), logits.unsqueeze(2)).view(-1) / total  # H = lse - sum p z
     _, pg, dpg = surrogate(logp, old, adv, p)
     kl = torch.zeros_like(pg)
     g = dpg
     if ref is not None:
         kl, dkl = k3(logp, ref)
         g = g + p.kl_coef * dkl
-    if with_grad:
-        g = w * g / p.temperature  # (C,) d loss / d logp, through the temperature
-        probs.mul_(-g.unsqueeze(-1))  # -g p
-        probs.scatter_add_(-1, targets.unsqueeze(-1), g.unsqueeze(-1))  # + g onehot(y)
-    return ChunkOut(logp, entropy, pg, kl), probs if with_grad else None
+    if not with_grad:
+        return ChunkOut(logp, entropy, pg, kl), None
+    g = w * g / p.temperature  # (C,) d loss / d logp, through the temperature
+    e.mul_((-g / total).unsqueeze(-1))  # -g softmax(z)
+    e.scatter_add_(-1, targets.unsqueeze(-1), g.unsqueeze(-1))  # + g onehot(y)
+    return ChunkOut(logp, entropy, pg, kl), e
+
+
+def _buffer(scratch: dict[str, torch.Tensor], name: str, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """A (rows, cols) float32 buffer reused across chunks: the leading rows of the first chunk's."""
+    buf = scratch.get(name)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.device != device:
+        buf = scratch[name] = torch.empty(rows, cols, dtype=torch.float32, device=device)
+    return buf[:rows]
+
+
+def chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float,
+                 scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(h W^T + b) / temperature, (C, V) float32; float32 inputs write into a reused buffer."""
+    if h.dtype != torch.float32:
+        logits = torch.nn.functional.linear(h, weight, bias).float()  # matmul in the input dtype
+    else:
+        logits = _buffer(scratch, "logits", h.shape[0], weight.shape[0], h.device)
+        torch.mm(h, weight.t(), out=logits)
+        if bias is not None:
+            logits.add_(bias)
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return logits
 
 
 def default_chunk_size(n_tokens: int, vocab: int) -> int:
@@ -200,27 +229,19 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grad_w_on else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if grad_b_on else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        scratch: dict[str, torch.Tensor] = {}
         for s in range(0, n, chunk_size):
             e = min(n, s + chunk_size)
             h = hidden[s:e]  # (C, H)
-            logits = torch.nn.functional.linear(h, weight, bias).float()  # (C, V)
-            if p.temperature != 1.0:
-                logits.div_(p.temperature)
-            out, grad_logits = chunk_step(logits, targets[s:e], old[s:e], adv[s:e], None if ref is None else ref[s:e], w[s:e],
-                             p, with_grad)
+            logits = chunk_logits(h, weight, bias, p.temperature, scratch)  # (C, V) float32
+            out, grad_logits = chunk_step(logits, targets[s:e], old[s:e], adv[s:e], None if ref is None else ref[s:e],
+                                          w[s:e], p, with_grad, scratch)
             loss += (w[s:e] * (out.pg + p.kl_coef * out.kl)).sum()
             for name, value in zip(ChunkOut._fields, out):
                 tokens_out[name][s:e] = value
-            del logits
             if with_grad:
-                if grad_b is not None:
-                    grad_b += grad_logits.sum(0)
-                grad_logits = grad_logits.to(weight.dtype)  # (C, V); matmuls in the input dtype, as the reference's
-                if grad_h is not None:
-                    torch.mm(grad_logits, weight, out=grad_h[s:e])  # (C, H)
-                if grad_w is not None:
-                    _accumulate_grad_weight(grad_w, grad_logits, h)
-                del grad_logits
+                _chunk_grads(grad_logits, h, weight, grad_h[s:e] if grad_h is not None else None, grad_w, grad_b)
+        del scratch
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                               None if grad_b is None else grad_b.to(bias.dtype))
         return loss
@@ -232,6 +253,18 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
         grads = [None if g is None else (g if _is_one(scale) else g * scale.to(g.dtype))
                  for g in (grad_h, grad_w, grad_b)]
         return (*grads, None, None, None, None, None, None, None, None, None)
+
+
+def _chunk_grads(grad_logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
+                 grad_w: torch.Tensor | None, grad_b: torch.Tensor | None) -> None:
+    """From d loss / d logits (C, V) float32: write d h (C, H), add to d W (V, H) and d b (V,) (float32)."""
+    if grad_b is not None:
+        grad_b += grad_logits.sum(0)
+    grad_logits = grad_logits.to(weight.dtype)  # matmuls in the input dtype, as the reference's
+    if grad_h is not None:
+        torch.mm(grad_logits, weight, out=grad_h)  # (C, H)
+    if grad_w is not None:
+        _accumulate_grad_weight(grad_w, grad_logits, h)
 
 
 def _accumulate_grad_weight(grad_w: torch.Tensor, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
