@@ -230,29 +230,35 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if grad_b_on else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         scratch: dict[str, torch.Tensor] = {}
-        for s in range(0, n, chunk_size):
-            e = min(n, s + chunk_size)
-            h = hidden[s:e]  # (C, H)
+        for start in range(0, n, chunk_size):
+            rows = slice(start, min(n, start + chunk_size))
+            h = hidden[rows]  # (C, H)
             logits = chunk_logits(h, weight, bias, p.temperature, scratch)  # (C, V) float32
-            out, grad_logits = chunk_step(logits, targets[s:e], old[s:e], adv[s:e], None if ref is None else ref[s:e],
-                                          w[s:e], p, with_grad, scratch)
-            loss += (w[s:e] * (out.pg + p.kl_coef * out.kl)).sum()
+            out, grad_logits = chunk_step(logits, targets[rows], old[rows], adv[rows],
+                                          None if ref is None else ref[rows], w[rows], p, with_grad, scratch)
+            loss += (w[rows] * (out.pg + p.kl_coef * out.kl)).sum()
             for name, value in zip(ChunkOut._fields, out):
-                tokens_out[name][s:e] = value
+                tokens_out[name][rows] = value
             if with_grad:
-                _chunk_grads(grad_logits, h, weight, grad_h[s:e] if grad_h is not None else None, grad_w, grad_b)
+                _chunk_grads(grad_logits, h, weight, None if grad_h is None else grad_h[rows], grad_w, grad_b)
         del scratch
+        ctx.backward_done = False
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                               None if grad_b is None else grad_b.to(bias.dtype))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
+        # The stored gradients are scaled in place (no second V x H buffer), so this runs once.
+        if ctx.backward_done:
+            raise RuntimeError("backward through fused_policy_loss can run only once (retain_graph is not supported)")
+        ctx.backward_done = True
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        scale = grad_loss  # scalar; the common case is exactly 1
-        grads = [None if g is None else (g if _is_one(scale) else g * scale.to(g.dtype))
-                 for g in (grad_h, grad_w, grad_b)]
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        if not _is_one(grad_loss):
+            for g in (grad_h, grad_w, grad_b):
+                if g is not None:
+                    g.mul_(grad_loss.to(g.dtype))
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
 def _chunk_grads(grad_logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
@@ -276,6 +282,7 @@ def _accumulate_grad_weight(grad_w: torch.Tensor, grad_logits: torch.Tensor, h: 
 
 
 def _is_one(x: torch.Tensor) -> bool:
+    """Skip the scaling when the incoming gradient is exactly 1 (checked on CPU only: no GPU sync)."""
     return x.device.type == "cpu" and bool(x == 1)
 
 

@@ -82,7 +82,8 @@ def _chunk_kernel(
 
 def chunk_step_triton(logits: torch.Tensor, targets: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
                       ref: torch.Tensor | None, w: torch.Tensor, p: LossParams,
-                      with_grad: bool, scratch: dict | None = None, block_v: int | None = None) -> tuple[ChunkOut, torch.Tensor | None]:
+                      with_grad: bool, scratch: dict | None = None,
+                      block_v: int | None = None) -> tuple[ChunkOut, torch.Tensor | None]:
     """`policy_loss_torch.chunk_step_torch` with one kernel launch: logits (C, V) float32 with unit
     column stride, targets (C,) int64, old / adv / ref / w (C,) float32; needs no scratch buffer
     (the gradient overwrites the logits). One program per token

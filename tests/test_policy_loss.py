@@ -190,7 +190,8 @@ def _fixed_problem() -> dict:
     targets = torch.randint(0, v, (b, t), generator=g)
     logp = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return {"hidden": hidden, "weight": weight, "bias": None, "targets": targets,
-            "old_logp": logp - torch.randn(b, t, generator=g).double(), "advantages": torch.randn(b, t, generator=g).double(),
+            "old_logp": logp - torch.randn(b, t, generator=g).double(),
+            "advantages": torch.randn(b, t, generator=g).double(),
             "mask": mask, "ref_logp": logp + 0.2, "kl_coef": 0.1, "temperature": 1.0, "aggregation": "sequence-mean",
             "clip_low": 0.2, "clip_high": 0.28, "chunk": 4, "strided": False}
 
@@ -250,6 +251,17 @@ def test_backward_scales_with_incoming_gradient_and_frozen_head():
     (3.0 * ref).backward()
     assert a["weight"].grad is None
     torch.testing.assert_close(a["hidden"].grad, b["hidden"].grad, rtol=1e-4, atol=1e-6)
+
+
+def test_second_backward_is_refused():
+    """Gradients are scaled in place in backward: a second backward must fail loudly, not double-scale."""
+    pb = _fixed_problem()
+    a, kw = _cast(pb, torch.float32)
+    loss, _ = policy_loss_chunked(a["hidden"], a["weight"], a["targets"], a["old_logp"], a["advantages"], a["mask"],
+                                  ref_logp=a["ref_logp"], **kw)
+    (2.0 * loss).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        (2.0 * loss).backward()
 
 
 def test_logprobs_in_chunks_match_full_logits():

@@ -183,8 +183,11 @@ def test_fused_loss_equals_unfused(tiny_path, aggregation, with_old):
     roll = sample_groups(model, tok, ["1+2=", "34+5="], group_size=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
     adv = torch.randn(roll.responses.shape)  # (B, Lr) token advantages
     ref = train_mod.score_logprobs(model, roll, cfg, None) + 0.1 * torch.randn(roll.responses.shape)
-    old = train_mod.score_logprobs(model, roll, cfg, None) - 0.3 * torch.randn(roll.responses.shape) if with_old else None
-    denom = 2.0 * (roll.n_tokens if aggregation == "token-mean" else roll.responses.shape[0])  # a mini-batch twice as big
+    old = None
+    if with_old:
+        old = train_mod.score_logprobs(model, roll, cfg, None) - 0.3 * torch.randn(roll.responses.shape)
+    # the micro-batch is half of a mini-batch: the divisor is twice its own count
+    denom = 2.0 * (roll.n_tokens if aggregation == "token-mean" else roll.responses.shape[0])
     results = []
     for fn in (train_mod.micro_loss_unfused, train_mod.micro_loss_fused):
         model.zero_grad(set_to_none=True)
