@@ -96,7 +96,7 @@ def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     _check_float("hidden", hidden, 3)
     _check_head(hidden, weight, bias)
     _check_targets(targets, hidden.shape[:2], weight.shape[0])
-    _check_scalars(0.0, 0.2, 0.28, temperature, "token-mean")
+    _check_number("temperature", temperature, lambda v: v > 0, "> 0")
     return policy_loss_torch.token_logprobs_chunked(hidden, weight, targets, bias=bias, temperature=temperature)
 
 
@@ -188,15 +188,15 @@ def _check_device(name: str, x: torch.Tensor, hidden: torch.Tensor) -> None:
         raise ValueError(f"{name} is on {x.device} but hidden is on {hidden.device}")
 
 
+def _check_number(name: str, value, ok: Callable[[float], bool], rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+
+
 def _check_scalars(kl_coef, clip_low, clip_high, temperature, aggregation) -> None:
-    checks = (
-        ("kl_coef", kl_coef, lambda v: v >= 0, ">= 0"),
-        ("clip_low", clip_low, lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("clip_high", clip_high, lambda v: v >= 0, ">= 0"),
-        ("temperature", temperature, lambda v: v > 0, "> 0"),
-    )
-    for name, value, ok, rule in checks:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-            raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+    _check_number("kl_coef", kl_coef, lambda v: v >= 0, ">= 0")
+    _check_number("clip_low", clip_low, lambda v: 0 <= v < 1, "in [0, 1)")
+    _check_number("clip_high", clip_high, lambda v: v >= 0, ">= 0")
+    _check_number("temperature", temperature, lambda v: v > 0, "> 0")
     if aggregation not in policy_loss_torch.AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {policy_loss_torch.AGGREGATIONS}, got {aggregation!r}")

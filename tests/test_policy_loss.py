@@ -348,3 +348,12 @@ def test_triton_chunk_kernel_compiles_for_sm90():
     if "ptxas" in done.stderr and "not found" in done.stderr:
         pytest.skip("this triton wheel ships no ptxas")
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_docstring_example():
+    import doctest
+
+    import tempo_rl.policy_loss
+
+    result = doctest.testmod(tempo_rl.policy_loss)
+    assert result.attempted > 0 and result.failed == 0
