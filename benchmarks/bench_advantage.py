@@ -30,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from . import bench_policy_loss
+
 KINDS = ("branching", "distinct", "identical")
 BASELINES = ("loop", "loop-tensor")  # per-token loops: timed once, at the small shape only
 VOCAB = 32000
@@ -244,12 +246,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the small shape and the authors' batch only")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the .md/.csv/.json/.png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for the results (advantage default: benchmarks/results; policy_loss and "
+                        "--scale: .)")
+    parser.add_argument("--op", choices=("advantage", "policy_loss"), default="advantage",
+                        help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time")
     parser.add_argument("--scale", action="store_true",
-                        help="the whole per-step cost at the authors' batch instead (benchmarks/bench_scale.py)")
+                        help="the whole per-step TEMPO cost at the authors' batch (benchmarks/bench_scale.py)")
+    bench_policy_loss.add_arguments(parser.add_argument_group("--op policy_loss"))
     from .bench_scale import add_scale_arguments
 
-    add_scale_arguments(parser)
+    add_scale_arguments(parser.add_argument_group("--scale"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,6 +264,9 @@ def run(args: argparse.Namespace) -> int:
         from .bench_scale import run as run_scale
 
         return run_scale(args)
+    if args.op == "policy_loss":
+        return bench_policy_loss.run(args)
+    args.out = args.out or RESULTS
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.threads:

@@ -221,6 +221,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.threads = args.threads or 1
+    args.out = args.out or Path(".")
     if args.part:
         print(json.dumps(run_part(args.part, args)))
         return 0

@@ -27,7 +27,12 @@ Mapping of TRL's options:
 - `tempo_eps` defaults to TRL's 1e-4, so with `tempo_td_coef=0` the advantages are TRL's GRPO
   advantages broadcast over the tokens.
 
-Left out: the Liger GRPO loss (`use_liger_kernel`), which takes (B,) advantages.
+Memory. TRL 1.16 scores completion tokens through a fused, tiled LM head (`add_fused_lm_head`):
+the (B, T, V) logits are never formed, and its loss takes the (B, T) advantages as they are, so
+TEMPO costs no more memory than GRPO here. `use_liger_kernel=True` is accepted: in TRL 1.16 it only
+swaps in Liger's layer kernels. A TRL that routes the loss to Liger's fused GRPO loss (which takes
+one advantage per sequence, `compute_liger_loss`) is refused; `tempo_rl.fused_policy_loss` is the
+(B, T)-advantage loss of that kind, used by `tempo-rl train` (`fused_loss = True`).
 """
 
 from __future__ import annotations
@@ -167,9 +172,12 @@ def _check_supported(args: GRPOConfig) -> None:
             "TempoGRPOTrainer: multi_objective_aggregation must be 'sum_then_normalize' (TEMPO needs one "
             f"reward per completion before normalising), got {args.multi_objective_aggregation!r}"
         )
-    if getattr(args, "use_liger_kernel", False):
+    if getattr(args, "use_liger_kernel", False) and hasattr(GRPOTrainer, "compute_liger_loss"):
         raise ValueError(
-            "TempoGRPOTrainer: use_liger_kernel=True is not supported (Liger's GRPO loss takes (B,) advantages)"
+            "TempoGRPOTrainer: use_liger_kernel=True makes this TRL version compute the loss with Liger's fused GRPO "
+            "loss, which takes one advantage per sequence, not TEMPO's (B, T). Use TRL >= 1.16, whose fused LM head "
+            "never forms the (B, T, V) logits and which accepts use_liger_kernel=True with (B, T) advantages, or "
+            "train with tempo_rl's trainer, whose loss is tempo_rl.fused_policy_loss (fused_loss=True)."
         )
 
 

@@ -9,6 +9,7 @@ See README.md and proofs_notes/ for the definition and its properties.
 from ._validate import Batch, validate
 from .api import grpo_advantages, stats_from_table, tempo_advantages, tempo_advantages_with_stats, tree_stats
 from .backends import BACKENDS, available_backends, get_backend, resolve_backend
+from .policy_loss import fused_policy_loss
 from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
@@ -27,6 +28,7 @@ __all__ = [
     "available_backends",
     "branch_snr_stats",
     "check_against_reference",
+    "fused_policy_loss",
     "get_backend",
     "grpo_advantages",
     "predicted_snr_ratio",

@@ -6,7 +6,8 @@
                  TRITON_INTERPRET=1, how the tests run it)
     "auto"       Triton for CUDA tensors when it imports, torch otherwise
 
-Every backend provides the same three functions (prefix values: see `tempo_rl.prefix_values`), called with the validated tensors of
+Every backend provides the same four functions (prefix values: see `tempo_rl.prefix_values`; the
+policy loss: `tempo_rl.fused_policy_loss`), called with the validated tensors of
 `tempo_rl.validate` (responses (B, L), lengths (B,), rewards (B,), dense group index (B,),
 loss mask (B, L) or None):
 
@@ -46,6 +47,9 @@ class Backend:
     tree_stats: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     # (responses, lengths, rewards, group_index) -> the compact prefix values (fast.prefix_values_torch.Runs)
     prefix_runs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
+    # The PPO policy loss from hidden states and the LM head (`tempo_rl.fused_policy_loss`): "reference"
+    # materialises the (B, T, V) logits, the others never do.
+    policy_loss: Callable[..., tuple[torch.Tensor, dict]]
 
 
 # ----------------------------------------------------------------------------- reference
@@ -121,26 +125,29 @@ def _reference_prefix_runs(responses: torch.Tensor, lengths: torch.Tensor, rewar
 
 
 def _load_reference() -> Backend:
-    return Backend("reference", _reference_advantages, _reference_stats, _reference_prefix_runs)
+    from .fast import policy_loss_torch
+
+    return Backend("reference", _reference_advantages, _reference_stats, _reference_prefix_runs,
+                   policy_loss_torch.policy_loss_ref)
 
 
 # ----------------------------------------------------------------------------- fast
 def _load_torch() -> Backend:
-    from .fast import advantage_torch, prefix_values_torch
+    from .fast import advantage_torch, policy_loss_torch, prefix_values_torch
 
     return Backend("torch", advantage_torch.advantages_and_stats, advantage_torch.tree_stats,
-                   prefix_values_torch.prefix_runs)
+                   prefix_values_torch.prefix_runs, policy_loss_torch.policy_loss_chunked)
 
 
 def _load_triton() -> Backend:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         raise ImportError("Triton needs a CUDA device here (or TRITON_INTERPRET=1 to interpret it on CPU)")
-    from .fast import advantage_triton  # imports triton: ImportError where it is not installed
+    from .fast import advantage_triton, policy_loss_triton  # import triton: ImportError where it is missing
     from .fast import prefix_values_torch
 
     # Prefix values have no kernel of their own: the torch path runs on the same CUDA tensors.
     return Backend("triton", advantage_triton.advantages_and_stats, advantage_triton.tree_stats,
-                   prefix_values_torch.prefix_runs)
+                   prefix_values_torch.prefix_runs, policy_loss_triton.policy_loss_triton)
 
 
 _LOADERS: dict[str, Callable[[], Backend]] = {

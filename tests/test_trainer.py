@@ -160,3 +160,35 @@ def test_failed_save_leaves_previous_checkpoint(tiny_path, tmp_path, monkeypatch
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == ["step_000001"]
     assert (tmp_path / "checkpoints" / "step_000001" / "model.safetensors").read_bytes() == before
     assert checkpoint.resolve("latest", tmp_path / "checkpoints").name == "step_000001"
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean"])
+@pytest.mark.parametrize("with_old", [False, True])
+def test_fused_loss_equals_unfused(tiny_path, aggregation, with_old):
+    """One micro-batch through tempo_rl.fused_policy_loss (the default) and through full logits
+    (fused_loss=False): same loss, metrics and gradient of every parameter, KL on."""
+    from tempo_rl.trainer.rollout import sample_groups
+
+    model, tok = train_mod.load_policy(tiny_path, torch.device("cpu"))[1], build_tokenizer()
+    cfg = TrainConfig(model=tiny_path, kl_coef=0.1, aggregation=aggregation)
+    torch.manual_seed(0)
+    roll = sample_groups(model, tok, ["1+2=", "34+5="], group_size=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
+    adv = torch.randn(roll.responses.shape)  # (B, Lr) token advantages
+    ref = train_mod.score_logprobs(model, roll, cfg, None) + 0.1 * torch.randn(roll.responses.shape)
+    old = None
+    if with_old:
+        old = train_mod.score_logprobs(model, roll, cfg, None) - 0.3 * torch.randn(roll.responses.shape)
+    # the micro-batch is half of a mini-batch: the divisor is twice its own count
+    denom = 2.0 * (roll.n_tokens if aggregation == "token-mean" else roll.responses.shape[0])
+    results = []
+    for fn in (train_mod.micro_loss_unfused, train_mod.micro_loss_fused):
+        model.zero_grad(set_to_none=True)
+        loss, metrics = fn(model, roll, adv, old, ref, cfg, denom, None)
+        loss.backward()
+        results.append((loss.detach(), metrics, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l0, m0, g0), (l1, m1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    for key in m0:
+        torch.testing.assert_close(torch.as_tensor(m1[key]), torch.as_tensor(m0[key]).float(), rtol=1e-4, atol=1e-6)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-6, msg=name)

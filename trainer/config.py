@@ -89,6 +89,9 @@ class TrainConfig:
                           choices=("token-mean", "sequence-mean"))
     kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the frozen initial policy (0: no reference "
                         "model is kept)", "optimisation")
+    fused_loss: bool = _f(True, "log-probs and loss through tempo_rl.fused_policy_loss, in chunks of tokens, "
+                          "never forming the (B, T, V) logits; False: full logits (the reference path)",
+                          "optimisation")
 
     # run
     steps: int = _f(80, "rollout batches (one rollout + its PPO updates = one step)", "run")

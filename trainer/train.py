@@ -26,13 +26,14 @@ import torch
 
 import tempo_rl
 from tempo_rl import AdvantageMismatch, TreeStats, check_against_reference, resolve_backend
+from tempo_rl.policy_loss import fused_logprobs
 
 from . import checkpoint
 from .config import TrainConfig, add_config_arguments, config_from_args
 from .data import BUILTIN_TASKS, Example, batch_for_step, load_dataset
 from .loss import policy_loss
 from .rewards import load_reward, safe_reward
-from .rollout import Rollout, forward_logprobs, sample_groups
+from .rollout import Rollout, forward_hidden, forward_logprobs, lm_head, sample_groups
 
 log = logging.getLogger("tempo_rl.trainer")
 
@@ -143,11 +144,9 @@ def ppo_update(model, ref_model, opt, sched, roll: Rollout, adv: torch.Tensor, c
     n_updates = cfg.ppo_epochs * cfg.mini_batches
     old_logp = ref_logp = None
     if n_updates > 1:  # with a single update the ratio is 1 and old = current (detached)
-        with torch.no_grad():
-            old_logp, _ = forward_logprobs(model, roll, autocast_dtype=autocast_dtype)
+        old_logp = score_logprobs(model, roll, cfg, autocast_dtype)
     if cfg.kl_coef:
-        with torch.no_grad():
-            ref_logp, _ = forward_logprobs(ref_model, roll, autocast_dtype=autocast_dtype)
+        ref_logp = score_logprobs(ref_model, roll, cfg, autocast_dtype)
     stats = UpdateStats()
     n = roll.responses.shape[0]
     model.train()
@@ -157,15 +156,12 @@ def ppo_update(model, ref_model, opt, sched, roll: Rollout, adv: torch.Tensor, c
             denom = float(roll.response_mask[mb].sum()) if cfg.aggregation == "token-mean" else float(len(mb))
             for micro in mb.chunk(cfg.grad_accum):
                 part = roll.select(micro)
-                logp, ent = forward_logprobs(model, part, with_entropy=True, autocast_dtype=autocast_dtype)
-                out = policy_loss(
-                    logp, logp.detach() if old_logp is None else old_logp[micro], adv[micro], part.response_mask,
-                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation,
-                    ref_logp=None if ref_logp is None else ref_logp[micro], kl_coef=cfg.kl_coef, denom=denom)
-                out.loss.backward()
-                m = part.response_mask.float()
-                stats.add(loss=out.loss.item(), clip_fraction=out.clip_fraction, approx_kl=out.approx_kl,
-                          kl_ref=out.kl, entropy=(ent * m).sum() / m.sum().clamp(min=1))
+                old = None if old_logp is None else old_logp[micro]
+                ref = None if ref_logp is None else ref_logp[micro]
+                loss_fn = micro_loss_fused if cfg.fused_loss else micro_loss_unfused
+                loss, metrics = loss_fn(model, part, adv[micro], old, ref, cfg, denom, autocast_dtype)
+                loss.backward()
+                stats.add(loss=loss.item(), **metrics)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
             stats.add(grad_norm=gnorm)
             opt.step()
@@ -173,6 +169,48 @@ def ppo_update(model, ref_model, opt, sched, roll: Rollout, adv: torch.Tensor, c
             opt.zero_grad(set_to_none=True)
     model.eval()
     return stats.means()
+
+
+@torch.no_grad()
+def score_logprobs(model, roll: Rollout, cfg: TrainConfig, autocast_dtype) -> torch.Tensor:
+    """log pi(response token) (B, Lr) without gradient: old-policy and reference scores."""
+    if not cfg.fused_loss:
+        return forward_logprobs(model, roll, autocast_dtype=autocast_dtype)[0]
+    weight, bias = lm_head(model)
+    hidden = forward_hidden(model, roll, autocast_dtype=autocast_dtype)  # (B, Lr, H)
+    return fused_logprobs(hidden, weight, roll.responses, bias=bias)
+
+
+def micro_loss_unfused(model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float,
+                       autocast_dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The reference path: full (B, Lr, V) logits, trainer/loss.py. Returns (loss to backward, metrics)."""
+    logp, ent = forward_logprobs(model, part, with_entropy=True, autocast_dtype=autocast_dtype)
+    out = policy_loss(
+        logp, logp.detach() if old_logp is None else old_logp, adv, part.response_mask,
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation,
+        ref_logp=ref_logp, kl_coef=cfg.kl_coef, denom=denom)
+    m = part.response_mask.float()
+    return out.loss, {"clip_fraction": out.clip_fraction, "approx_kl": out.approx_kl, "kl_ref": out.kl,
+                      "entropy": (ent * m).sum() / m.sum().clamp(min=1)}
+
+
+def micro_loss_fused(model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float,
+                     autocast_dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The same loss through `tempo_rl.fused_policy_loss` (chunks of tokens, no (B, Lr, V) logits).
+
+    The op divides by the micro-batch's own token (or response) count; rescaling by count / denom
+    gives the mini-batch divisor of gradient accumulation, as `aggregate(..., denom=)` does."""
+    weight, bias = lm_head(model)
+    hidden = forward_hidden(model, part, autocast_dtype=autocast_dtype)  # (b, Lr, H)
+    if old_logp is None:  # single update: old = current, detached (ratio exactly 1)
+        old_logp = fused_logprobs(hidden.detach(), weight.detach(), part.responses, bias=bias)
+    loss, metrics = tempo_rl.fused_policy_loss(
+        hidden, weight, part.responses, old_logp, adv, part.response_mask, bias=bias, ref_logp=ref_logp,
+        kl_coef=cfg.kl_coef, clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation)
+    count = max(part.n_tokens, 1) if cfg.aggregation == "token-mean" else part.responses.shape[0]
+    scale = count / denom
+    return loss * scale, {"clip_fraction": metrics["clip_fraction"], "approx_kl": metrics["approx_kl"],
+                          "kl_ref": metrics["kl"] * scale, "entropy": metrics["entropy"]}
 
 
 # ----------------------------------------------------------------------------- metrics

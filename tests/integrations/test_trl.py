@@ -145,6 +145,48 @@ def test_unsupported_aggregation_is_refused(tmp_path):
         make_trainer(tmp_path, multi_objective_aggregation="normalize_then_sum")
 
 
+def test_loss_never_forms_the_logits(tmp_path):
+    """TEMPO's (B, T) advantages reach a loss scored through TRL's fused LM head: every forward of
+    training runs with fused_lm_head=True and returns per-token log-probs, no (B, T, V) logits."""
+    trainer = make_trainer(tmp_path)
+    calls = []
+    fused_forward = trainer.model.forward
+
+    def recording_forward(*args, **kwargs):
+        out = fused_forward(*args, **kwargs)
+        if trainer.model.training and torch.is_grad_enabled():
+            calls.append((kwargs.get("fused_lm_head", False), getattr(out, "logits", None)))
+        return out
+
+    trainer.model.forward = recording_forward
+    trainer.train()
+    assert calls and all(fused and logits is None for fused, logits in calls)
+    assert trainer.fed and all(batch["advantages"].dim() == 2 for batch in trainer.fed)
+
+
+def test_use_liger_kernel_accepted_where_trl_keeps_its_own_loss(tmp_path):
+    """TRL 1.16 has no Liger GRPO loss path (use_liger_kernel only swaps layer kernels): accepted."""
+    from trl import GRPOTrainer
+
+    from tempo_rl.integrations.trl import _check_supported
+
+    assert not hasattr(GRPOTrainer, "compute_liger_loss")
+    _check_supported(tiny.trl_config(tmp_path, group=GROUP, per_device_batch=2 * GROUP, use_liger_kernel=True))
+
+
+def test_liger_grpo_loss_is_refused_naming_what_works(tmp_path, monkeypatch):
+    """A TRL that computes the loss with Liger's (B,)-advantage GRPO loss is refused; the message
+    names the options that save the logits' memory with (B, T) advantages."""
+    from trl import GRPOTrainer
+
+    from tempo_rl.integrations.trl import _check_supported
+
+    monkeypatch.setattr(GRPOTrainer, "compute_liger_loss", lambda self, *a: None, raising=False)
+    args = tiny.trl_config(tmp_path, group=GROUP, per_device_batch=2 * GROUP, use_liger_kernel=True)
+    with pytest.raises(ValueError, match=r"use_liger_kernel.*fused_policy_loss \(fused_loss=True\)"):
+        _check_supported(args)
+
+
 def run_fixed_rollouts(out: Path, nproc: int) -> list[dict[str, torch.Tensor]]:
     """Runs trl_distributed.py; returns per step the rows of all ranks in rank order."""
     script = str(ROOT / "tests" / "integrations" / "trl_distributed.py")

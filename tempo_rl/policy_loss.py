@@ -1,0 +1,182 @@
+"""`fused_policy_loss`: the PPO clipped surrogate on the LM head with (B, T) token advantages,
+without the (B, T, V) logits.
+
+Token-level advantages such as TEMPO's (arXiv 2509.18314) do not fit the memory-saving fused
+losses that take one advantage per sequence; this one takes them per token. The definition and the
+chunked algorithm are in fast/policy_loss_torch.py; the Triton chunk step in fast/policy_loss_triton.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from tempo_rl.fast import policy_loss_torch
+
+from .backends import BACKENDS, get_backend, resolve_backend
+
+__all__ = ["LOSS_BACKENDS", "fused_logprobs", "fused_policy_loss"]
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+LOSS_BACKENDS = BACKENDS
+
+
+def fused_policy_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    temperature: float = 1.0,
+    aggregation: str = "token-mean",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate with per-token advantages, computed from the LM head's input.
+
+    With z = (hidden W^T + bias) / temperature, logp = log_softmax(z)[targets], r = exp(logp - old_logp):
+        per token  -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) + kl_coef * k3(logp, ref_logp)
+    aggregated over mask by "token-mean" (sum / token count) or "sequence-mean" (mean per row, then
+    over rows), exactly as trainer/loss.py. The chunked backends never hold (B, T, V) logits.
+
+    Args:
+        hidden: (B, T, H) float, the final hidden states at the positions predicting `targets`.
+        weight: (V, H), the LM head (same dtype as hidden); bias: (V,) or None.
+        targets: (B, T) int token ids in [0, V).
+        old_logp: (B, T) float, log-probs of the sampling policy (no gradient).
+        advantages: (B, T) float token advantages, e.g. `tempo_rl.tempo_advantages` (no gradient).
+        mask: (B, T) bool or 0/1, the tokens that count; masked positions may hold anything.
+        ref_logp: (B, T) float, reference-policy log-probs; required when kl_coef > 0.
+        backend: "auto" (Triton on CUDA when it imports, else chunked torch), "reference" (full
+            logits, autograd), "torch" (chunked) or "triton" (chunked, Triton chunk step).
+
+    Returns:
+        (loss, metrics): loss a float32 scalar with gradients for hidden, weight and bias; metrics
+        detached scalars: policy_loss, kl, clip_fraction, clip_fraction_low, clip_fraction_high,
+        approx_kl (k3 of old vs new), entropy (token means over the mask).
+
+    >>> h, w = torch.zeros(1, 2, 4), torch.zeros(8, 4)
+    >>> ids, zeros, ones = torch.tensor([[1, 2]]), torch.zeros(1, 2), torch.ones(1, 2)
+    >>> loss, m = fused_policy_loss(h, w, ids, zeros - math.log(8), ones, ones)
+    >>> round(loss.item(), 6), round(m["entropy"].item(), 4)  # r = 1: loss -mean(A); entropy log 8
+    (-1.0, 2.0794)
+    """
+    _check_inputs(hidden, weight, targets, old_logp, advantages, mask, bias, ref_logp)
+    _check_scalars(kl_coef, clip_low, clip_high, temperature, aggregation)
+    if kl_coef and ref_logp is None:
+        raise ValueError("ref_logp is required when kl_coef > 0")
+    impl = get_backend(resolve_loss_backend(backend, hidden.device)).policy_loss
+    return impl(hidden, weight, targets, old_logp, advantages, mask, bias=bias, ref_logp=ref_logp, kl_coef=kl_coef,
+                clip_low=clip_low, clip_high=clip_high, temperature=temperature, aggregation=aggregation)
+
+
+def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                   bias: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """log p(targets) (B, T) float32 from hidden (B, T, H) and the LM head, in chunks, without gradient."""
+    _check_float("hidden", hidden, 3)
+    _check_head(hidden, weight, bias)
+    _check_targets(targets, hidden.shape[:2], weight.shape[0])
+    _check_number("temperature", temperature, lambda v: v > 0, "> 0")
+    return policy_loss_torch.token_logprobs_chunked(hidden, weight, targets, bias=bias, temperature=temperature)
+
+
+def resolve_loss_backend(backend: str, device: torch.device) -> str:
+    """The implementation `backend` names for tensors on `device` (the one rule of
+    `tempo_rl.backends.resolve_backend`: Triton on CUDA when it imports, else chunked torch)."""
+    return resolve_backend(backend, device)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_inputs(hidden, weight, targets, old_logp, advantages, mask, bias, ref_logp) -> None:
+    _check_float("hidden", hidden, 3)
+    _check_head(hidden, weight, bias)
+    bt = tuple(hidden.shape[:2])
+    _check_targets(targets, bt, weight.shape[0])
+    for name, x in (("old_logp", old_logp), ("advantages", advantages), ("ref_logp", ref_logp)):
+        if x is not None:
+            _check_float(name, x, 2)
+            _check_shape(name, x, bt)
+            _check_device(name, x, hidden)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    _check_shape("mask", mask, bt)
+    _check_device("mask", mask, hidden)
+    if mask.dtype != torch.bool and mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must hold only 0 and 1")
+    keep = mask.bool()
+    for name, x in (("old_logp", old_logp), ("advantages", advantages), ("ref_logp", ref_logp)):
+        if x is not None and not bool(torch.isfinite(x[keep]).all()):
+            raise ValueError(f"{name} must be finite where mask is 1")
+
+
+def _check_head(hidden, weight, bias) -> None:
+    _check_float("weight", weight, 2)
+    _check_device("weight", weight, hidden)
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
+    if weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"weight must be (V, H) with H = hidden.shape[2] = {hidden.shape[2]}, "
+                         f"got {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one row (V >= 1)")
+    if bias is not None:
+        _check_float("bias", bias, 1)
+        _check_device("bias", bias, hidden)
+        if bias.dtype != hidden.dtype or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must be ({weight.shape[0]},) of dtype {hidden.dtype}, "
+                             f"got {tuple(bias.shape)} {bias.dtype}")
+
+
+def _check_targets(targets, bt: tuple[int, ...], vocab: int) -> None:
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
+    _check_shape("targets", targets, bt)
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        raise ValueError(f"targets must lie in [0, V) with V = {vocab}, got values in "
+                         f"[{int(targets.min())}, {int(targets.max())}]")
+
+
+def _check_float(name: str, x, dim: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a floating tensor ({', '.join(map(str, _FLOATS))}), got {x.dtype}")
+    if x.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(x.shape)}")
+
+
+def _check_shape(name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape (B, T) = {tuple(shape)} like hidden's first two dims, "
+                         f"got {tuple(x.shape)}")
+
+
+def _check_device(name: str, x: torch.Tensor, hidden: torch.Tensor) -> None:
+    if x.device != hidden.device:
+        raise ValueError(f"{name} is on {x.device} but hidden is on {hidden.device}")
+
+
+def _check_number(name: str, value, ok: Callable[[float], bool], rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+
+
+def _check_scalars(kl_coef, clip_low, clip_high, temperature, aggregation) -> None:
+    _check_number("kl_coef", kl_coef, lambda v: v >= 0, ">= 0")
+    _check_number("clip_low", clip_low, lambda v: 0 <= v < 1, "in [0, 1)")
+    _check_number("clip_high", clip_high, lambda v: v >= 0, ">= 0")
+    _check_number("temperature", temperature, lambda v: v > 0, "> 0")
+    if aggregation not in policy_loss_torch.AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {policy_loss_torch.AGGREGATIONS}, got {aggregation!r}")
