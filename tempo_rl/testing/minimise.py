@@ -9,6 +9,7 @@ budget of checks is spent. A batch is never made invalid: masks stay prefixes of
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from typing import Any, Callable, Iterator
@@ -72,6 +73,8 @@ def _simpler_rewards(trial: Any) -> Iterator[Any]:
     rewards = trial.case.rewards
     for row in range(rewards.shape[0]):
         now = rewards[row].item()
+        if now == 0.0 and math.copysign(1.0, now) < 0:  # -0.0 reads as 0.0 but prints as -0.0
+            now = -1.0
         for value in (0.0, 1.0):
             if now != value and now not in (0.0, 1.0)[:int(value) + 1]:  # 0 is simpler than 1: no cycles
                 new = rewards.clone()
