@@ -165,7 +165,8 @@ def test_verl_estimator_adapter_hands_over_verl_inputs():
 
     case = Case(torch.tensor([[5, 6, 0], [5, 0, 0], [0, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).bool(),
                 torch.tensor([2.0, -1.0, 3.0]), ["a", "a", 7], torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]]).bool())
-    tt.verl_estimator(spy, supports=("loss_mask", "td_coef")).call(case, {"norm_by_std": True, "eps": 0.1, "td_coef": 0.5})
+    impl = tt.verl_estimator(spy, supports=("loss_mask", "td_coef"))
+    impl.call(case, {"norm_by_std": True, "eps": 0.1, "td_coef": 0.5})
     assert seen["rewards"].sum(-1).tolist() == [2.0, -1.0, 3.0]  # R_i as the row sum, as verl's GRPO reads it
     assert seen["mask"].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]  # loss mask and padding
     assert seen["response_lengths"].tolist() == [2, 1, 0]

@@ -44,7 +44,8 @@ def population_std(sequences, rewards, group_ids, *, loss_masks=None, norm_by_st
 def td_on_whole_suffix(sequences, rewards, group_ids, *, loss_masks=None, norm_by_std=True, eps=1e-6,
                        td_coef=1.0):
     """A branch token's TD carried on every later token: sum of TD up to t, i.e. V(y_i[:t+1]) - mu."""
-    tds = [[sum(row[: t + 1], Fraction(0)) for t in range(len(row))] for row in td_values(sequences, rewards, group_ids)]
+    exact = td_values(sequences, rewards, group_ids)
+    tds = [[sum(row[: t + 1], Fraction(0)) for t in range(len(row))] for row in exact]
     return _finish(tds, rewards, group_ids, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, loss_masks=loss_masks)
 
 

@@ -119,11 +119,13 @@ class _Run:
 
 
 def allowed_error(case: Case, dtype: torch.dtype, *, norm_by_std: bool, eps: float) -> torch.Tensor:
-    """(B, 1) absolute and relative parts of the documented tolerance, as one function of |ref|.
+    """(B, 1) absolute part of the documented tolerance for each row (proofs_notes/fast-algorithm.md).
 
-    Returns the absolute part per row; the relative part is `rtol(dtype) * |ref|` (see `_rtol`).
-    The absolute part is float64 rounding of the centring, 4 * 64 * 2^-52 * (max_g |R| + 1),
-    scaled like the advantages (divided by sigma_g + eps when norm_by_std).
+    float64 rounding of the centring, 4 * 64 * 2^-52 * (max_g |R| + 1), scaled like the advantages
+    (divided by sigma_g + eps when norm_by_std). An entry passes when |returned - reference| <=
+    rtol * |reference| + allowed_error, with rtol one rounding of the returned dtype (2^-23 for
+    float32, 4 * 2^-52 for float64). `dtype` is the returned dtype (the absolute part does not
+    depend on it; it is taken so callers state which output they bound).
     """
     r = case.rewards.double().cpu()
     tol = torch.zeros(r.shape[0], 1, dtype=torch.float64)

@@ -340,7 +340,10 @@ def relayout(tensor: torch.Tensor, how: str) -> torch.Tensor:
     if how not in layouts_for(tensor):
         raise ValueError(f"relayout: {how!r} does not apply to a tensor of shape {tuple(tensor.shape)}"
                          + (" whose values do not repeat" if how == "expanded" else ""))
-    full = lambda shape: torch.full(shape, _poison(tensor.dtype), dtype=tensor.dtype, device=tensor.device)  # noqa: E731
+
+    def full(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.full(shape, _poison(tensor.dtype), dtype=tensor.dtype, device=tensor.device)
+
     if how == "contiguous":
         return tensor.clone(memory_format=torch.contiguous_format)
     if how == "column_major":
