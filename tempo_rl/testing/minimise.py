@@ -41,7 +41,7 @@ def _drop_rows(trial: Any, still_fails: Callable[[Any], bool], budget: _Budget) 
         while start < trial.case.responses.shape[0] and budget.left():
             B = trial.case.responses.shape[0]
             candidate = _keep_rows(trial, [r for r in range(B) if not start <= r < start + size])
-            if budget.spend() and still_fails(candidate):
+            if _valid(candidate) and budget.spend() and still_fails(candidate):
                 trial = candidate  # the next chunk now starts at `start`
             else:
                 start += size

@@ -433,12 +433,14 @@ def layouts_of(
     it, masks in one of `mask_dtypes`, ids in one of `id_dtypes` (every id drawn by `cases` fits
     int32), group ids in one of `group_id_forms` (same groups, other names). Rewards keep their
     dtype. Shrinks towards contiguous int64 / bool / the ids as drawn."""
-    pick = lambda t, dtypes: (draw(st.sampled_from(list(dtypes))), draw(st.sampled_from(layouts_for(t))))  # noqa: E731
-    responses = pick(case.responses, id_dtypes)
-    mask = pick(case.response_mask, mask_dtypes)
+    def spec(t: torch.Tensor, dtypes: Sequence[torch.dtype]) -> st.SearchStrategy[tuple[torch.dtype, str]]:
+        return st.tuples(st.sampled_from(list(dtypes)), st.sampled_from(layouts_for(t)))
+
+    responses = draw(spec(case.responses, id_dtypes))
+    mask = draw(spec(case.response_mask, mask_dtypes))
     rewards = draw(st.sampled_from(layouts_for(case.rewards)))
     form = draw(st.sampled_from(list(group_id_forms)))
-    loss = pick(case.loss_mask, mask_dtypes) if case.loss_mask is not None else (torch.bool, "contiguous")
+    loss = draw(spec(case.loss_mask, mask_dtypes)) if case.loss_mask is not None else (torch.bool, "contiguous")
     return Presentation(responses, mask, rewards, form, loss)
 
 
