@@ -342,6 +342,9 @@ def _check_grpo(trial: Trial, run: _Run, out: torch.Tensor, ref: torch.Tensor) -
                      f"and token {token} are both non-branch); expected shows the row's value")
     if "td_coef" in run.impl.supports and run.options["td_coef"] != 0.0:
         grpo = _call(trial, run, trial.handed_over, td_coef=0.0)
+        if grpo.dtype != out.dtype:
+            _fail("grpo", trial, run, detail=f"td_coef=0 returns dtype {grpo.dtype}, td_coef={run.options['td_coef']} "
+                                             f"returns {out.dtype}: they cannot be equal bitwise")
         bad = nb & (_bits(grpo) != _bits(out))
         if bad.any():
             _fail("grpo", trial, run, at=_first(bad), expected=grpo, returned=out, bitwise=True,
