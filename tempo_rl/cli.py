@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("tempo_rl.benchmarks.bench_advantage", "time the advantage backends, write benchmarks/results/"),
     "train": ("tempo_rl.trainer.train", "train a causal LM with TEMPO / GRPO advantages (PPO-clip)"),
     "compare": ("tempo_rl.trainer.compare", "TEMPO vs GRPO: seeds x learning-rate sweep, curves, gradient cosine"),
+    "check": ("tempo_rl.cli_check", "check a TEMPO implementation against the reference (tempo_rl.testing)"),
 }
 
 

@@ -16,6 +16,9 @@ import pytest
 import tempo_rl
 from tempo_rl.reference import advantage as ref_advantage
 from tempo_rl.reference.example import render
+from tempo_rl.testing import adapters as testing_adapters
+from tempo_rl.testing import check as testing_check
+from tempo_rl.testing import strategies as testing_strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,27 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path):
     assert out[2] == "[[0.5, 1.0], [-0.5, -1.0]]"
     cli = subprocess.run([env_dir / "bin" / "tempo-rl", "example"], capture_output=True, text=True, check=True)
     assert cli.stdout == render()
+    _check_command_works_from_the_wheel(env_dir, tmp_path)
+
+
+def _check_command_works_from_the_wheel(env_dir: Path, tmp_path: Path) -> None:
+    """The wheel ships tempo_rl.testing, and `tempo-rl check` passes a right and fails a wrong function."""
+    py = env_dir / "bin" / "python"
+    where = subprocess.run([py, "-c", "import tempo_rl.testing as t; print(t.__file__)"], capture_output=True,
+                           text=True, check=True, cwd=tmp_path).stdout
+    assert where.startswith(str(env_dir))
+    (tmp_path / "impls.py").write_text(
+        "import tempo_rl\n"
+        "def right(*args, **options):\n"
+        "    return tempo_rl.tempo_advantages(*args, backend='torch', **options)\n"
+        "def wrong(*args, td_coef=1.0, **options):\n"
+        "    return tempo_rl.grpo_advantages(*args, backend='torch', **options)\n"
+    )
+    command = [env_dir / "bin" / "tempo-rl", "check", "--max-examples", "20", "--seed", "0"]
+    ok = subprocess.run([*command, "impls.py:right"], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0 and "no counterexample" in ok.stdout, ok.stdout + ok.stderr
+    bad = subprocess.run([*command, "impls.py:wrong"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 1 and "fails: equals the reference" in bad.stdout, bad.stdout + bad.stderr
 
 
 def test_worked_example_note_matches_the_code():
@@ -68,7 +92,8 @@ def test_python_m_tempo_rl_example_prints_it():
     assert out.stdout == render()
 
 
-@pytest.mark.parametrize("module", [ref_advantage, tempo_rl.api])
+@pytest.mark.parametrize("module", [ref_advantage, tempo_rl.api, testing_strategies, testing_adapters,
+                                    testing_check])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -111,6 +111,22 @@ def test_without_responses_the_error_names_the_trainer_mode():
         compute_tempo_outcome_advantage(token_level_rewards(), prefix_mask(), np.array(UIDS, dtype=object))
 
 
+@pytest.mark.parametrize("norm,td_coef", [(True, 1.0), (False, 0.5)])
+def test_the_estimator_passes_the_contract_check(norm, td_coef):
+    """tempo_rl.testing on the registered estimator, called as verl calls it (config an OmegaConf)."""
+    import tempo_rl.testing as tt
+
+    estimator = core_algos.get_adv_estimator_fn("tempo")
+
+    def as_verl(token_level_rewards, response_mask, index, config, **tokens):
+        return estimator(token_level_rewards=token_level_rewards, response_mask=response_mask, index=index,
+                         config=OmegaConf.create(config), **tokens)
+
+    report = tt.check_implementation(tt.verl_estimator(as_verl, name="verl estimator 'tempo'"), norm_by_std=norm,
+                                     td_coef=td_coef, max_examples=60)
+    assert report.examples >= 60
+
+
 class InMemoryQueue:
     """Stands in for the TransferQueue service (a Ray actor) behind verl's kv_batch_get/put."""
 
