@@ -2,14 +2,16 @@
 
 Strided views (a rewards column of a wider score tensor, every other column of a wider id
 tensor), row and column slices of bigger tensors, column-major tensors, stride-0 expanded
-rewards, bool/uint8/int32/float masks, int32 ids, group ids as lists, tensors of int32/int64,
-numpy arrays or strings. The layout is a hypothesis dimension, so a kernel that assumes one
-fails here.
+tensors, bool/uint8/int32/float masks, int32 ids, group ids as lists of ints or strings, numpy
+uid arrays, int32/int64 tensors: `tempo_rl.testing.strategies.layouts_of`, whose views sit in
+memory poisoned with NaN / True / int max. The layout is a hypothesis dimension, so a kernel that
+assumes one fails here.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,89 +19,34 @@ from hypothesis import strategies as st
 
 import tempo_rl
 
-from .strategies import Case, cases
+from tempo_rl.testing.strategies import Case, cases, layouts_of
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["reference", "torch", "triton"]
 EXAMPLES = {"reference": 60, "torch": 200, "triton": 40 if DEVICE == "cpu" else 200}
-LAYOUTS = ["contiguous", "column_major", "strided", "sliced", "expanded"]
 
 
-def relayout(t: torch.Tensor, how: str) -> torch.Tensor:
-    """The same values in another memory layout ("expanded" only where the values allow it)."""
-    fill = 7
-    if how == "column_major" and t.dim() == 2:
-        return t.t().contiguous().t()
-    if how == "strided":
-        if t.dim() == 1:  # e.g. rewards = scores[:, 1] of a (B, 3) score tensor
-            wide = torch.full((t.shape[0], 3), fill, dtype=t.dtype, device=t.device)
-            wide[:, 1] = t
-            return wide[:, 1]
-        wide = torch.full((t.shape[0], 2 * t.shape[1] + 1), fill, dtype=t.dtype, device=t.device)
-        wide[:, 1::2] = t
-        return wide[:, 1::2]
-    if how == "sliced":
-        big = torch.full(tuple(n + 3 for n in t.shape), fill, dtype=t.dtype, device=t.device)
-        view = big[tuple(slice(2, 2 + n) for n in t.shape)]
-        view.copy_(t)
-        return view
-    if how == "expanded" and t.numel() and bool((t == t.flatten()[0]).all()):
-        return t.flatten()[:1].reshape((1,) * t.dim()).expand(t.shape)
-    return t.contiguous()
-
-
-MASK_DTYPES = [torch.bool, torch.uint8, torch.int32, torch.float32]
-
-
-@st.composite
-def layouts(draw):
-    return {
-        "responses": draw(st.sampled_from(LAYOUTS)),
-        "ids": draw(st.sampled_from([torch.int64, torch.int32])),
-        "mask": draw(st.sampled_from(LAYOUTS)),
-        "mask_dtype": draw(st.sampled_from(MASK_DTYPES)),
-        "rewards": draw(st.sampled_from(LAYOUTS)),
-        "loss": draw(st.sampled_from(LAYOUTS)),
-        "loss_dtype": draw(st.sampled_from(MASK_DTYPES)),
-        "groups": draw(st.sampled_from(["list", "int64", "int32", "numpy", "str"])),
-    }
-
-
-def _group_ids(case: Case, kind: str):
-    dense = {g: i for i, g in enumerate(dict.fromkeys(case.group_ids))}
-    index = [dense[g] for g in case.group_ids]
-    if kind == "list":
-        return index
-    if kind == "numpy":
-        return np.asarray(index, dtype=np.int64)
-    if kind == "str":
-        return [f"uid-{i}" for i in index]
-    return torch.tensor(index, dtype=getattr(torch, kind), device=DEVICE)
-
-
-def _inputs(case: Case, lay: dict | None) -> tuple[tuple, dict]:
-    lay = lay or {"responses": "contiguous", "ids": torch.int64, "mask": "contiguous", "mask_dtype": torch.bool,
-                  "rewards": "contiguous", "loss": "contiguous", "loss_dtype": torch.bool, "groups": "list"}
-    on = lambda t: t.to(DEVICE)  # noqa: E731
-    responses = relayout(on(case.responses.to(lay["ids"])), lay["responses"])
-    mask = relayout(on(case.response_mask.to(lay["mask_dtype"])), lay["mask"])
-    rewards = relayout(on(case.rewards), lay["rewards"])
-    loss = None if case.loss_mask is None else relayout(on(case.loss_mask.to(lay["loss_dtype"])), lay["loss"])
-    return (responses, mask, rewards, _group_ids(case, lay["groups"])), {"loss_mask": loss}
+def _on_device(case: Case) -> tuple[tuple, dict]:
+    on = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    ids = case.group_ids.to(DEVICE) if isinstance(case.group_ids, torch.Tensor) else case.group_ids
+    return (on(case.responses), on(case.response_mask), on(case.rewards), ids), {"loss_mask": on(case.loss_mask)}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_layout_gives_the_contiguous_result_bitwise(backend):
     @settings(max_examples=EXAMPLES[backend])
-    @given(case=cases(max_batch=10, max_len=7), lay=layouts(), coef=st.sampled_from([0.0, 1.0]))
-    def check(case, lay, coef):
-        base_args, base_kw = _inputs(case, None)
-        args, kw = _inputs(case, lay)
-        if lay["ids"] == torch.int32:  # the contiguous baseline in the same id dtype
-            base_args = (base_args[0].to(torch.int32), *base_args[1:])
+    @given(case=cases(max_batch=10, max_len=7), data=st.data(), coef=st.sampled_from([0.0, 1.0]))
+    def check(case, data, coef):
+        how = data.draw(layouts_of(case))
+        # The baseline: the same dtypes and group ids, contiguous.
+        plain = replace(how, responses=(how.responses[0], "contiguous"),
+                        response_mask=(how.response_mask[0], "contiguous"), rewards="contiguous",
+                        loss_mask=(how.loss_mask[0], "contiguous"))
+        base_args, base_kw = _on_device(plain.apply(case))
+        args, kw = _on_device(how.apply(case))
         want, want_stats = tempo_rl.tempo_advantages_with_stats(*base_args, **base_kw, td_coef=coef, backend=backend)
         got, got_stats = tempo_rl.tempo_advantages_with_stats(*args, **kw, td_coef=coef, backend=backend)
-        assert got.dtype == want.dtype and torch.equal(got, want), lay
+        assert got.dtype == want.dtype and torch.equal(got, want), how.describe()
         assert [*got_stats.groups.values()] == [*want_stats.groups.values()]
 
     check()
