@@ -150,9 +150,9 @@ class TempoGRPOTrainer(GRPOTrainer):
         return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
 
     def _log_tempo(self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, stats: tempo_rl.TreeStats) -> None:
-        mask = batch["response_mask"].bool()
-        # The completions table shows one advantage per completion: the mean over its tokens.
-        seq_adv = (adv * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B_global,)
+        # The completions table shows one advantage per completion: the mean over its tokens (adv is 0
+        # past them; summing the int64 mask is several times faster than a bool one).
+        seq_adv = adv.sum(1) / batch["response_mask"].sum(1).clamp(min=1)  # (B_global,)
         for _ in range(min(len(seq_adv), len(self._logs["advantages"]))):
             self._logs["advantages"].pop()  # GRPO's values that GRPOTrainer just logged
         self._logs["advantages"].extend(seq_adv.tolist())

@@ -90,7 +90,7 @@ def _tree_mask(response_mask: torch.Tensor, lengths: torch.Tensor | None) -> tor
     if lengths is None:
         # One past the last 1 of each row; tool output inside the response stays in the tree.
         lengths = torch.where(response_mask.bool(), positions + 1, 0).amax(dim=1)  # (B,)
-    return (positions[None, :] < lengths.to(response_mask.device)[:, None]).to(response_mask.dtype)
+    return positions[None, :] < lengths.to(response_mask.device)[:, None]  # bool: one byte a token
 
 
 def compute_tempo_outcome_advantage(

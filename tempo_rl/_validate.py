@@ -80,11 +80,21 @@ def check_mask(mask: Any, name: str, shape: tuple[int, int], device: torch.devic
         raise TypeError(f"{name} must be bool or 0/1, got dtype {mask.dtype}")
     mask = mask.to(device)
     if mask.dtype != torch.bool:
-        not_binary = ((mask != 0) & (mask != 1)).any(dim=1)  # (B,)
-        if bool(not_binary.any()):
+        if not _is_binary(mask):
+            not_binary = ((mask != 0) & (mask != 1)).any(dim=1)  # (B,) only to name the row
             raise ValueError(f"{name} row {_first_bad_row(not_binary)} holds values other than 0 and 1")
         mask = mask != 0
     return mask
+
+
+def _is_binary(mask: torch.Tensor) -> bool:
+    """All values 0 or 1. Integers: one read-only min/max pass (verl and TRL pass int64 masks)."""
+    if mask.numel() == 0:
+        return True
+    if mask.dtype.is_floating_point:
+        return not bool(((mask != 0) & (mask != 1)).any())
+    low, high = torch.aminmax(mask)
+    return bool(low >= 0) and bool(high <= 1)
 
 
 def check_prefix_mask(mask: torch.Tensor) -> torch.Tensor:
