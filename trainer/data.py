@@ -19,14 +19,27 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from .config import UsageError
 
 
 @dataclass(frozen=True)
 class Example:
     prompt: str
     answer: str
+    columns: dict[str, Any] = field(default_factory=dict, compare=False)  # the row's other fields
+
+
+def reward_columns(batch: list[Example]) -> dict[str, list[Any]]:
+    """Dataset columns of a batch as keyword lists for batched rewards: `answer` and every other field
+    (None where a row lacks it). batch: (n,) examples -> column -> (n,) values."""
+    names = sorted({k for e in batch for k in e.columns} - {"prompt", "answer"})
+    cols: dict[str, list[Any]] = {"answer": [e.answer for e in batch]}
+    cols.update({k: [e.columns.get(k) for e in batch] for k in names})
+    return cols
 
 
 def add_solution(a: int, b: int) -> str:
@@ -88,18 +101,23 @@ BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
-    """Read `{"prompt": ..., "answer": ...}` lines; a line without both fields is an error."""
+    """Read `{"prompt": ..., "answer": ..., ...}` lines; a line without both fields is an error. Other
+    fields are kept as the example's columns."""
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "prompt" not in row or "answer" not in row:
-                raise ValueError(f"{path}:{lineno}: each line needs 'prompt' and 'answer' fields")
-            out.append(Example(prompt=str(row["prompt"]), answer=str(row["answer"])))
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "prompt" not in row or "answer" not in row:
+                raise UsageError(f"{path}:{lineno}: each line needs 'prompt' and 'answer' fields")
+            extra = {k: v for k, v in row.items() if k not in ("prompt", "answer")}
+            out.append(Example(prompt=str(row["prompt"]), answer=str(row["answer"]), columns=extra))
     if not out:
-        raise ValueError(f"{path}: no examples")
+        raise UsageError(f"{path}: no examples")
     return out
 
 
@@ -109,7 +127,19 @@ def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0) -> list[Exa
         return BUILTIN_TASKS[name_or_path](n, seed)
     if Path(name_or_path).is_file():
         return load_jsonl(name_or_path)
-    raise ValueError(f"dataset {name_or_path!r} is neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
+    raise UsageError(f"dataset {name_or_path!r}: neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
+
+
+def hold_out(examples: list[Example], n_eval: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval): a seeded draw of min(n_eval, len // 10) rows (at least 1) held out for evaluation,
+    the rest for training, so evaluation never scores prompts the policy trained on."""
+    if len(examples) < 2:
+        raise UsageError(f"dataset: {len(examples)} example, too few to hold out an eval split; give "
+                         "--eval-dataset")
+    k = max(1, min(n_eval, len(examples) // 10))
+    picked = set(random.Random(seed + 1).sample(range(len(examples)), k))
+    return ([e for i, e in enumerate(examples) if i not in picked],
+            [e for i, e in enumerate(examples) if i in picked])
 
 
 def batch_for_step(examples: list[Example], step: int, n_prompts: int, seed: int) -> list[Example]:
