@@ -11,7 +11,8 @@ group's first response, then diverges), and the two extremes (all responses dist
 Reported: median ms (CPU: perf_counter after a warm-up; CUDA: triton.testing.do_bench, with 20/80
 percentiles), tokens/s over B*L, and GB/s against the floor that any implementation must move:
 token ids and the mask read once, advantages written once. Results go to
-benchmarks/results/advantage_<device>[_quick][_<n>thread].{md,csv,json,png}.
+<out>/advantage_<device>[_quick][_<n>thread].{md,csv,json,png}, `--out` defaulting to the current
+directory (the repository's own tables live in benchmarks/results/: `--out benchmarks/results`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import torch
 KINDS = ("branching", "distinct", "identical")
 BASELINES = ("loop", "loop-tensor")  # per-token loops: timed once, at the small shape only
 VOCAB = 32000
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the small shape and the authors' batch only")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the .md/.csv/.json/.png")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="directory for the .md/.csv/.json/.png (default: the current directory)")
 
 
 def run(args: argparse.Namespace) -> int:
