@@ -149,7 +149,8 @@ def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "indepe
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
     tokenizer, model = load_policy(model_path(cfg), torch.device("cpu"))
-    examples = load_dataset(cfg.dataset, seed=cfg.seed)
+    examples = load_dataset(cfg.dataset, seed=cfg.seed, prompt_column=cfg.prompt_column,
+                            answer_column=cfg.answer_column)
     reward_fns = load_reward_functions(cfg.reward, cfg.reward_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     out, grads = [], {"tempo": [], "grpo": []}

@@ -39,9 +39,13 @@ class TrainConfig:
     tiny_dir: str = _f("runs/tiny-base", "where the 'tiny' policy is built and cached", "model and data")
     tiny_warmup_steps: int = _f(1500, "supervised warm-up steps when building the 'tiny' policy", "model and data",
                                 ge=0)
-    dataset: str = _f("add", "built-in task name ('add', 'chain') or a JSONL file with 'prompt' and 'answer' "
-                      "per line (other columns reach batched reward functions as keyword arguments)",
-                      "model and data")
+    dataset: str = _f("add", "built-in task name ('add', 'chain'), a JSONL / JSON / CSV / Parquet file or a "
+                      "directory written by datasets' save_to_disk, with a prompt and an answer column (other "
+                      "columns reach batched reward functions as keyword arguments)", "model and data")
+    prompt_column: str = _f("prompt", "the dataset column holding the prompt (text, or chat messages)",
+                            "model and data")
+    answer_column: str = _f("answer", "the dataset column holding the answer (passed to rewards as `answer`)",
+                            "model and data")
     eval_dataset: str = _f("", "held-out prompts for evaluation; '' draws fresh prompts of a built-in task "
                            "(seed+1), or, for a file, holds out eval_prompts rows (at most a tenth) of the "
                            "training file, which training then never sees", "model and data")

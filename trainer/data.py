@@ -1,4 +1,9 @@
-"""Prompts with verifiable answers: a JSONL file (`prompt`, `answer` per line) or a built-in task.
+"""Prompts with verifiable answers: a data file or saved dataset, or a built-in task.
+
+Files: JSONL (read directly), or JSON, CSV, Parquet files and directories written by
+`datasets.Dataset.save_to_disk` (read with the `datasets` library). Each row needs a prompt column
+(text, or a chat: a list of `{"role", "content"}` messages, as in TRL's conversational datasets) and
+an answer column; every other column is kept for batched reward functions.
 
 The built-in `add` task is the embedded demo. A prompt is "47+38=" and the response works the sum
 column by column before answering, e.g. "7+8=15,4+3+1=8;85". Every problem carries (the ones
@@ -26,11 +31,19 @@ from typing import Any
 from .config import UsageError
 
 
+Chat = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
+
+
 @dataclass(frozen=True)
 class Example:
-    prompt: str
+    prompt: str | Chat
     answer: str
     columns: dict[str, Any] = field(default_factory=dict, compare=False)  # the row's other fields
+
+
+def prompt_text(prompt: str | Chat) -> str:
+    """A prompt as plain text for logs and dumps (a chat: its messages' contents, one per line)."""
+    return prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
 
 
 def reward_columns(batch: list[Example]) -> dict[str, list[Any]]:
@@ -100,7 +113,24 @@ def chain_examples(n: int, seed: int, k: int = 3) -> list[Example]:
 BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
+def example_of(row: dict[str, Any], where: str, prompt_column: str = "prompt",
+               answer_column: str = "answer") -> Example:
+    """One dataset row as an Example; UsageError naming the row when a column is missing or malformed."""
+    if not isinstance(row, dict) or prompt_column not in row or answer_column not in row:
+        raise UsageError(f"{where}: each row needs {prompt_column!r} and {answer_column!r} fields "
+                         "(--prompt-column, --answer-column)")
+    prompt = row[prompt_column]
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            raise UsageError(f"{where}: a list prompt must be chat messages ({{'role': ..., 'content': ...}})")
+        prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    else:
+        prompt = str(prompt)
+    extra = {k: v for k, v in row.items() if k not in (prompt_column, answer_column)}
+    return Example(prompt=prompt, answer=str(row[answer_column]), columns=extra)
+
+
+def load_jsonl(path: str | Path, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
     """Read `{"prompt": ..., "answer": ..., ...}` lines; a line without both fields is an error. Other
     fields are kept as the example's columns."""
     out = []
@@ -112,21 +142,52 @@ def load_jsonl(path: str | Path) -> list[Example]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "prompt" not in row or "answer" not in row:
-                raise UsageError(f"{path}:{lineno}: each line needs 'prompt' and 'answer' fields")
-            extra = {k: v for k, v in row.items() if k not in ("prompt", "answer")}
-            out.append(Example(prompt=str(row["prompt"]), answer=str(row["answer"]), columns=extra))
+            out.append(example_of(row, f"{path}:{lineno}", prompt_column, answer_column))
     if not out:
         raise UsageError(f"{path}: no examples")
     return out
 
 
-def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0) -> list[Example]:
-    """A built-in task by name (n seeded examples) or a JSONL file by path."""
+HF_FORMATS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
+    """A JSON / CSV / Parquet file or a `save_to_disk` directory through the `datasets` library
+    (a DatasetDict gives its "train" split)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
+                         "package: pip install 'tempo-rl[train]'") from None
+    if path.is_dir():
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if "train" not in data:
+                raise UsageError(f"dataset {str(path)!r}: a DatasetDict without a 'train' split ({list(data)})")
+            data = data["train"]
+    else:
+        data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
+    out = [example_of(row, f"{path} row {i}", prompt_column, answer_column) for i, row in enumerate(data)]
+    if not out:
+        raise UsageError(f"{path}: no examples")
+    return out
+
+
+def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0, prompt_column: str = "prompt",
+                 answer_column: str = "answer") -> list[Example]:
+    """A built-in task by name (n seeded examples), or a data file or saved dataset by path."""
     if name_or_path in BUILTIN_TASKS:
         return BUILTIN_TASKS[name_or_path](n, seed)
-    if Path(name_or_path).is_file():
-        return load_jsonl(name_or_path)
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return load_jsonl(path, prompt_column, answer_column)
+    if (path.is_file() and path.suffix in HF_FORMATS) or (path.is_dir() and any(path.iterdir())):
+        return load_hf(path, prompt_column, answer_column)
+    if path.is_file():
+        raise UsageError(f"dataset {name_or_path!r}: unknown format {path.suffix!r} (.jsonl, "
+                         f"{', '.join(HF_FORMATS)}, or a directory written by save_to_disk)")
+    if path.suffix or "/" in name_or_path:
+        raise UsageError(f"dataset {name_or_path!r}: no such file or directory")
     raise UsageError(f"dataset {name_or_path!r}: neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
 
 

@@ -32,7 +32,7 @@ from tempo_rl.api import resolve_backend
 
 from . import checkpoint
 from .config import INSTALL_TRAIN, TrainConfig, UsageError, add_config_arguments, config_from_args
-from .data import BUILTIN_TASKS, Example, batch_for_step, hold_out, load_dataset, reward_columns
+from .data import BUILTIN_TASKS, Example, batch_for_step, hold_out, load_dataset, prompt_text, reward_columns
 from .loss import policy_loss
 from .rewards import (RewardBatch, RewardFunction, TrainingStopped, check_reward_arguments,
                       load_reward_functions, score_batch)
@@ -122,12 +122,33 @@ def make_optimizer(model, cfg: TrainConfig):
 def train_and_eval_examples(cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
     """The training pool and the eval prompts. A built-in task draws fresh eval prompts; a file without
     --eval-dataset gives up a held-out split (data.hold_out) that training never sees."""
-    examples = load_dataset(cfg.dataset, seed=cfg.seed)
+    columns = dict(prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
+    examples = load_dataset(cfg.dataset, seed=cfg.seed, **columns)
     if cfg.eval_dataset:
-        return examples, load_dataset(cfg.eval_dataset, n=cfg.eval_prompts, seed=cfg.seed + 1)[: cfg.eval_prompts]
+        evals = load_dataset(cfg.eval_dataset, n=cfg.eval_prompts, seed=cfg.seed + 1, **columns)
+        return examples, evals[: cfg.eval_prompts]
     if cfg.dataset in BUILTIN_TASKS:
         return examples, BUILTIN_TASKS[cfg.dataset](cfg.eval_prompts, 10_000 + cfg.seed)
     return hold_out(examples, cfg.eval_prompts, cfg.seed)
+
+
+def prompts_for(tokenizer, batch: list[Example], cfg: TrainConfig) -> tuple[list[str], bool]:
+    """(prompt strings, whether the sampler should apply the chat template). Text prompts go as they
+    are (the sampler wraps them as a user turn with --chat-template); a batch holding chat prompts
+    (lists of messages) is rendered here with the tokenizer's chat template, every prompt of it."""
+    if all(isinstance(e.prompt, str) for e in batch):
+        return [e.prompt for e in batch], cfg.chat_template
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UsageError("dataset: chat prompts (lists of messages) need a tokenizer with a chat template")
+    texts = []
+    for e in batch:
+        messages = e.prompt if isinstance(e.prompt, list) else [{"role": "user", "content": e.prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
+            text = text[len(bos):]  # the tokenizer adds it again
+        texts.append(text)
+    return texts, False
 
 
 def seed_everything(seed: int) -> None:
@@ -286,9 +307,10 @@ def evaluate(model, tokenizer, examples: list[Example], cfg: TrainConfig, reward
         torch.manual_seed(cfg.seed + 12345)
         for i in range(0, len(examples), 64):
             chunk = examples[i : i + 64]
-            roll = sample_groups(model, tokenizer, [e.prompt for e in chunk], group_size=1, greedy=cfg.eval_greedy,
+            prompts, chat = prompts_for(tokenizer, chunk, cfg)
+            roll = sample_groups(model, tokenizer, prompts, group_size=1, greedy=cfg.eval_greedy,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 chat_template=cfg.chat_template, autocast_dtype=autocast_dtype)
+                                 chat_template=chat, autocast_dtype=autocast_dtype)
             scored = score_rollout(roll, chunk, cfg, rewards, " in evaluation")
             hits += sum(t >= cfg.accuracy_threshold for t in scored.total)
     return hits / max(1, len(examples))
@@ -357,7 +379,7 @@ def dump_groups(path: Path, roll: Rollout, rewards: torch.Tensor, batch: list[Ex
     with open(path, "a") as f:
         for i, g in enumerate(roll.group_ids.tolist()):
             n = int(roll.response_mask[i].sum())
-            f.write(json.dumps({"step": step, "group_id": g, "prompt": batch[g].prompt,
+            f.write(json.dumps({"step": step, "group_id": g, "prompt": prompt_text(batch[g].prompt),
                                 "response": roll.responses[i, :n].tolist(), "text": roll.texts[i],
                                 "reward": float(rewards[i])}) + "\n")
 
@@ -498,9 +520,10 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
         for step in bar:
             t0 = time.perf_counter()
             batch = batch_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
-            roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=cfg.group_size,
+            prompts, chat = prompts_for(tokenizer, batch, cfg)
+            roll = sample_groups(model, tokenizer, prompts, group_size=cfg.group_size,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 chat_template=cfg.chat_template, autocast_dtype=autocast_dtype, tree=tree)
+                                 chat_template=chat, autocast_dtype=autocast_dtype, tree=tree)
             t_gen = time.perf_counter()
             scored = score_rollout(roll, batch, cfg, rewards, f" at step {step + 1}")
             if scored.all_failed:
