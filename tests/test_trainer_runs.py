@@ -269,3 +269,40 @@ def test_report_to_a_missing_library_names_its_extra(tiny_path, scratch, capsys,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     rc, _, err = _train(_args(tiny_path, "out", "--report-to", "wandb"), capsys)
     assert rc == 2 and "pip install 'tempo-rl[wandb]'" in err
+
+
+def test_trains_on_a_parquet_dataset_of_chat_prompts(tmp_path_factory, scratch, capsys):
+    """TRL's conversational layout (prompt = messages) in Parquet, named answer column, chat template."""
+    import datasets
+
+    model = tmp_path_factory.mktemp("chat") / "model"
+    tok = build_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(model)
+    tok.save_pretrained(model)
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+{a}="}], "solution": str(2 * a)} for a in range(10, 40)]
+    datasets.Dataset.from_list(rows).to_parquet(str(scratch / "train.parquet"))
+    rc, _, err = _train(_args(str(model), "out", "--dataset", "train.parquet", "--answer-column", "solution",
+                              "--dump-rollouts-every", "1"), capsys)
+    assert rc == 0, err
+    dumped = [json.loads(line) for line in open(scratch / "out" / "rollouts.jsonl")]
+    assert all(d["prompt"].endswith("=") for d in dumped)
+
+
+def test_report_to_wandb_goes_through_the_library(tiny_path, scratch, capsys, monkeypatch):
+    """--report-to wandb calls wandb.init / log / finish (a stand-in module records the calls)."""
+    import importlib.machinery
+    import types
+
+    calls = []
+    run = types.SimpleNamespace(log=lambda row, step: calls.append(("log", step, sorted(row))),
+                                finish=lambda: calls.append(("finish",)))
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: calls.append(("init", kw["config"]["lr"])) or run
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    rc, _, err = _train(_args(tiny_path, "out", "--report-to", "wandb"), capsys)
+    assert rc == 0, err
+    assert calls[0] == ("init", 1e-3) and calls[-1] == ("finish",)
+    logged = [c for c in calls if c[0] == "log"]
+    assert [c[1] for c in logged] == [1, 2] and "reward_mean" in logged[0][2]
