@@ -214,7 +214,8 @@ def test_weighted_sum_beyond_float32_scores_zero(caplog):
 
 
 def test_load_reward_from_cwd_module_and_from_file(tmp_path, monkeypatch):
-    (tmp_path / "my_rewards_cwd.py").write_text("def fn(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "my_rewards_cwd.py").write_text(
+        "def fn(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
     sub = tmp_path / "sub"
     sub.mkdir()
     (sub / "graders.py").write_text("def exact(completion, answer):\n    return float(completion == answer)\n")

@@ -428,7 +428,8 @@ def check_output_dir(cfg: TrainConfig) -> None:
         return
     held = sorted(p.name for p in out.iterdir())
     if held:
-        raise UsageError(f"output_dir {str(out)!r} is not empty ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
+        listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise UsageError(f"output_dir {str(out)!r} is not empty ({listed}); "
                          "continue that run with --resume latest, replace it with --overwrite, or choose "
                          "another --output-dir")
 
