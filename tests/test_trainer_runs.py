@@ -306,3 +306,26 @@ def test_report_to_wandb_goes_through_the_library(tiny_path, scratch, capsys, mo
     assert calls[0] == ("init", 1e-3) and calls[-1] == ("finish",)
     logged = [c for c in calls if c[0] == "log"]
     assert [c[1] for c in logged] == [1, 2] and "reward_mean" in logged[0][2]
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_own_dataset_without_eval_set_holds_out_prompts_training_never_sees(scratch):
+    from tempo_rl.trainer.config import TrainConfig
+
+    (scratch / "data.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n"
+                                                for i in range(50)))
+    train, evals = train_mod.train_and_eval_examples(TrainConfig(dataset="data.jsonl", eval_prompts=256))
+    assert len(evals) == 5 and len(train) == 45
+    assert not {e.prompt for e in evals} & {e.prompt for e in train}
+
+
+def test_accuracy_uses_the_documented_threshold(tiny_path, scratch, capsys):
+    rc, out, err = _train(_args(tiny_path, "out", "--accuracy-threshold", "0", "--eval-every", "2",
+                                "--eval-prompts", "4"), capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in open(scratch / "out" / "metrics.jsonl")]
+    assert all(r["accuracy"] == 1.0 for r in rows if "accuracy" in r)  # every reward is >= 0
+    assert all(r["eval_accuracy"] == 1.0 for r in rows if "eval_accuracy" in r)
+    assert "eval accuracy (sampled, reward >= 0)" in out
+    help_text = train_mod.TrainConfig.__dataclass_fields__["eval_dataset"].metadata["help"]
+    assert "greedy" not in help_text  # the default evaluation samples; --eval-greedy says so itself

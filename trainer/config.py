@@ -251,13 +251,14 @@ def _validator():
 
 def _coerced(values: dict[str, Any]) -> dict[str, Any]:
     """Each value as its field's type, in range; UsageError naming every bad field otherwise."""
+    model = _validator()  # UsageError naming the extra when pydantic is missing
     from pydantic import ValidationError
 
     for f in fields(TrainConfig):
         if f.name in values and get_type_hints(TrainConfig)[f.name] in (list[str], list[float]):
             values[f.name] = _as_list(values[f.name])
     try:
-        return _validator()(**values).model_dump()
+        return model(**values).model_dump()
     except ValidationError as e:
         problems = []
         for err in e.errors():
