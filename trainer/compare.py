@@ -303,6 +303,14 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
+    from .config import INSTALL_TRAIN, UsageError
+    from .train import TRAIN_MODULES, require_modules
+
+    try:  # before 25 minutes of runs, not at the plot after them
+        require_modules((*TRAIN_MODULES, "matplotlib"), "tempo-rl compare", INSTALL_TRAIN)
+    except UsageError as e:
+        print(f"tempo-rl compare: error: {e}", file=sys.stderr)
+        return 2
     if len(args.lrs) < 3 or len(args.seeds) < 3:
         print("warning: a fair comparison needs >= 3 learning rates and >= 3 seeds", file=sys.stderr)
     base = TrainConfig(**(load_file(args.config) if args.config else {}))

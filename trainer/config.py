@@ -152,6 +152,10 @@ class TrainConfig:
                               choices=("tensorboard", "wandb", "none"))
     tensorboard: bool = _f(False, "same as --report-to tensorboard (kept for old command lines)", "run")
 
+    def __post_init__(self) -> None:
+        for name in ("reward", "reward_weights", "report_to"):  # one value where a list is expected
+            setattr(self, name, _as_list(getattr(self, name)))
+
     def validate(self) -> "TrainConfig":
         """Coerce every field to its type and check its range (in place), then the cross-field rules;
         raises UsageError naming the field."""
