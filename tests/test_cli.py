@@ -46,8 +46,9 @@ def test_inspect_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatc
     assert "pip install 'tempo-rl[viz]'" in capsys.readouterr().err
 
 
-def test_compare_names_a_missing_extra_before_running(capsys, monkeypatch):
+def test_compare_names_a_missing_extra_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # whatever happens, nothing is written into the repository
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "matplotlib" else real(n, *a))
-    assert cli.main(["compare", "--steps", "1"]) == 2
+    assert cli.main(["compare", "--steps", "1", "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "'matplotlib'" in capsys.readouterr().err
