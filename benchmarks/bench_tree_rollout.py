@@ -104,8 +104,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--out", default=str(RESULTS),
-                    help="JSONL file the results are appended to (default: ./bench_tree_rollout.jsonl; the repository's own "
-                         "results: benchmarks/results/bench_tree_rollout.jsonl)")
+                    help="JSONL file the results are appended to (default: ./bench_tree_rollout.jsonl; "
+                         "the repository's own results: benchmarks/results/bench_tree_rollout.jsonl)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = build_model(args.vocab, args.hidden, args.layers)
