@@ -346,3 +346,16 @@ def test_every_dumped_group_is_shown_with_its_prompt(tmp_path):
     views = build_views(read_rollouts(path), Settings())
     assert [(v["step"], v["group_id"]) for v in views] == [(5, 0), (5, 1), (5, 2)]
     assert [v["responses"][0]["prompt"] for v in views] == ["0+0=", "1+1=", "2+2="]
+
+
+def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
+    """matplotlib holds font files open at low descriptors; starting Chromium must not depend on them."""
+    import subprocess
+    import sys
+
+    script = ("import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+              "fig, ax = plt.subplots(); ax.set_title('x'); fig.savefig(%r); plt.close(fig)\n"
+              "from tempo_rl.viz.browser import Browser\n"
+              "with Browser() as b: print(b.evaluate('1 + 1'))\n") % str(tmp_path / "x.png")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-1500:]
