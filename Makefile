@@ -26,7 +26,7 @@ $(CHROMIUM_STAMP):
 # TEMPO on the embedded task: builds and warms up the tiny policy (runs/tiny-base, about 2 minutes,
 # cached), then 100 RL steps on CPU; prints the reward and eval accuracy as they rise.
 demo: $(STAMP)
-	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --eval-every 20
+	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --overwrite --eval-every 20
 
 test: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations

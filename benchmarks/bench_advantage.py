@@ -11,7 +11,8 @@ group's first response, then diverges), and the two extremes (all responses dist
 Reported: median ms (CPU: perf_counter after a warm-up; CUDA: triton.testing.do_bench, with 20/80
 percentiles), tokens/s over B*L, and GB/s against the floor that any implementation must move:
 token ids and the mask read once, advantages written once. Results go to
-benchmarks/results/advantage_<device>[_quick][_<n>thread].{md,csv,json,png}.
+<out>/advantage_<device>[_quick][_<n>thread].{md,csv,json,png}, `--out` defaulting to the current
+directory (the repository's own tables live in benchmarks/results/: `--out benchmarks/results`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from . import bench_policy_loss
 KINDS = ("branching", "distinct", "identical")
 BASELINES = ("loop", "loop-tensor")  # per-token loops: timed once, at the small shape only
 VOCAB = 32000
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -246,9 +246,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the small shape and the authors' batch only")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for the results (advantage default: benchmarks/results; policy_loss and "
-                        "--scale: .)")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="directory for the results (default: the current directory)")
     parser.add_argument("--op", choices=("advantage", "policy_loss"), default="advantage",
                         help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time")
     parser.add_argument("--scale", action="store_true",
@@ -266,7 +265,6 @@ def run(args: argparse.Namespace) -> int:
         return run_scale(args)
     if args.op == "policy_loss":
         return bench_policy_loss.run(args)
-    args.out = args.out or RESULTS
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.threads:

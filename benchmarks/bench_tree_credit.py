@@ -14,7 +14,8 @@ token-mean surrogate sum_t A[i,t] log pi(y_i,t) / n_tokens is computed under bot
 - `cos_tempo_grpo` / `norm_ratio`: TEMPO vs GRPO on the same batch (direction vs scale);
 - tokens generated per batch, branch-token fraction, mean branch depth, and the ratio
   sum_s m_s delta_s^2 / sum_s m_s sigma_s^2 over branch nodes (Corollary T2's quantity).
-Appends one JSON line per arm to benchmarks/results/bench_tree_credit.jsonl.
+Appends one JSON line per arm to --out (default ./bench_tree_credit.jsonl; the repository keeps its own in
+benchmarks/results/bench_tree_credit.jsonl).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 import tempo_rl
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_tree_credit.jsonl"
+RESULTS = Path("bench_tree_credit.jsonl")  # in the working directory unless --out says otherwise
 
 
 def flat_grad(model) -> torch.Tensor:
@@ -98,6 +99,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS),
+                    help="JSONL file the results are appended to (default: ./bench_tree_credit.jsonl; "
+                         "the repository's own results: benchmarks/results/bench_tree_credit.jsonl)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -159,8 +163,8 @@ def main(argv=None) -> None:
               f"{row['cos_between_batches']:.3f} ± {row['cos_between_batches_se']:.3f} | "
               f"{row['cos_to_other_rollout']:.3f} | {row['cos_tempo_grpo']:.3f} | {row['norm_ratio_tempo_grpo']:.2f} |")
         if not args.no_save:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with RESULTS.open("a") as f:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with Path(args.out).open("a") as f:
                 f.write(json.dumps({"bench": "tree_credit", **row, **vars(args),
                                     "date": datetime.date.today().isoformat(), "torch": torch.__version__}) + "\n")
 

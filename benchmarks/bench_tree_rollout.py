@@ -6,7 +6,8 @@ tokens, decode steps, wall time, and the shape of the trees (branch depth).
 A random Llama built from a config (no downloads); no EOS, so every response has exactly
 `max_new_tokens` tokens and the token counts are exact. Plain timer: one warm-up, median of
 `--reps` (and the minimum, since other load on a shared machine only adds time). Appends one
-JSON line per configuration to benchmarks/results/bench_tree_rollout.jsonl.
+JSON line per configuration to --out (default ./bench_tree_rollout.jsonl; the repository keeps its own in
+benchmarks/results/bench_tree_rollout.jsonl).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import tempo_rl
 from tempo_rl.trainer.tree_rollout import SamplingConfig, TreeConfig, sample_tree
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_tree_rollout.jsonl"
+RESULTS = Path("bench_tree_rollout.jsonl")  # in the working directory unless --out says otherwise
 
 ARMS = {
     "independent": None,
@@ -102,6 +103,9 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS),
+                    help="JSONL file the results are appended to (default: ./bench_tree_rollout.jsonl; "
+                         "the repository's own results: benchmarks/results/bench_tree_rollout.jsonl)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = build_model(args.vocab, args.hidden, args.layers)
@@ -115,8 +119,8 @@ def main(argv=None) -> None:
               f"{r['waves']} | {r['seconds_median']:.3f} | {r['seconds_min']:.3f} | {r['branch_token_fraction']:.3f} | "
               f"{r['mean_first_branch_depth']:.1f} | {r['mean_branch_depth']:.1f} |", flush=True)
         if not args.no_save:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with RESULTS.open("a") as f:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with Path(args.out).open("a") as f:
                 f.write(json.dumps({
                     "bench": "tree_rollout", "arm": name, "tree": repr(tree), **vars(args), **r,
                     "device": f"cpu ({platform.processor() or platform.machine()}), {args.threads} thread(s)",

@@ -3,8 +3,8 @@
     .venv/bin/python examples/make_examples.py
 
 - worked_example.jsonl: the worked example group of tempo_rl.reference.example, as text.
-- trainer_dump.jsonl: a small synthetic dump in the trainer's format (group_id, response as
-  token ids, text, reward, step): two steps of an arithmetic task, three groups.
+- trainer_dump.jsonl: a small synthetic dump in the trainer's format (step, group_id, prompt,
+  response as token ids, text, reward): two steps of an arithmetic task, three groups.
 - tokenizer.json: the word-level tokenizer whose ids trainer_dump.jsonl uses
   (`tempo-rl inspect examples/trainer_dump.jsonl --tokenizer examples/tokenizer.json`).
 
@@ -21,7 +21,7 @@ from tempo_rl.reference.example import RESPONSES
 
 HERE = Path(__file__).resolve().parent
 
-# (step, group_id, prompt answer, [(response, reward)]): made up, shaped like real samples.
+# (step, group_id, [(response, reward)]): made up, shaped like real samples.
 DUMP = [
     (50, 0, [
         ("12 + 7 = 19 </s>", 1.0),
@@ -47,6 +47,9 @@ DUMP = [
 ]
 
 
+PROMPTS = {(50, 0): "What is 12 + 7?", (50, 1): "What is 9 * 3?", (100, 0): "What is 15 + 8?"}
+
+
 def vocabulary() -> dict[str, int]:
     words = ["</s>"] + sorted({w for _, _, group in DUMP for text, _ in group for w in text.split()} - {"</s>"})
     return {w: i for i, w in enumerate(words)}
@@ -70,7 +73,8 @@ def build() -> dict[str, str]:
     vocab = vocabulary()
     worked = [{"group_id": "worked-example", "response": text, "reward": reward} for text, reward in RESPONSES]
     dump = [
-        {"group_id": gid, "response": [vocab[w] for w in text.split()], "text": text, "reward": reward, "step": step}
+        {"step": step, "group_id": gid, "prompt": PROMPTS[step, gid], "response": [vocab[w] for w in text.split()],
+         "text": text, "reward": reward}
         for step, gid, group in DUMP for text, reward in group
     ]
     return {

@@ -13,7 +13,8 @@ import sys
 COMMANDS = {
     "example": ("tempo_rl.cli_example", "print the worked example (tree, values, TEMPO vs GRPO)"),
     "inspect": ("tempo_rl.cli_inspect", "draw a group's prefix tree and per-token advantages (HTML, PNG, text)"),
-    "bench": ("tempo_rl.benchmarks.bench_advantage", "time the advantage backends, write benchmarks/results/"),
+    "bench": ("tempo_rl.benchmarks.bench_advantage", "time the advantage backends; tables and plots go to --out "
+              "(default: the current directory)"),
     "train": ("tempo_rl.trainer.train", "train a causal LM with TEMPO / GRPO advantages (PPO-clip)"),
     "compare": ("tempo_rl.trainer.compare", "TEMPO vs GRPO: seeds x learning-rate sweep, curves, gradient cosine"),
     "check": ("tempo_rl.cli_check", "check a TEMPO implementation against the reference (tempo_rl.testing)"),
@@ -21,7 +22,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="tempo-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tempo-rl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)

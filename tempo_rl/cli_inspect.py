@@ -56,12 +56,27 @@ def _selected(rollouts: list, wanted: list[str] | None) -> list:
     return keep
 
 
+def _missing_extra(args: argparse.Namespace) -> str | None:
+    """Say which install the command needs before it fails half-way (None when all is there)."""
+    import importlib.util
+
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        return "the PNG needs matplotlib: pip install 'tempo-rl[viz]' (or pass --no-png)"
+    if args.tokenizer and importlib.util.find_spec("tokenizers") is None:
+        return "--tokenizer needs the tokenizers package: pip install 'tempo-rl[train]'"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from .viz import RolloutError, Settings, build_views, load_tokenizer, read_rollouts
     from .viz.figure import draw_tree_png
     from .viz.page import write_html
     from .viz.summary import summarize
 
+    missing = _missing_extra(args)
+    if missing:
+        print(f"tempo-rl inspect: error: {missing}", file=sys.stderr)
+        return 2
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         rollouts = _selected(read_rollouts(args.input, tokenizer), args.group)

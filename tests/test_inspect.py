@@ -283,3 +283,79 @@ def test_transformers_tokenizer_directory(tmp_path):
     PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER)).save_pretrained(tmp_path / "tok")
     tok = load_tokenizer(tmp_path / "tok")
     assert [r.pieces for r in read_rollouts(DUMP, tok)] == [r.text.split() for r in read_rollouts(DUMP)]
+
+
+# -- real rewards, long labels, token text that looks like TeX -------------------------------
+REAL = [  # rewards such as a grader's 0.8 / 0.6 (binary fractions with 53-bit denominators), long runs
+    ("the answer is $x^2$ so $", 0.8),
+    ("the answer is $x^2$ so we check every case one by one before we write it down", 0.6),
+    ("the answer is \\frac{1}{2} $$ and then a rather long explanation follows here", 0.1),
+    ("no $\\unknownmacro{3}$ here", 0.3),
+]
+
+
+def _write(tmp_path, rows, name="real.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"group_id": 0, "response": t, "reward": r, "prompt": "Solve $x$."}) + "\n"
+                            for t, r in rows))
+    return path
+
+
+def test_values_of_real_rewards_are_short_decimals(tmp_path):
+    views = build_views(read_rollouts(_write(tmp_path, REAL)), Settings())
+    shown = [n["value_exact"] for n in views[0]["nodes"]] + [t for r in views[0]["responses"] for t in r["td_exact"]]
+    assert all(len(s) <= 12 for s in shown), shown
+    assert views[0]["nodes"][0]["value_exact"] == "0.45"  # the root: mean of 0.8, 0.6, 0.1, 0.3
+    assert "1/2" in [n["value_exact"] for n in build_views(read_rollouts(WORKED), Settings())[0]["nodes"]]
+
+
+def test_png_of_tex_like_tokens_renders_unclipped(tmp_path):
+    """`$` in token text is text, not mathtext; the canvas holds every label and the title."""
+    from PIL import Image
+
+    from tempo_rl.viz.figure import draw_tree_png
+
+    view = build_views(read_rollouts(_write(tmp_path, REAL)), Settings())[0]
+    png = draw_tree_png(view, tmp_path / "real.png")
+    img = Image.open(png).convert("L")
+    w, h = img.size
+    border = [img.getpixel((x, y)) for x in range(w) for y in (0, 1, h - 2, h - 1)]
+    border += [img.getpixel((x, y)) for y in range(h) for x in (0, 1, w - 2, w - 1)]
+    assert min(border) >= 250, "something is drawn on the edge of the image: clipped"
+
+
+def test_page_labels_fit_and_carry_the_full_text(tmp_path, browser):
+    _, views, page = _render(tmp_path, _write(tmp_path, REAL))
+    assert browser.open(page, width=900).errors == []
+    fit = browser.evaluate("""[...document.querySelectorAll('.tree')].map(box => {
+        const w = Math.min(box.getBoundingClientRect().right, box.querySelector('svg').getBoundingClientRect().right);
+        return [...box.querySelectorAll('text')].every(t => t.getBoundingClientRect().right <= w + 0.5); })""")
+    assert fit == [True]
+    titles = browser.evaluate("[...document.querySelectorAll('text.edgelabel title')].map(t => t.textContent)")
+    assert any(t.endswith("rather long explanation follows here") for t in titles)
+    assert "prompt: Solve $x$." in browser.evaluate("document.body.innerText")
+    assert "3602879701896397" not in browser.evaluate("document.body.innerText")
+
+
+def test_every_dumped_group_is_shown_with_its_prompt(tmp_path):
+    """The trainer's dump holds every group of a step, each line with its prompt."""
+    path = tmp_path / "rollouts.jsonl"
+    rows = [{"step": 5, "group_id": g, "prompt": f"{g}+{g}=", "response": [1, 2 + k, 3], "text": "", "reward": k}
+            for g in range(3) for k in range(2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    views = build_views(read_rollouts(path), Settings())
+    assert [(v["step"], v["group_id"]) for v in views] == [(5, 0), (5, 1), (5, 2)]
+    assert [v["responses"][0]["prompt"] for v in views] == ["0+0=", "1+1=", "2+2="]
+
+
+def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
+    """matplotlib holds font files open at low descriptors; starting Chromium must not depend on them."""
+    import subprocess
+    import sys
+
+    script = ("import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+              "fig, ax = plt.subplots(); ax.set_title('x'); fig.savefig(%r); plt.close(fig)\n"
+              "from tempo_rl.viz.browser import Browser\n"
+              "with Browser() as b: print(b.evaluate('1 + 1'))\n") % str(tmp_path / "x.png")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-1500:]

@@ -1,10 +1,12 @@
 """The demo task, its tokenizer, and JSONL loading."""
 
+import json
 import random
 
 import pytest
 
-from tempo_rl.trainer.data import add_examples, add_solution, batch_for_step, load_dataset, load_jsonl
+from tempo_rl.trainer.config import UsageError
+from tempo_rl.trainer.data import add_examples, add_solution, batch_for_step, hold_out, load_dataset, load_jsonl
 from tempo_rl.trainer.rewards import numeric_match
 from tempo_rl.trainer.tiny import _noisy_solution, build_tokenizer
 
@@ -52,3 +54,80 @@ def test_jsonl_loading(tmp_path):
         load_jsonl(bad)
     with pytest.raises(ValueError, match="neither"):
         load_dataset("no-such-task")
+
+
+# ----------------------------------------------------------------------------- files through `datasets`
+ROWS = [{"question": f"{a}+{a}=", "solution": str(2 * a), "level": a % 3} for a in range(10, 30)]
+CHAT = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"{a}+1="}],
+         "answer": str(a + 1)} for a in range(5)]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "parquet", "csv", "saved", "saved_dict"])
+def test_dataset_formats_with_named_columns(tmp_path, kind):
+    import datasets
+
+    ds = datasets.Dataset.from_list(ROWS)
+    path = tmp_path / f"data.{kind}"
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    elif kind == "json":
+        ds.to_json(str(path))
+    elif kind == "parquet":
+        ds.to_parquet(str(path))
+    elif kind == "csv":
+        ds.to_csv(str(path), index=False)
+    elif kind == "saved":
+        ds.save_to_disk(str(path))
+    else:
+        datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}).save_to_disk(str(path))
+    rows = load_dataset(str(path), prompt_column="question", answer_column="solution")
+    assert [(r.prompt, r.answer) for r in rows] == [(r["question"], r["solution"]) for r in ROWS]
+    assert [int(r.columns["level"]) for r in rows] == [r["level"] for r in ROWS]
+
+
+def test_chat_prompts_are_kept_as_messages(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
+    rows = load_dataset(str(path))
+    assert rows[0].prompt == CHAT[0]["prompt"] and rows[0].answer == "1"
+
+
+@pytest.mark.parametrize("rows, match", [([{"prompt": "x"}], "'answer'"),
+                                         ([{"prompt": [{"text": "x"}], "answer": "1"}], "chat messages")])
+def test_malformed_rows_name_the_row(tmp_path, rows, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UsageError, match=match):
+        load_dataset(str(path))
+
+
+def test_missing_file_says_so():
+    with pytest.raises(UsageError, match="no such file"):
+        load_dataset("data/train.jsonl")
+
+
+def test_hold_out_is_disjoint_seeded_and_at_most_a_tenth():
+    rows = add_examples(200, seed=0)
+    train, evals = hold_out(rows, 256, seed=3)
+    assert len(evals) == 20 and len(train) == 180
+    assert sorted(map(repr, train + evals)) == sorted(map(repr, rows))  # a split: nothing lost, nothing twice
+    assert hold_out(rows, 256, seed=3) == (train, evals) and hold_out(rows, 5, seed=3)[1] != evals
+
+
+def test_chat_prompts_are_rendered_with_the_chat_template():
+    from tempo_rl.trainer.config import TrainConfig
+    from tempo_rl.trainer.data import Example
+    from tempo_rl.trainer.train import prompts_for
+
+    class Tok:
+        chat_template = "{% for m in messages %}<{{m.role}}>{{m.content}}{% endfor %}"
+        bos_token = None
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    texts, chat = prompts_for(Tok(), [Example(CHAT[0]["prompt"], "1"), Example("2+2=", "4")], TrainConfig())
+    assert texts == ["<system>Be brief.<user>0+1=<assistant>", "<user>2+2=<assistant>"]
+    assert chat is False
+    texts, chat = prompts_for(Tok(), [Example("2+2=", "4")], TrainConfig(chat_template=True))
+    assert texts == ["2+2="] and chat is True

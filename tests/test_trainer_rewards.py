@@ -112,3 +112,133 @@ def test_load_reward_by_name_and_module_function():
     assert load_reward("tempo_rl.trainer.rewards:choice_match") is choice_match
     with pytest.raises(ValueError, match="module:function"):
         load_reward("nonsense")
+
+
+# ----------------------------------------------------------------------------- TRL-style and several rewards
+from tempo_rl.trainer.config import UsageError  # noqa: E402
+from tempo_rl.trainer.rewards import (  # noqa: E402
+    RewardFunction,
+    check_reward_arguments,
+    load_reward_functions,
+    score_batch,
+)
+
+
+def trl_length(prompts, completions, **kwargs):
+    """TRL's signature: batched, dataset columns as keyword lists."""
+    return [float(len(c)) for c in completions]
+
+
+def trl_uses_column(prompts, completions, solution, **kwargs):
+    return [1.0 if c == s else 0.0 for c, s in zip(completions, solution)]
+
+
+def trl_skips_odd(completions, **kwargs):
+    return [None if i % 2 else 1.0 for i in range(len(completions))]
+
+
+def _exits(completion, answer):
+    import sys
+
+    sys.exit(0)
+
+
+def _huge(completion, answer):
+    return 1e39
+
+
+def _text(completion, answer):
+    return "yes"
+
+
+def _fn(f, weight=1.0):
+    from tempo_rl.trainer.rewards import is_batched
+
+    return RewardFunction(f.__name__, f, weight, is_batched(f))
+
+
+def test_trl_batched_reward_gets_prompts_completions_and_columns():
+    out = score_batch([_fn(trl_uses_column)], ["p1", "p2"], ["a", "b"],
+                      {"answer": ["1", "2"], "solution": ["a", "x"]})
+    assert out.total == [1.0, 0.0] and out.failures == 0
+
+
+def test_trl_reward_is_called_once_per_batch_not_per_sample():
+    calls = []
+
+    def counting(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        return [0.5] * len(completions)
+
+    out = score_batch([_fn(counting)], ["p"] * 3, ["a", "b", "c"], {"answer": ["1"] * 3})
+    assert calls == [3] and out.total == [0.5, 0.5, 0.5]
+
+
+def test_several_rewards_are_summed_with_weights_and_none_adds_nothing():
+    fns = [_fn(trl_length, 0.5), _fn(trl_skips_odd, 2.0), _fn(numeric_match, 1.0)]
+    out = score_batch(fns, ["p"] * 2, ["12", "3"], {"answer": ["12", "4"]})
+    assert out.total == [0.5 * 2 + 2.0 * 1.0 + 1.0, 0.5 * 1 + 0.0 + 0.0]
+    assert out.per_function["trl_skips_odd"] == [1.0, None]
+
+
+@pytest.mark.parametrize("bad, why", [(_exits, "sys.exit"), (_huge, "finite"), (_text, "not a number"),
+                                      (_raises, "broken grader"), (_nan, "finite")])
+def test_failing_per_sample_reward_scores_zero_with_one_warning_naming_it(caplog, bad, why):
+    with caplog.at_level(logging.WARNING, logger="tempo_rl.trainer"):
+        out = score_batch([_fn(bad), _fn(trl_length)], ["p0", "p1", "p2"], ["a", "bb", "ccc"],
+                          {"answer": ["1"] * 3}, where=" at step 7")
+    assert out.total == [1.0, 2.0, 3.0]  # the good function still counts
+    assert out.failures == 3 and not out.all_failed
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert bad.__name__ in warnings[0] and why in warnings[0] and "sample 0" in warnings[0]
+    assert "step 7" in warnings[0]
+
+
+def test_batched_reward_of_wrong_length_fails_every_sample(caplog):
+    def short(prompts, completions, **kwargs):
+        return [1.0]
+
+    with caplog.at_level(logging.WARNING, logger="tempo_rl.trainer"):
+        out = score_batch([_fn(short)], ["p", "q"], ["a", "b"], {"answer": ["1", "2"]})
+    assert out.all_failed and out.total == [0.0, 0.0]
+    assert "returned 1 values for 2 completions" in caplog.text
+
+
+def test_weighted_sum_beyond_float32_scores_zero(caplog):
+    def big(completion, answer):
+        return 3e38
+
+    out = score_batch([_fn(big, 1.0), _fn(big, 1.0)], ["p"], ["a"], {"answer": ["1"]})
+    assert out.total == [0.0] and "beyond float32" in caplog.text
+
+
+def test_load_reward_from_cwd_module_and_from_file(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards_cwd.py").write_text(
+        "def fn(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "graders.py").write_text("def exact(completion, answer):\n    return float(completion == answer)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    fns = load_reward_functions(["my_rewards_cwd:fn", "sub/graders.py:exact"], [1.0, 0.5])
+    assert [(f.name, f.weight, f.batched) for f in fns] == [("fn", 1.0, True), ("exact", 0.5, False)]
+
+
+@pytest.mark.parametrize("spec, match", [("no_such_module_x:fn", "cannot import"), ("missing.py:fn", "no file"),
+                                         ("tempo_rl.trainer.rewards:nothing", "has no 'nothing'"),
+                                         ("nonsense", "module:function")])
+def test_load_reward_errors_name_the_reward(spec, match):
+    with pytest.raises(UsageError, match=match):
+        load_reward_functions([spec])
+
+
+def test_reward_weights_must_match():
+    with pytest.raises(UsageError, match="reward_weights"):
+        load_reward_functions(["numeric", "choice"], [1.0])
+
+
+def test_batched_reward_needing_a_missing_column_is_refused_up_front():
+    with pytest.raises(UsageError, match="'solution'"):
+        check_reward_arguments([_fn(trl_uses_column)], ["answer"])
+    check_reward_arguments([_fn(trl_uses_column)], ["answer", "solution"])

@@ -224,7 +224,7 @@ def test_trainer_steps_with_tree_rollouts(tmp_path):
     assert all(r["mean_branch_depth"] is not None for r in rows)
     from transformers import AutoModelForCausalLM
 
-    (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
+    (ckpt,) = (tmp_path / "run" / "checkpoints").glob("step_*")
     after = AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before if k in after)
 

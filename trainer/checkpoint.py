@@ -1,13 +1,17 @@
-"""Checkpoints that survive a kill mid-save and resume bit-exactly on CPU.
+"""Checkpoints that survive a kill mid-save, resume bit-exactly on CPU, and load nothing executable.
 
 Layout of `checkpoints/step_000040/`: the model and tokenizer as written by `save_pretrained`
-(safetensors), and `trainer_state.pt` (optimizer, scheduler, RNG states, step, config). Everything
-is written into a hidden temporary directory first and renamed into place, so a reader only ever
-sees complete checkpoints.
+(safetensors), `trainer_state.safetensors` (every tensor of the optimizer state and the RNG states)
+and `trainer_state.json` (everything else: step, scheduler, config, the Python RNG state, and where
+each tensor goes back). No pickle is written or read. Everything is written into a hidden temporary
+directory first and renamed into place, so a reader only ever sees complete checkpoints.
+`checkpoints/written.json` lists the checkpoints in the order they were written: rotation keeps the
+newest by that order and `--resume latest` takes the last, whatever the step numbers say.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -17,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.json"
+TENSOR_FILE = "trainer_state.safetensors"
+ORDER_FILE = "written.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -35,8 +41,90 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ----------------------------------------------------------------------------- state <-> JSON + tensors
+def encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able image of obj; each tensor (numpy arrays included) is moved into `tensors` under a
+    fresh key and replaced by a reference. Tuples, dicts with non-string keys and arrays keep their kind."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = f"t{len(tensors)}"
+        tensors[key] = torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy())
+        return {"__ndarray__": key, "dtype": str(obj.dtype)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode(x, tensors) for x in obj]}
+    if isinstance(obj, list):
+        return [encode(x, tensors) for x in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: encode(v, tensors) for k, v in obj.items()}}
+        return {"__items__": [[encode(k, tensors), encode(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `encode`."""
+    if isinstance(obj, list):
+        return [decode(x, tensors) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(decode(x, tensors) for x in obj["__tuple__"])
+    if "__items__" in obj:
+        return {decode(k, tensors): decode(v, tensors) for k, v in obj["__items__"]}
+    return {k: decode(v, tensors) for k, v in obj["__dict__"].items()}
+
+
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    image = encode(state, tensors)
+    save_file(tensors, str(directory / TENSOR_FILE))
+    (directory / STATE_FILE).write_text(json.dumps(image))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint directory (JSON and safetensors only)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / STATE_FILE).is_file() and (path / "trainer_state.pt").is_file():
+        raise ValueError(f"{path}: an old checkpoint whose trainer state is a pickle (trainer_state.pt); it is "
+                         "not loaded, since unpickling can run code. Start a new run from its weights: "
+                         f"--model {path}")
+    tensors = load_file(str(path / TENSOR_FILE))
+    return decode(json.loads((path / STATE_FILE).read_text()), tensors)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _written(root: Path) -> list[str]:
+    try:
+        return list(json.loads((root / ORDER_FILE).read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+def _record(root: Path, name: str) -> None:
+    """Append name to the write order (atomically: temp file + rename)."""
+    order = [n for n in _written(root) if n != name] + [name]
+    tmp = root / f".{ORDER_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(order))
+    tmp.replace(root / ORDER_FILE)
+
+
 def save(root: str | Path, step: int, *, model, tokenizer, optimizer, scheduler, config: dict, keep: int = 2) -> Path:
-    """Write checkpoint `root/step_{step:06d}` atomically; keep the newest `keep` checkpoints."""
+    """Write checkpoint `root/step_{step:06d}` atomically; keep the `keep` written last (0: all)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
@@ -47,7 +135,7 @@ def save(root: str | Path, step: int, *, model, tokenizer, optimizer, scheduler,
     tokenizer.save_pretrained(tmp)
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": rng_state(), "config": config}
-    torch.save(state, tmp / STATE_FILE)
+    write_state(tmp, state)
     if final.exists():  # re-saving a step: move the old one aside first, then drop it
         old = root / f".old-step_{step:06d}-{os.getpid()}"
         final.rename(old)
@@ -55,22 +143,26 @@ def save(root: str | Path, step: int, *, model, tokenizer, optimizer, scheduler,
         shutil.rmtree(old)
     else:
         tmp.rename(final)  # atomic on one filesystem
+    _record(root, final.name)
     for stale in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under root, oldest first."""
+    """Complete checkpoints under root, oldest first by write order (those missing from the order
+    file, by step, before all others)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = {p.name: p for p in root.glob("step_*") if (p / STATE_FILE).is_file()}
+    order = [n for n in _written(root) if n in found]
+    rest = sorted(set(found) - set(order), key=lambda n: int(n.split("_")[1]))
+    return [found[n] for n in rest + order]
 
 
 def resolve(resume: str, root: str | Path) -> Path:
-    """'latest' -> the newest checkpoint under root; anything else is a checkpoint directory."""
+    """'latest' -> the checkpoint written last under root; anything else is a checkpoint directory."""
     if resume == "latest":
         found = list_checkpoints(root)
         if not found:
@@ -78,9 +170,7 @@ def resolve(resume: str, root: str | Path) -> Path:
         return found[-1]
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
+        if (path / "trainer_state.pt").is_file():
+            load_state(path)  # raises with the reason
         raise FileNotFoundError(f"--resume {resume}: not a checkpoint (no {STATE_FILE})")
     return path
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)

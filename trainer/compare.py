@@ -27,7 +27,7 @@ import torch
 from .config import TrainConfig, load_file
 from .data import batch_for_step, load_dataset
 from .loss import policy_loss
-from .rewards import load_reward
+from .rewards import load_reward_functions
 from .rollout import forward_logprobs, sample_groups
 
 
@@ -72,7 +72,8 @@ def run_grid(base: TrainConfig, arms: dict[str, dict[str, Any]] | list[str], lrs
     if not isinstance(arms, dict):
         arms = {e: {"estimator": e} for e in arms}
     runs = {(a, lr, s): replace(base, **arms[a], lr=lr, seed=s, threads=1, progress=False, save_final=False,
-                                tensorboard=False, output_dir=str(out_dir / f"{a.replace('+', '_')}_lr{lr:g}_seed{s}"))
+                                tensorboard=False, report_to=[], overwrite=True,
+                                output_dir=str(out_dir / f"{a.replace('+', '_')}_lr{lr:g}_seed{s}"))
             for a in arms for lr in lrs for s in seeds}
     for cfg in runs.values():
         cfg.validate()
@@ -148,8 +149,9 @@ def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "indepe
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
     tokenizer, model = load_policy(model_path(cfg), torch.device("cpu"))
-    examples = load_dataset(cfg.dataset, seed=cfg.seed)
-    reward_fn = load_reward(cfg.reward)
+    examples = load_dataset(cfg.dataset, seed=cfg.seed, prompt_column=cfg.prompt_column,
+                            answer_column=cfg.answer_column)
+    reward_fns = load_reward_functions(cfg.reward, cfg.reward_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     out, grads = [], {"tempo": [], "grpo": []}
     for b in range(n_batches):
@@ -157,7 +159,7 @@ def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "indepe
         roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=cfg.group_size,
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                              tree=cfg.tree_config())
-        rewards = score(roll, batch, cfg, reward_fn)
+        rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
             adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
             logp, _ = forward_logprobs(model, roll)
@@ -294,12 +296,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs-dir", default="runs/compare", help="per-run metrics go here")
     parser.add_argument("--fresh", action="store_true",
                         help="rerun every run (default: read back runs that finished with the same config)")
-    parser.add_argument("--out", default="benchmarks/results/compare_demo", help="writes OUT.png, OUT.md, OUT.json")
+    parser.add_argument("--out", default="compare_demo",
+                        help="writes OUT.png, OUT.md, OUT.json (default: compare_demo.* in the current directory)")
 
 
 def run(args) -> int:
     import sys
 
+    from .config import INSTALL_TRAIN, UsageError
+    from .train import TRAIN_MODULES, require_modules
+
+    try:  # before 25 minutes of runs, not at the plot after them
+        require_modules((*TRAIN_MODULES, "matplotlib"), "tempo-rl compare", INSTALL_TRAIN)
+    except UsageError as e:
+        print(f"tempo-rl compare: error: {e}", file=sys.stderr)
+        return 2
     if len(args.lrs) < 3 or len(args.seeds) < 3:
         print("warning: a fair comparison needs >= 3 learning rates and >= 3 seeds", file=sys.stderr)
     base = TrainConfig(**(load_file(args.config) if args.config else {}))

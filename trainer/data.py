@@ -1,4 +1,9 @@
-"""Prompts with verifiable answers: a JSONL file (`prompt`, `answer` per line) or a built-in task.
+"""Prompts with verifiable answers: a data file or saved dataset, or a built-in task.
+
+Files: JSONL (read directly), or JSON, CSV, Parquet files and directories written by
+`datasets.Dataset.save_to_disk` (read with the `datasets` library). Each row needs a prompt column
+(text, or a chat: a list of `{"role", "content"}` messages, as in TRL's conversational datasets) and
+an answer column; every other column is kept for batched reward functions.
 
 The built-in `add` task is the embedded demo. A prompt is "47+38=" and the response works the sum
 column by column before answering, e.g. "7+8=15,4+3+1=8;85". Every problem carries (the ones
@@ -19,14 +24,35 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from .config import UsageError
+
+
+Chat = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
 
 
 @dataclass(frozen=True)
 class Example:
-    prompt: str
+    prompt: str | Chat
     answer: str
+    columns: dict[str, Any] = field(default_factory=dict, compare=False)  # the row's other fields
+
+
+def prompt_text(prompt: str | Chat) -> str:
+    """A prompt as plain text for logs and dumps (a chat: its messages' contents, one per line)."""
+    return prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
+
+
+def reward_columns(batch: list[Example]) -> dict[str, list[Any]]:
+    """Dataset columns of a batch as keyword lists for batched rewards: `answer` and every other field
+    (None where a row lacks it). batch: (n,) examples -> column -> (n,) values."""
+    names = sorted({k for e in batch for k in e.columns} - {"prompt", "answer"})
+    cols: dict[str, list[Any]] = {"answer": [e.answer for e in batch]}
+    cols.update({k: [e.columns.get(k) for e in batch] for k in names})
+    return cols
 
 
 def add_solution(a: int, b: int) -> str:
@@ -87,29 +113,94 @@ def chain_examples(n: int, seed: int, k: int = 3) -> list[Example]:
 BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
-    """Read `{"prompt": ..., "answer": ...}` lines; a line without both fields is an error."""
+def example_of(row: dict[str, Any], where: str, prompt_column: str = "prompt",
+               answer_column: str = "answer") -> Example:
+    """One dataset row as an Example; UsageError naming the row when a column is missing or malformed."""
+    if not isinstance(row, dict) or prompt_column not in row or answer_column not in row:
+        raise UsageError(f"{where}: each row needs {prompt_column!r} and {answer_column!r} fields "
+                         "(--prompt-column, --answer-column)")
+    prompt = row[prompt_column]
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+            raise UsageError(f"{where}: a list prompt must be chat messages ({{'role': ..., 'content': ...}})")
+        prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    else:
+        prompt = str(prompt)
+    extra = {k: v for k, v in row.items() if k not in (prompt_column, answer_column)}
+    return Example(prompt=prompt, answer=str(row[answer_column]), columns=extra)
+
+
+def load_jsonl(path: str | Path, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
+    """Read `{"prompt": ..., "answer": ..., ...}` lines; a line without both fields is an error. Other
+    fields are kept as the example's columns."""
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "prompt" not in row or "answer" not in row:
-                raise ValueError(f"{path}:{lineno}: each line needs 'prompt' and 'answer' fields")
-            out.append(Example(prompt=str(row["prompt"]), answer=str(row["answer"])))
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            out.append(example_of(row, f"{path}:{lineno}", prompt_column, answer_column))
     if not out:
-        raise ValueError(f"{path}: no examples")
+        raise UsageError(f"{path}: no examples")
     return out
 
 
-def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0) -> list[Example]:
-    """A built-in task by name (n seeded examples) or a JSONL file by path."""
+HF_FORMATS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
+    """A JSON / CSV / Parquet file or a `save_to_disk` directory through the `datasets` library
+    (a DatasetDict gives its "train" split)."""
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
+                         "package: pip install 'tempo-rl[train]'") from None
+    if path.is_dir():
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if "train" not in data:
+                raise UsageError(f"dataset {str(path)!r}: a DatasetDict without a 'train' split ({list(data)})")
+            data = data["train"]
+    else:
+        data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
+    out = [example_of(row, f"{path} row {i}", prompt_column, answer_column) for i, row in enumerate(data)]
+    if not out:
+        raise UsageError(f"{path}: no examples")
+    return out
+
+
+def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0, prompt_column: str = "prompt",
+                 answer_column: str = "answer") -> list[Example]:
+    """A built-in task by name (n seeded examples), or a data file or saved dataset by path."""
     if name_or_path in BUILTIN_TASKS:
         return BUILTIN_TASKS[name_or_path](n, seed)
-    if Path(name_or_path).is_file():
-        return load_jsonl(name_or_path)
-    raise ValueError(f"dataset {name_or_path!r} is neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return load_jsonl(path, prompt_column, answer_column)
+    if (path.is_file() and path.suffix in HF_FORMATS) or (path.is_dir() and any(path.iterdir())):
+        return load_hf(path, prompt_column, answer_column)
+    if path.is_file():
+        raise UsageError(f"dataset {name_or_path!r}: unknown format {path.suffix!r} (.jsonl, "
+                         f"{', '.join(HF_FORMATS)}, or a directory written by save_to_disk)")
+    if path.suffix or "/" in name_or_path:
+        raise UsageError(f"dataset {name_or_path!r}: no such file or directory")
+    raise UsageError(f"dataset {name_or_path!r}: neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
+
+
+def hold_out(examples: list[Example], n_eval: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval): a seeded draw of min(n_eval, len // 10) rows (at least 1) held out for evaluation,
+    the rest for training, so evaluation never scores prompts the policy trained on."""
+    if len(examples) < 2:
+        raise UsageError(f"dataset: {len(examples)} example, too few to hold out an eval split; give "
+                         "--eval-dataset")
+    k = max(1, min(n_eval, len(examples) // 10))
+    picked = set(random.Random(seed + 1).sample(range(len(examples)), k))
+    return ([e for i, e in enumerate(examples) if i not in picked],
+            [e for i, e in enumerate(examples) if i in picked])
 
 
 def batch_for_step(examples: list[Example], step: int, n_prompts: int, seed: int) -> list[Example]:

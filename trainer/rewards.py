@@ -1,21 +1,38 @@
-"""Verifiable rewards: exact numeric match, multiple-choice letter match, or a user function.
+"""Verifiable rewards: exact numeric match, multiple-choice letter match, or the user's functions.
 
-Every reward function has the signature `fn(completion: str, answer: str) -> float`. The trainer
-calls them through `safe_reward`, so one that raises or runs past its time limit scores 0 with a
-logged warning and training goes on.
+Two signatures are accepted, told apart by the parameter names:
+
+- TRL's batched form, `fn(prompts, completions, **kwargs) -> list[float | None]`: one call per batch,
+  with `completion_ids` and every dataset column (`answer`, ...) as keyword lists of the same length.
+  `None` means "does not apply to this sample" and adds nothing, as in TRL.
+- the per-sample form `fn(completion, answer) -> float`, called once per sample.
+
+Several functions are summed with weights. A function that raises, calls `sys.exit`, runs past its time
+limit, or returns something that is not a finite number scores 0 on the samples concerned, with one
+warning per function and batch that names the function and the first sample. When every call of a
+step failed, the trainer stops (`TrainingStopped`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import logging
+import math
+import os
 import re
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import UsageError
 
 log = logging.getLogger("tempo_rl.trainer")
 
@@ -104,21 +121,109 @@ def choice_match(completion: str, answer: str) -> float:
 
 BUILTIN_REWARDS: dict[str, RewardFn] = {"numeric": numeric_match, "choice": choice_match}
 
+# A combined reward must survive float32, the dtype the advantages are computed in.
+MAX_ABS_REWARD = 3.0e38
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot learn anything more (every reward failed, or no group had any spread)."""
+
+
+@dataclass(frozen=True)
+class RewardFunction:
+    """One reward of the run: `fn` called in TRL's batched form or once per sample, times `weight`."""
+
+    name: str
+    fn: Callable[..., Any]
+    weight: float = 1.0
+    batched: bool = False
+
+
+def is_batched(fn: Callable[..., Any]) -> bool:
+    """TRL's form takes `prompts` and/or `completions`; anything else is `fn(completion, answer)`."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature: per-sample
+        return False
+    return "completions" in params or "prompts" in params
+
+
+def _import_module(module: str, spec: str):
+    """Import `module` with the working directory importable (the `tempo-rl` script does not put it on
+    sys.path, `python -m` does), so both find a reward module next to the user's data."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UsageError(f"reward {spec!r}: cannot import {module!r} ({type(e).__name__}: {e}); run from the "
+                         f"directory that holds it, or give a file: --reward path/to/{module.replace('.', '/')}"
+                         f".py:function") from None
+
+
+def _import_file(path: Path, spec: str):
+    if not path.is_file():
+        raise UsageError(f"reward {spec!r}: no file {str(path)!r}")
+    name = f"tempo_rl_user_reward_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
 
 def load_reward(spec: str) -> RewardFn:
-    """A built-in reward by name ('numeric', 'choice') or a user function as 'module:function'."""
+    """A built-in reward by name ('numeric', 'choice'), 'module:function' (importable, the working
+    directory included) or 'path/to/file.py:function'."""
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     if ":" not in spec:
-        raise ValueError(f"reward {spec!r}: expected one of {sorted(BUILTIN_REWARDS)} or 'module:function'")
-    module, name = spec.split(":", 1)
-    fn = getattr(importlib.import_module(module), name)
+        raise UsageError(f"reward {spec!r}: expected one of {sorted(BUILTIN_REWARDS)}, 'module:function' "
+                         "or 'path/to/file.py:function'")
+    where, name = spec.rsplit(":", 1)
+    module = _import_file(Path(where), spec) if where.endswith(".py") else _import_module(where, spec)
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise UsageError(f"reward {spec!r}: {where} has no {name!r}")
     if not callable(fn):
-        raise TypeError(f"reward {spec!r} is not callable")
+        raise UsageError(f"reward {spec!r} is not callable")
     return fn
 
 
-class _Timeout(Exception):
+def load_reward_functions(specs: list[str], weights: list[float] | None = None) -> list[RewardFunction]:
+    """The run's reward functions, each with its weight (all 1.0 when `weights` is empty)."""
+    if not specs:
+        raise UsageError("reward: give at least one reward function")
+    weights = list(weights or [1.0] * len(specs))
+    if len(weights) != len(specs):
+        raise UsageError(f"reward_weights: {len(weights)} weights for {len(specs)} reward functions")
+    out, seen = [], set()
+    for spec, w in zip(specs, weights):
+        fn = load_reward(spec)
+        name = getattr(fn, "__name__", spec.rsplit(":", 1)[-1])
+        while name in seen:
+            name += "_"
+        seen.add(name)
+        out.append(RewardFunction(name=name, fn=fn, weight=float(w), batched=is_batched(fn)))
+    return out
+
+
+def check_reward_arguments(functions: list[RewardFunction], columns: list[str]) -> None:
+    """Fail before the model loads when a batched reward needs an argument the data does not have."""
+    given = {"prompts", "completions", "completion_ids", *columns}
+    for f in functions:
+        if not f.batched:
+            continue
+        for p in inspect.signature(f.fn).parameters.values():
+            required = p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if required and p.name not in given:
+                raise UsageError(f"reward {f.name}: needs argument {p.name!r}, which is not a dataset column "
+                                 f"(columns: {', '.join(columns)})")
+
+
+class _Timeout(BaseException):  # BaseException: a reward's own `except Exception` cannot swallow it
     pass
 
 
@@ -126,39 +231,144 @@ def _on_alarm(signum, frame):
     raise _Timeout
 
 
-def _call_with_time_limit(fn: RewardFn, completion: str, answer: str, seconds: float) -> float:
+def _call_with_time_limit(fn: Callable[..., Any], args: tuple, kwargs: dict, seconds: float) -> Any:
     """Run fn under a time limit. In the main thread a timer signal interrupts it for real;
     elsewhere it runs in a worker thread that is abandoned on timeout (it cannot be killed)."""
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
         old = signal.signal(signal.SIGALRM, _on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
-            return fn(completion, answer)
+            return fn(*args, **kwargs)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        return pool.submit(fn, completion, answer).result(timeout=seconds)
+        return pool.submit(fn, *args, **kwargs).result(timeout=seconds)
     except FutureTimeout:
         raise _Timeout from None
     finally:
         pool.shutdown(wait=False)
 
 
+def _guarded_call(fn: Callable[..., Any], args: tuple, kwargs: dict, seconds: float) -> tuple[Any, str | None]:
+    """(value, None) or (None, why it failed). A reward that calls sys.exit fails like one that raises;
+    Ctrl-C (KeyboardInterrupt) still stops the run."""
+    try:
+        return _call_with_time_limit(fn, args, kwargs, seconds), None
+    except _Timeout:
+        return None, f"timed out after {seconds:.1f}s"
+    except SystemExit as e:
+        return None, f"called sys.exit({e.code!r})"
+    except Exception as e:  # a user's reward function may raise anything
+        return None, f"raised {type(e).__name__}: {e}"
+
+
+def as_reward(value: Any) -> tuple[float | None, str | None]:
+    """A returned value as (float, None), (None, None) for `None` ("does not apply"), or (None, why)."""
+    if value is None:
+        return None, None
+    if isinstance(value, bool):
+        return float(value), None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None, f"returned {type(value).__name__} {value!r:.60}, not a number"
+    if not math.isfinite(x) or abs(x) > MAX_ABS_REWARD:
+        return None, f"returned {x!r} (a reward must be finite and within +-{MAX_ABS_REWARD:g})"
+    return x, None
+
+
 def safe_reward(fn: RewardFn, completion: str, answer: str, *, time_limit: float = 5.0) -> float:
-    """fn(completion, answer) as a finite float; 0.0 with a warning if it raises, hangs past
+    """fn(completion, answer) as a finite float; 0.0 with a warning if it raises, exits, hangs past
     `time_limit` seconds, or returns something that is not a finite number."""
     name = getattr(fn, "__name__", repr(fn))
-    try:
-        value = float(_call_with_time_limit(fn, completion, answer, time_limit))
-    except _Timeout:
-        log.warning("reward %s timed out after %.1fs; scoring 0", name, time_limit)
+    value, why = _guarded_call(fn, (completion, answer), {}, time_limit)
+    if why is None:
+        value, why = as_reward(value)
+    if why is not None:
+        log.warning("reward %s %s; scoring 0", name, why)
         return 0.0
-    except Exception as e:  # a user's reward function may raise anything
-        log.warning("reward %s raised %s: %s; scoring 0", name, type(e).__name__, e)
-        return 0.0
-    if value != value or value in (float("inf"), float("-inf")):
-        log.warning("reward %s returned %r; scoring 0", name, value)
-        return 0.0
-    return value
+    return 0.0 if value is None else value
+
+
+@dataclass
+class RewardBatch:
+    """The rewards of a batch of n samples."""
+
+    total: list[float]  # (n,) weighted sum over the functions; 0 where none applied or all failed
+    per_function: dict[str, list[float | None]] = field(default_factory=dict)  # name -> (n,)
+    calls: int = 0  # (function, sample) pairs scored
+    failures: int = 0  # ... of which failed
+
+    @property
+    def all_failed(self) -> bool:
+        return self.calls > 0 and self.failures == self.calls
+
+
+def _call_batched(f: RewardFunction, prompts: list[str], completions: list[str], columns: dict[str, list],
+                  completion_ids: list[list[int]] | None, time_limit: float) -> tuple[list, list[str | None]]:
+    """One call of a TRL-style reward: its values and, per sample, why it failed (None: it did not)."""
+    n = len(completions)
+    kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **columns}
+    params = inspect.signature(f.fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    out, why = _guarded_call(f.fn, (), kwargs, time_limit * max(1, n))
+    if why is None and (not isinstance(out, (list, tuple)) and not hasattr(out, "tolist")):
+        why = f"returned {type(out).__name__}, not a list of {n} floats"
+    if why is None:
+        out = list(out.tolist() if hasattr(out, "tolist") else out)
+        if len(out) != n:
+            why = f"returned {len(out)} values for {n} completions"
+    if why is not None:
+        return [None] * n, [why] * n
+    checked = [as_reward(v) for v in out]
+    return [v for v, _ in checked], [w for _, w in checked]
+
+
+def _call_per_sample(f: RewardFunction, completions: list[str], answers: list[str],
+                     time_limit: float) -> tuple[list, list[str | None]]:
+    values, whys = [], []
+    for c, a in zip(completions, answers):
+        v, why = _guarded_call(f.fn, (c, a), {}, time_limit)
+        if why is None:
+            v, why = as_reward(v)
+        values.append(v)
+        whys.append(why)
+    return values, whys
+
+
+def score_batch(functions: list[RewardFunction], prompts: list[str], completions: list[str],
+                columns: dict[str, list], *, completion_ids: list[list[int]] | None = None,
+                time_limit: float = 5.0, where: str = "") -> RewardBatch:
+    """Score n completions with every function; failed samples score 0 from that function.
+
+    prompts, completions: (n,); columns: dataset column -> (n,) values (`answer` at least);
+    time_limit: seconds per sample (a batched call gets n times as long). One warning per function
+    that failed anywhere, naming it, the number of failed samples and the first of them.
+    """
+    n = len(completions)
+    result = RewardBatch(total=[0.0] * n)
+    answers = [str(a) for a in columns.get("answer", [""] * n)]
+    for f in functions:
+        if f.batched:
+            values, whys = _call_batched(f, prompts, completions, columns, completion_ids, time_limit)
+        else:
+            values, whys = _call_per_sample(f, completions, answers, time_limit)
+        failed = [i for i, w in enumerate(whys) if w is not None]
+        result.calls += n
+        result.failures += len(failed)
+        if failed:
+            i = failed[0]
+            log.warning("reward %s failed on %d of %d samples%s; they score 0 from it. First: sample %d "
+                        "(prompt %r): %s", f.name, len(failed), n, where, i, prompts[i][:60], whys[i])
+        result.per_function[f.name] = values
+        for i, v in enumerate(values):
+            if v is not None:
+                result.total[i] += f.weight * v
+    for i, t in enumerate(result.total):
+        if not math.isfinite(t) or abs(t) > MAX_ABS_REWARD:
+            log.warning("the weighted reward of sample %d%s is %r, beyond float32; scoring 0", i, where, t)
+            result.total[i] = 0.0
+    return result

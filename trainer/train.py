@@ -13,9 +13,12 @@ only need gradient all-reduce), and generation servers (vLLM): `generate` keeps 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +32,11 @@ from tempo_rl import AdvantageMismatch, TreeStats, check_against_reference, reso
 from tempo_rl.policy_loss import fused_logprobs
 
 from . import checkpoint
-from .config import TrainConfig, add_config_arguments, config_from_args
-from .data import BUILTIN_TASKS, Example, batch_for_step, load_dataset
+from .config import INSTALL_TRAIN, TrainConfig, UsageError, add_config_arguments, config_from_args
+from .data import BUILTIN_TASKS, Example, batch_for_step, hold_out, load_dataset, prompt_text, reward_columns
 from .loss import policy_loss
-from .rewards import load_reward, safe_reward
+from .rewards import (RewardBatch, RewardFunction, TrainingStopped, check_reward_arguments,
+                      load_reward_functions, score_batch)
 from .rollout import Rollout, forward_hidden, forward_logprobs, lm_head, sample_groups
 
 log = logging.getLogger("tempo_rl.trainer")
@@ -40,9 +44,47 @@ log = logging.getLogger("tempo_rl.trainer")
 
 # ----------------------------------------------------------------------------- set-up
 def pick_device(name: str) -> torch.device:
+    """The torch device of `--device`; UsageError when this torch cannot use it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"device {name!r}: {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise UsageError(f"device {name!r}: this torch ({torch.__version__}, {build}) has no CUDA device; "
+                             "use --device cpu, or install a CUDA build of torch on a GPU machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise UsageError(f"device {name!r}: the trainer runs on 'cpu' or 'cuda'")
+    return device
+
+
+TRAIN_MODULES = ("transformers", "tokenizers", "safetensors", "tqdm")
+
+
+def require_modules(modules: tuple[str, ...], what: str, install: str) -> None:
+    """UsageError naming the first missing module and the install command."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise UsageError(f"{what} needs the Python package {name!r}, which is not installed: {install}")
+
+
+def check_model_dir(cfg: TrainConfig) -> None:
+    """A local model directory must exist and hold a config.json (no hub downloads: say so up front)."""
+    if cfg.model == "tiny":
+        return
+    path = Path(cfg.model)
+    if not path.is_dir():
+        raise UsageError(f"model {cfg.model!r}: no such directory (the trainer loads a local directory written "
+                         "by save_pretrained; download a hub model first, e.g. `hf download Qwen/Qwen3-1.7B "
+                         "--local-dir models/Qwen3-1.7B`)")
+    if not (path / "config.json").is_file():
+        raise UsageError(f"model {cfg.model!r}: no config.json in it; expected a directory written by "
+                         "save_pretrained")
 
 
 def load_policy(path: str | Path, device: torch.device, gradient_checkpointing: bool = False):
@@ -78,12 +120,36 @@ def make_optimizer(model, cfg: TrainConfig):
     return opt, sched
 
 
-def eval_examples(cfg: TrainConfig) -> list[Example]:
+def train_and_eval_examples(cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """The training pool and the eval prompts. A built-in task draws fresh eval prompts; a file without
+    --eval-dataset gives up a held-out split (data.hold_out) that training never sees."""
+    columns = dict(prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
+    examples = load_dataset(cfg.dataset, seed=cfg.seed, **columns)
     if cfg.eval_dataset:
-        return load_dataset(cfg.eval_dataset, n=cfg.eval_prompts, seed=cfg.seed + 1)[: cfg.eval_prompts]
+        evals = load_dataset(cfg.eval_dataset, n=cfg.eval_prompts, seed=cfg.seed + 1, **columns)
+        return examples, evals[: cfg.eval_prompts]
     if cfg.dataset in BUILTIN_TASKS:
-        return BUILTIN_TASKS[cfg.dataset](cfg.eval_prompts, 10_000 + cfg.seed)
-    return load_dataset(cfg.dataset)[: cfg.eval_prompts]
+        return examples, BUILTIN_TASKS[cfg.dataset](cfg.eval_prompts, 10_000 + cfg.seed)
+    return hold_out(examples, cfg.eval_prompts, cfg.seed)
+
+
+def prompts_for(tokenizer, batch: list[Example], cfg: TrainConfig) -> tuple[list[str], bool]:
+    """(prompt strings, whether the sampler should apply the chat template). Text prompts go as they
+    are (the sampler wraps them as a user turn with --chat-template); a batch holding chat prompts
+    (lists of messages) is rendered here with the tokenizer's chat template, every prompt of it."""
+    if all(isinstance(e.prompt, str) for e in batch):
+        return [e.prompt for e in batch], cfg.chat_template
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UsageError("dataset: chat prompts (lists of messages) need a tokenizer with a chat template")
+    texts = []
+    for e in batch:
+        messages = e.prompt if isinstance(e.prompt, list) else [{"role": "user", "content": e.prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
+            text = text[len(bos):]  # the tokenizer adds it again
+        texts.append(text)
+    return texts, False
 
 
 def seed_everything(seed: int) -> None:
@@ -214,18 +280,43 @@ def micro_loss_fused(model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainCo
 
 
 # ----------------------------------------------------------------------------- metrics
-def score(roll: Rollout, batch: list[Example], cfg: TrainConfig, reward_fn) -> torch.Tensor:
-    answers = [batch[g].answer for g in roll.group_ids.tolist()]
-    values = [safe_reward(reward_fn, t, a, time_limit=cfg.reward_time_limit) for t, a in zip(roll.texts, answers)]
-    return torch.tensor(values, dtype=torch.float32, device=roll.responses.device)
+def score_rollout(roll: Rollout, batch: list[Example], cfg: TrainConfig, rewards: list[RewardFunction],
+                  where: str = "") -> RewardBatch:
+    """Every reward function on every response of the rollout, with its prompt's dataset columns."""
+    rows = [batch[g] for g in roll.group_ids.tolist()]
+    ids = [roll.responses[i, : int(n)].tolist() for i, n in enumerate(roll.response_mask.sum(-1))]
+    return score_batch(rewards, [e.prompt for e in rows], roll.texts, reward_columns(rows), completion_ids=ids,
+                       time_limit=cfg.reward_time_limit, where=where)
 
 
-def rollout_metrics(roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tree: TreeStats) -> dict[str, Any]:
+def score(roll: Rollout, batch: list[Example], cfg: TrainConfig, rewards: list[RewardFunction],
+          step: int | None = None) -> torch.Tensor:
+    """(B,) float32 total rewards; TrainingStopped when every reward call of the batch failed."""
+    where = "" if step is None else f" at step {step}"
+    scored = score_rollout(roll, batch, cfg, rewards, where)
+    if scored.all_failed:
+        raise TrainingStopped(f"every reward call failed{where} ({', '.join(f.name for f in rewards)}); see the "
+                              "warnings above. Fix the reward function(s) and rerun")
+    return torch.tensor(scored.total, dtype=torch.float32, device=roll.responses.device)
+
+
+def all_groups_flat(rewards: torch.Tensor, group_ids: torch.Tensor) -> bool:
+    """True when within every group all rewards are equal (every advantage is then 0).
+    rewards: (B,) float; group_ids: (B,) int."""
+    for g in group_ids.unique():
+        r = rewards[group_ids == g]
+        if bool((r != r[0]).any()):
+            return False
+    return True
+
+
+def rollout_metrics(roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tree: TreeStats,
+                    threshold: float = 1.0) -> dict[str, Any]:
     m = roll.response_mask.bool()
     a = adv[m]
     return {
         "reward_mean": float(rewards.mean()),
-        "accuracy": float((rewards >= 1.0).float().mean()),
+        "accuracy": float((rewards >= threshold).float().mean()),
         "response_length": float(roll.response_mask.sum(-1).float().mean()),
         **tree.as_metrics(prefix=""),
         "tokens_generated": roll.stats.get("tokens_generated", roll.n_tokens),
@@ -236,78 +327,195 @@ def rollout_metrics(roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tre
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, examples: list[Example], cfg: TrainConfig, reward_fn, autocast_dtype) -> float:
-    """Accuracy (reward >= 1) of one response per eval prompt, sampled at the training temperature
-    (greedy with --eval-greedy). The sampling RNG is forked and seeded, so evaluating neither
-    disturbs training (resume stays exact) nor varies between runs of one seed."""
+def evaluate(model, tokenizer, examples: list[Example], cfg: TrainConfig, rewards: list[RewardFunction],
+             autocast_dtype) -> float:
+    """Accuracy (total reward >= accuracy_threshold) of one response per eval prompt, sampled at the
+    training temperature (greedy with --eval-greedy). The sampling RNG is forked and seeded, so
+    evaluating neither disturbs training (resume stays exact) nor varies between runs of one seed."""
     hits = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 12345)
         for i in range(0, len(examples), 64):
             chunk = examples[i : i + 64]
-            roll = sample_groups(model, tokenizer, [e.prompt for e in chunk], group_size=1, greedy=cfg.eval_greedy,
+            prompts, chat = prompts_for(tokenizer, chunk, cfg)
+            roll = sample_groups(model, tokenizer, prompts, group_size=1, greedy=cfg.eval_greedy,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 chat_template=cfg.chat_template, autocast_dtype=autocast_dtype)
-            hits += sum(safe_reward(reward_fn, t, e.answer, time_limit=cfg.reward_time_limit) >= 1.0
-                        for t, e in zip(roll.texts, chunk))
+                                 chat_template=chat, autocast_dtype=autocast_dtype)
+            scored = score_rollout(roll, chunk, cfg, rewards, " in evaluation")
+            hits += sum(t >= cfg.accuracy_threshold for t in scored.total)
     return hits / max(1, len(examples))
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:
-    """Drop the rows of a JSONL log written after `step` (all of them for a fresh run, step 0), so a
-    resumed or repeated run never mixes in rows of the run it replaces."""
+    """Drop the rows of a JSONL log written after `step` (all of them for step 0), so a resumed run
+    never mixes in rows of a later, abandoned stretch. A torn last line (a kill mid-write) is dropped;
+    a torn line elsewhere is an error."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                log.warning("%s: dropping its torn last line", path)
+                continue
+            raise UsageError(f"{path}:{i + 1}: not JSON; the log is damaged") from None
+        if row.get("step", 0) <= step:
+            rows.append(line)
     path.write_text("".join(line + "\n" for line in rows) if step > 0 else "")
 
 
+LOGGER_MODULES = {"tensorboard": ("tensorboard",), "wandb": ("wandb",)}
+
+
 class MetricLog:
-    """metrics.jsonl (one line per step) and TensorBoard scalars when available."""
+    """metrics.jsonl (one line per step), and TensorBoard / Weights & Biases through their own libraries
+    when `report_to` names them."""
 
-    def __init__(self, out_dir: Path, use_tb: bool):
+    def __init__(self, out_dir: Path, cfg: TrainConfig):
         self.path = out_dir / "metrics.jsonl"
-        self.tb = None
-        if use_tb:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.tb = self.wandb = None
+        if "tensorboard" in cfg.loggers:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:
-                pass
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        if "wandb" in cfg.loggers:
+            import wandb
+
+            self.wandb = wandb.init(dir=str(out_dir), config=cfg.to_dict(), name=out_dir.name, resume="allow")
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, row["step"])
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, row["step"])
+        if self.wandb:
+            self.wandb.log(scalars, step=row["step"])
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
 
 
-def dump_group(path: Path, roll: Rollout, rewards: torch.Tensor, step: int, group: int = 0) -> None:
-    """Append one group's rollouts to rollouts.jsonl (read by `tempo-rl inspect`)."""
+def dump_groups(path: Path, roll: Rollout, rewards: torch.Tensor, batch: list[Example], step: int) -> None:
+    """Append every group of the step, each response with its prompt, to rollouts.jsonl (read by
+    `tempo-rl inspect`)."""
     with open(path, "a") as f:
-        for i in (roll.group_ids == group).nonzero().flatten().tolist():
+        for i, g in enumerate(roll.group_ids.tolist()):
             n = int(roll.response_mask[i].sum())
-            f.write(json.dumps({"step": step, "group_id": group, "response": roll.responses[i, :n].tolist(),
-                                "text": roll.texts[i], "reward": float(rewards[i])}) + "\n")
+            f.write(json.dumps({"step": step, "group_id": g, "prompt": prompt_text(batch[g].prompt),
+                                "response": roll.responses[i, :n].tolist(), "text": roll.texts[i],
+                                "reward": float(rewards[i])}) + "\n")
+
+
+# ----------------------------------------------------------------------------- before anything loads
+# Options that may differ when a run resumes; a difference in any other option is refused unless
+# --force-resume, since the continued run would no longer be the run the checkpoint belongs to.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "steps", "output_dir", "overwrite", "resume", "force_resume", "save_every", "keep_checkpoints", "save_final",
+    "eval_every", "eval_greedy", "dump_rollouts_every", "device", "threads", "progress", "report_to",
+    "tensorboard", "reward_time_limit", "trust_batches", "trust_atol", "backend", "accuracy_threshold",
+    "max_zero_variance_steps", "tiny_dir"})
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "checkpoints", "tb", "wandb")
+
+
+@dataclass
+class Setup:
+    """What train() needs, all checked before the model loads."""
+
+    device: torch.device
+    examples: list[Example]
+    evals: list[Example]
+    rewards: list[RewardFunction]
+    resume_from: Path | None = None
+    state: dict[str, Any] | None = None
+
+
+def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse to continue a checkpoint under options that change what the run is."""
+    now = cfg.to_dict()
+    diffs = [k for k, v in state.get("config", {}).items() if k not in MAY_CHANGE_ON_RESUME and k in now
+             and json.loads(json.dumps(now[k])) != v]
+    if diffs and not cfg.force_resume:
+        was = ", ".join(f"{k}={state['config'][k]!r}" for k in diffs)
+        now_ = ", ".join(f"{k}={now[k]!r}" for k in diffs)
+        raise UsageError(f"--resume {path}: the checkpoint's run has {was}, this command {now_}; resume with the "
+                         "same options, or pass --force-resume to continue under the new ones")
+    if diffs:
+        log.warning("resuming %s with changed options: %s", path, ", ".join(diffs))
+
+
+def check_output_dir(cfg: TrainConfig) -> None:
+    """A new run never writes into a directory that holds another run unless told to replace it."""
+    out = Path(cfg.output_dir)
+    if cfg.resume or cfg.overwrite or not out.is_dir():
+        return
+    held = sorted(p.name for p in out.iterdir())
+    if held:
+        listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise UsageError(f"output_dir {str(out)!r} is not empty ({listed}); "
+                         "continue that run with --resume latest, replace it with --overwrite, or choose "
+                         "another --output-dir")
+
+
+def prepare(cfg: TrainConfig) -> Setup:
+    """Every check that can fail on the user's input, in the order a user fixes them: options, installed
+    extras, device, model directory, data, rewards, output directory / checkpoint. Raises UsageError."""
+    cfg.validate()
+    require_modules(TRAIN_MODULES, "tempo-rl train", INSTALL_TRAIN)
+    for name in cfg.loggers:
+        require_modules(LOGGER_MODULES[name], f"report_to {name}", f"pip install 'tempo-rl[{name}]'")
+    device = pick_device(cfg.device)
+    check_model_dir(cfg)
+    examples, evals = train_and_eval_examples(cfg)
+    rewards = load_reward_functions(cfg.reward, cfg.reward_weights)
+    check_reward_arguments(rewards, list(reward_columns(examples[:1000])))
+    setup = Setup(device, examples, evals if cfg.eval_every else [], rewards)
+    if cfg.resume:
+        try:
+            setup.resume_from = checkpoint.resolve(cfg.resume, Path(cfg.output_dir) / "checkpoints")
+            setup.state = checkpoint.load_state(setup.resume_from)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        check_resume(setup.state, cfg, setup.resume_from)
+    else:
+        check_output_dir(cfg)
+    return setup
+
+
+def clear_run(out_dir: Path) -> None:
+    """--overwrite: delete the files a run writes (and only those)."""
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Run `cfg.steps` steps (continuing a checkpoint if `cfg.resume`); returns the metric rows."""
-    cfg.validate()
+    """Run `cfg.steps` steps (continuing a checkpoint if `cfg.resume`); returns the metric rows.
+    Raises UsageError on bad input (before the model loads) and TrainingStopped when the run cannot
+    learn (every reward failed, or every group was flat for max_zero_variance_steps steps)."""
+    setup = prepare(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.output_dir)
+    if cfg.overwrite and not cfg.resume:
+        clear_run(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    device = setup.device
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
     base = model_path(cfg)
-    resume_from = checkpoint.resolve(cfg.resume, out_dir / "checkpoints") if cfg.resume else None
-    tokenizer, model = load_policy(resume_from or base, device, cfg.gradient_checkpointing)
+    tokenizer, model = load_policy(setup.resume_from or base, device, cfg.gradient_checkpointing)
     model.eval()
     ref_model = None
     if cfg.kl_coef:
@@ -315,25 +523,22 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     opt, sched = make_optimizer(model, cfg)
     seed_everything(cfg.seed)  # after any model building, so a cached and a fresh base sample alike
     start = 0
-    if resume_from:
-        state = checkpoint.load_state(resume_from)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        start = state["step"]
-        log.info("resumed from %s at step %d", resume_from, start)
+    if setup.state is not None:
+        opt.load_state_dict(setup.state["optimizer"])
+        sched.load_state_dict(setup.state["scheduler"])
+        checkpoint.set_rng_state(setup.state["rng"])
+        start = setup.state["step"]
+        log.info("resumed from %s at step %d", setup.resume_from, start)
 
-    examples = load_dataset(cfg.dataset, seed=cfg.seed)
-    evals = eval_examples(cfg) if cfg.eval_every else []
-    reward_fn = load_reward(cfg.reward)
+    examples, evals, rewards = setup.examples, setup.evals, setup.rewards
     for log_file in ("metrics.jsonl", "rollouts.jsonl"):
         keep_rows_up_to(out_dir / log_file, start)
-    metrics = MetricLog(out_dir, cfg.tensorboard)
+    metrics = MetricLog(out_dir, cfg)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     history: list[dict[str, Any]] = []
-    checked = 0
+    checked = flat_steps = 0
     if cfg.eval_every and start == 0:  # where the policy starts, for the curve
-        row = {"step": 0, "eval_accuracy": evaluate(model, tokenizer, evals, cfg, reward_fn, autocast_dtype)}
+        row = {"step": 0, "eval_accuracy": evaluate(model, tokenizer, evals, cfg, rewards, autocast_dtype)}
         metrics.write(row)
         history.append(row)
 
@@ -342,38 +547,65 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
                desc=f"train {cfg.estimator}", dynamic_ncols=True, mininterval=1.0)
     tree = cfg.tree_config()  # None: independent samples through `generate`
-    for step in bar:
-        t0 = time.perf_counter()
-        batch = batch_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
-        roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=cfg.group_size,
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             chat_template=cfg.chat_template, autocast_dtype=autocast_dtype, tree=tree)
-        t_gen = time.perf_counter()
-        rewards = score(roll, batch, cfg, reward_fn)
-        t_adv0 = time.perf_counter()
-        adv, tree_stats = compute_advantages(roll, rewards, cfg)
-        t_adv = time.perf_counter() - t_adv0
-        if checked < cfg.trust_batches:
-            trust_check(adv, roll, rewards, cfg, step)
-            checked += 1
-        upd = ppo_update(model, ref_model, opt, sched, roll, adv, cfg, step, autocast_dtype)
-        t_step = time.perf_counter() - t0
-        row = {"step": step + 1, **rollout_metrics(roll, rewards, adv, tree_stats), **upd, "lr": sched.get_last_lr()[0],
-               "time_step_s": t_step, "time_generate_s": t_gen - t0, "time_advantage_s": t_adv,
-               "advantage_time_fraction": t_adv / t_step, "tokens_per_s": roll.n_tokens / t_step}
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            row["eval_accuracy"] = evaluate(model, tokenizer, evals, cfg, reward_fn, autocast_dtype)
-        if cfg.dump_rollouts_every and (step + 1) % cfg.dump_rollouts_every == 0:
-            dump_group(out_dir / "rollouts.jsonl", roll, rewards, step + 1)
-        metrics.write(row)
-        history.append(row)
-        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", eval=row.get("eval_accuracy", ""))
-        last = step + 1 == cfg.steps
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or (last and cfg.save_final):
-            checkpoint.save(out_dir / "checkpoints", step + 1, model=model, tokenizer=tokenizer, optimizer=opt,
-                            scheduler=sched, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
-    bar.close()
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = batch_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
+            prompts, chat = prompts_for(tokenizer, batch, cfg)
+            roll = sample_groups(model, tokenizer, prompts, group_size=cfg.group_size,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 chat_template=chat, autocast_dtype=autocast_dtype, tree=tree)
+            t_gen = time.perf_counter()
+            scored = score_rollout(roll, batch, cfg, rewards, f" at step {step + 1}")
+            if scored.all_failed:
+                raise TrainingStopped(f"every reward call failed at step {step + 1} "
+                                      f"({', '.join(f.name for f in rewards)}); see the warnings above")
+            rewards_t = torch.tensor(scored.total, dtype=torch.float32, device=roll.responses.device)
+            t_adv0 = time.perf_counter()
+            adv, tree_stats = compute_advantages(roll, rewards_t, cfg)
+            t_adv = time.perf_counter() - t_adv0
+            if checked < cfg.trust_batches:
+                trust_check(adv, roll, rewards_t, cfg, step)
+                checked += 1
+            upd = ppo_update(model, ref_model, opt, sched, roll, adv, cfg, step, autocast_dtype)
+            t_step = time.perf_counter() - t0
+            row = {"step": step + 1, **rollout_metrics(roll, rewards_t, adv, tree_stats, cfg.accuracy_threshold),
+                   **reward_means(scored), **upd, "lr": sched.get_last_lr()[0],
+                   "time_step_s": t_step, "time_generate_s": t_gen - t0, "time_advantage_s": t_adv,
+                   "advantage_time_fraction": t_adv / t_step, "tokens_per_s": roll.n_tokens / t_step}
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                row["eval_accuracy"] = evaluate(model, tokenizer, evals, cfg, rewards, autocast_dtype)
+            if cfg.dump_rollouts_every and (step + 1) % cfg.dump_rollouts_every == 0:
+                dump_groups(out_dir / "rollouts.jsonl", roll, rewards_t, batch, step + 1)
+            metrics.write(row)
+            history.append(row)
+            bar.set_postfix(reward=f"{row['reward_mean']:.2f}", eval=row.get("eval_accuracy", ""))
+            last = step + 1 == cfg.steps
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or (last and cfg.save_final):
+                checkpoint.save(out_dir / "checkpoints", step + 1, model=model, tokenizer=tokenizer, optimizer=opt,
+                                scheduler=sched, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
+            flat_steps = flat_steps + 1 if all_groups_flat(rewards_t, roll.group_ids) else 0
+            if cfg.max_zero_variance_steps and flat_steps >= cfg.max_zero_variance_steps:
+                raise TrainingStopped(
+                    f"for {flat_steps} steps in a row (to step {step + 1}) every group's rewards were all equal "
+                    f"(mean reward {row['reward_mean']:.3g}), so every advantage was 0 and nothing was learned; "
+                    "check the reward function against a few completions, or raise --temperature / "
+                    "--group-size (--max-zero-variance-steps 0 turns this check off)")
+    finally:
+        bar.close()
+        metrics.close()
     return history
+
+
+def reward_means(scored: RewardBatch) -> dict[str, float]:
+    """`reward/<name>`: each function's mean over the samples it applied to (when there are several)."""
+    if len(scored.per_function) < 2:
+        return {}
+    out = {}
+    for name, values in scored.per_function.items():
+        got = [v for v in values if v is not None]
+        out[f"reward/{name}"] = sum(got) / len(got) if got else 0.0
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -382,9 +614,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """`tempo-rl train`: 0 on success, 2 on bad input (one line on stderr), 1 when the run stopped."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_from_args(args)
-    history = train(cfg)
+    try:
+        cfg = config_from_args(args)
+        history = train(cfg)
+    except UsageError as e:
+        print(f"tempo-rl train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"tempo-rl train: stopped: {e}", file=sys.stderr)
+        return 1
     evals = [(r["step"], r["eval_accuracy"]) for r in history if "eval_accuracy" in r]
     history = [r for r in history if "reward_mean" in r]
     if history:
@@ -396,6 +636,8 @@ def run(args) -> int:
         print(f"reward_mean per {width} steps: " + " ".join(
             f"{sum(r['reward_mean'] for r in c) / len(c):.2f}" for c in chunks))
         if evals:
-            print("eval accuracy (sampled): " + ", ".join(f"step {s}: {a:.3f}" for s, a in evals))
+            kind = "greedy" if cfg.eval_greedy else "sampled"
+            print(f"eval accuracy ({kind}, reward >= {cfg.accuracy_threshold:g}): "
+                  + ", ".join(f"step {s}: {a:.3f}" for s, a in evals))
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0

@@ -93,7 +93,10 @@ class Browser:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4),
+            # Not pass_fds=(3, 4): whatever the parent holds at 3 and 4 (matplotlib's font files, say) may
+            # be closed by at-fork handlers in the child, and keeping them then fails with EBADF. Python's
+            # own descriptors are not inheritable (PEP 446), so only the two moved here reach Chromium.
+            close_fds=False,
             preexec_fn=lambda: _pipe_fds_to_3_and_4(to_browser_r, from_browser_w),
         )
         os.close(to_browser_r)

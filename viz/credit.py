@@ -34,8 +34,16 @@ class Settings:
     backend: str = "auto"
 
 
-def fraction_text(x: Fraction) -> str:
-    return f"{x.numerator}" if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+def fraction_text(x: Fraction, *, max_chars: int = 9) -> str:
+    """An exact value as a short fraction ('1/2', '-2/3') when it has one, else as a decimal of six
+    significant digits: a reward of 0.8 is the binary fraction 3602879701896397/4503599627370496,
+    which says nothing to a reader and overflows the layout.
+
+    >>> fraction_text(Fraction(1, 2)), fraction_text(Fraction(0.8)), fraction_text(Fraction(-7, 3))
+    ('1/2', '0.8', '-7/3')
+    """
+    exact = f"{x.numerator}" if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+    return exact if len(exact) <= max_chars else f"{float(x):.6g}"
 
 
 def batch_advantages(rollouts: list[Rollout], settings: Settings) -> tuple[list[list[float]], list[list[float]]]:
@@ -141,6 +149,7 @@ def group_view(members: list[Rollout], tempo: list[list[float]], grpo: list[list
     for n in nodes:
         n["tokens"] = [piece_of[t] for t in n["edge"]]
         n["label"] = edge_label(n["tokens"], glue)
+        n["full_label"] = glue.join(n["tokens"])  # the page's tooltip when the label is cut
     responses = []
     for k, r in enumerate(members):
         path = tree.path(k)

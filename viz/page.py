@@ -31,6 +31,7 @@ h2 { font-size: 16px; margin: 0 0 2px; }
 .ring { display: inline-block; width: 12px; height: 12px; border-radius: 50%; border: 3px solid var(--branch); vertical-align: middle; }
 section.group { border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px; margin: 0 0 22px; }
 .tree { overflow-x: auto; margin: 8px 0 12px; }
+.tree svg { max-width: 100%; height: auto; }  /* a wide tree shrinks to the page: every label stays in view */
 .tree svg { display: block; }
 .tree text { font: 12px "DejaVu Sans Mono", Menlo, Consolas, monospace; fill: var(--ink); }
 .tree text.stat { font-size: 11px; fill: var(--muted); }
@@ -83,6 +84,8 @@ function svg(tag, attrs, text) {
   return e;
 }
 function fmt(x) { return (x >= 0 ? "+" : "") + x.toFixed(4); }  // signed: TD, advantages
+function num(x) { return String(Number(x.toPrecision(6))); }  // 0.1 + 0.2 shows as 0.3
+function rewardsText(group, n) { return [...new Set(n.ends.map(k => num(group.rewards[k])))].join("/"); }
 function mix(a, b, t) { return a.map((v, i) => Math.round(v + (b[i] - v) * t)); }
 const RED = [178, 24, 43], LIGHT = [247, 247, 247], BLUE = [33, 102, 172];
 function diverging(t) {  // t in [-1, 1]: red (blame) .. light .. blue (credit)
@@ -100,7 +103,9 @@ function drawTree(group, box) {
   for (const n of nodes) colW[n.level] = Math.max(colW[n.level], n.label.length * CHAR + 34, 96);
   const x = [PAD + 40];  // room for the root's label
   for (let l = 1; l < levels; l++) x.push(x[l - 1] + colW[l]);
-  const leafW = 190;
+  const leafText = n => `${n.ends.map(k => `y${k + 1}`).join(",")}  R=${rewardsText(group, n)}  ` +
+                         `n=${n.count} V=${n.value_exact}`;
+  const leafW = Math.max(190, ...nodes.filter(n => n.ends.length).map(n => leafText(n).length * CHAR + 30));
   const rows = Math.max(...nodes.map(n => n.row)) + 1;
   const W = x[levels - 1] + leafW, H = (rows - 1) * ROW + 2 * PAD + 24;
   const root = svg("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`});
@@ -112,7 +117,9 @@ function drawTree(group, box) {
     const d = y0 === y1 ? `M${x0},${y0} L${x1},${y1}`
       : `M${x0},${y0} L${xm},${y0} L${xm},${y1 - bend} Q${xm},${y1} ${xm + 8},${y1} L${x1},${y1}`;
     root.appendChild(svg("path", {class: "edge", "data-node": n.id, d}));
-    root.appendChild(svg("text", {x: xm + 14, y: y1 - 6, class: "edgelabel", "data-node": n.id}, n.label));
+    const label = svg("text", {x: xm + 14, y: y1 - 6, class: "edgelabel", "data-node": n.id}, n.label);
+    label.appendChild(svg("title", {}, n.full_label));  // the whole run of tokens when the label is cut
+    root.appendChild(label);
   }
   for (const n of nodes) {
     const g = svg("g", {class: "node" + (n.branch ? " branch" : ""), "data-node": n.id,
@@ -122,9 +129,7 @@ function drawTree(group, box) {
     const stat = `n=${n.count} V=${n.value_exact}`;
     const leaf = n.ends.length && !nodes.some(m => m.parent === n.id);
     if (leaf) {
-      const who = n.ends.map(k => `y${k + 1}`).join(",");
-      const rs = [...new Set(n.ends.map(k => group.rewards[k]))].join("/");
-      g.appendChild(svg("text", {x: px(n) + 13, y: py(n) + 4, class: "leaf stat"}, `${who}  R=${rs}  ${stat}`));
+      g.appendChild(svg("text", {x: px(n) + 13, y: py(n) + 4, class: "leaf stat"}, leafText(n)));
     } else {
       // Under the incoming edge, clear of the outgoing ones (they leave to the right).
       g.appendChild(svg("text", {x: px(n) + 6, y: py(n) + 20, "text-anchor": "end", class: "stat"}, stat));

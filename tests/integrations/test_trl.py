@@ -226,3 +226,25 @@ def test_two_processes_give_the_advantages_of_one(tmp_path):
             a["completion_ids"], mask, tiny.expected_rewards(ids), torch.arange(len(ids)) // 4, eps=1e-4
         )
         assert torch.equal(a["advantages"], oracle)
+
+
+def test_trl_example_script_trains_on_a_tiny_model(tmp_path):
+    """examples/trl_tempo_grpo.py as shipped (its JSONL data and reward module), on a tiny local model."""
+    import importlib.util
+
+    model_dir = tmp_path / "model"
+    tiny.save_model(model_dir)
+    tiny.build_tokenizer(model_dir)
+    spec = importlib.util.spec_from_file_location("trl_tempo_grpo", ROOT / "examples" / "trl_tempo_grpo.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = example.parse_args(["--model", str(model_dir), "--output-dir", str(tmp_path / "run"), "--cpu",
+                               "--num-generations", "3", "--per-device-batch", "6", "--max-completion-length", "6",
+                               "--max-steps", "2", "--learning-rate", "1e-2"])
+    trainer = example.build_trainer(args, save_strategy="no")
+    assert type(trainer).__name__ == "TempoGRPOTrainer"
+    assert [f.__name__ for f in trainer.reward_funcs] == ["correct", "boxed"]
+    trainer.train()
+    assert trainer.state.global_step == 2
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(logged) == 2 and all(math.isfinite(row["loss"]) for row in logged)
