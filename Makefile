@@ -10,7 +10,7 @@ EXTRAS := test,train,bench,viz
 CHROMIUM_STAMP := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-integrations example bench clean-venv
+.PHONY: demo test lint test-integrations example bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ $(CHROMIUM_STAMP):
 demo: $(STAMP)
 	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --overwrite --eval-every 20
 
-test: $(STAMP) $(CHROMIUM_STAMP)
+# Lint, format check and the public API's type check first: quick, and they name the file and line.
+test: $(STAMP) $(CHROMIUM_STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 example: $(STAMP)
 	$(PY) -m tempo_rl example

@@ -10,12 +10,10 @@ an object made by `tempo_rl.testing.plain` / `verl_estimator` / `per_row` (used 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
 import sys
-from pathlib import Path
 from typing import Any
+
+from .targets import load_target
 
 ADAPTERS = ("plain", "verl", "per-row")
 
@@ -37,29 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
                         help="do not check bitwise batch invariance")
     parser.add_argument("--device", default=None, help="move tensors there first (plain, verl), e.g. cuda")
-
-
-def load_target(target: str) -> Any:
-    """The object `target` names: "package.module:attr" or "path/to/file.py:attr" (attr may be dotted)."""
-    where, sep, attr = target.rpartition(":")
-    if not sep or not where or not attr:
-        raise ValueError(f"target must be module:function or path/to/file.py:function, got {target!r}")
-    if where.endswith(".py") or os.sep in where:
-        path = Path(where).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {where}")
-        sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does
-        module = importlib.import_module(where)
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _implementation(obj: Any, args: argparse.Namespace) -> Any:

@@ -149,7 +149,8 @@ class PrefixValues:
 def _runs(batch: Batch, backend: str) -> PrefixValues:
     fn = get_backend(resolve_backend(backend, batch.device)).prefix_runs
     runs = fn(batch.responses, batch.lengths, batch.rewards, batch.group_index)
-    return PrefixValues(batch.lengths, *runs, width=batch.shape[1], group_index=batch.group_index)
+    return PrefixValues(batch.lengths, runs.branch_offsets, runs.branch_t, runs.run_value, runs.run_count,
+                        runs.run_first, width=batch.shape[1], group_index=batch.group_index)
 
 
 def prefix_values(

@@ -15,22 +15,19 @@ step failed, the trainer stops (`TrainingStopped`).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import logging
 import math
-import os
 import re
 import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, Callable
+
+from tempo_rl.targets import load_target
 
 from .config import UsageError
 
@@ -148,32 +145,6 @@ def is_batched(fn: Callable[..., Any]) -> bool:
     return "completions" in params or "prompts" in params
 
 
-def _import_module(module: str, spec: str):
-    """Import `module` with the working directory importable (the `tempo-rl` script does not put it on
-    sys.path, `python -m` does), so both find a reward module next to the user's data."""
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise UsageError(f"reward {spec!r}: cannot import {module!r} ({type(e).__name__}: {e}); run from the "
-                         f"directory that holds it, or give a file: --reward path/to/{module.replace('.', '/')}"
-                         f".py:function") from None
-
-
-def _import_file(path: Path, spec: str):
-    if not path.is_file():
-        raise UsageError(f"reward {spec!r}: no file {str(path)!r}")
-    name = f"tempo_rl_user_reward_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
-
-
 def load_reward(spec: str) -> RewardFn:
     """A built-in reward by name ('numeric', 'choice'), 'module:function' (importable, the working
     directory included) or 'path/to/file.py:function'."""
@@ -182,11 +153,10 @@ def load_reward(spec: str) -> RewardFn:
     if ":" not in spec:
         raise UsageError(f"reward {spec!r}: expected one of {sorted(BUILTIN_REWARDS)}, 'module:function' "
                          "or 'path/to/file.py:function'")
-    where, name = spec.rsplit(":", 1)
-    module = _import_file(Path(where), spec) if where.endswith(".py") else _import_module(where, spec)
-    fn = getattr(module, name, None)
-    if fn is None:
-        raise UsageError(f"reward {spec!r}: {where} has no {name!r}")
+    try:
+        fn = load_target(spec)
+    except (ValueError, FileNotFoundError, ImportError, AttributeError) as e:
+        raise UsageError(f"reward {spec!r}: {e}") from None
     if not callable(fn):
         raise UsageError(f"reward {spec!r} is not callable")
     return fn

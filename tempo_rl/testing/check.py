@@ -302,6 +302,7 @@ def _call(trial: Trial, run: _Run, case: Case, **override: Any) -> torch.Tensor:
     out = _as_output(returned, case)
     if isinstance(out, str):
         _fail("shape", trial, run, detail=out)
+    assert isinstance(out, torch.Tensor)
     return out
 
 
@@ -513,8 +514,8 @@ def check_implementation(
         count[0] += 1
         _check_one(trial, run)
 
-    base = dict(deadline=None, database=None, report_multiple_bugs=False, print_blob=False,
-                suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet)
+    base: dict[str, Any] = dict(deadline=None, database=None, report_multiple_bugs=False, print_blob=False,
+                                suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet)
     # Random batches first, then the pinned edge cases. Hypothesis only finds a failure; `minimise`
     # shrinks it (rows, columns, tokens, rewards, layouts) to a small batch failing the same way.
     drawn = settings(max_examples=max_examples, phases=(Phase.generate,), **base)(given(trial=_trials(impl))(check))

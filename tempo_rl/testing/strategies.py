@@ -72,7 +72,7 @@ class Case:
     responses: torch.Tensor  # (B, L) int
     response_mask: torch.Tensor  # (B, L) bool (or 0/1 of another dtype once presented)
     rewards: torch.Tensor  # (B,) float32 or float64
-    group_ids: Sequence[Hashable] | torch.Tensor  # (B,)
+    group_ids: Sequence[Hashable] | torch.Tensor | np.ndarray  # (B,)
     loss_mask: torch.Tensor | None  # (B, L) bool or 0/1
     layout: str = "contiguous"
 
