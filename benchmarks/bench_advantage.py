@@ -83,8 +83,12 @@ def make_batch(shape: Shape, *, device: str, seed: int = 0) -> dict:
     mask = torch.arange(L)[None, :] < lengths[:, None]  # (B, L)
     rewards = torch.randint(0, 2, (B,), generator=g).float()
     group_ids = torch.arange(B) // G
-    return {"responses": responses.to(device), "response_mask": mask.to(device),
-            "rewards": rewards.to(device), "group_ids": group_ids.to(device)}
+    return {
+        "responses": responses.to(device),
+        "response_mask": mask.to(device),
+        "rewards": rewards.to(device),
+        "group_ids": group_ids.to(device),
+    }
 
 
 def floor_bytes(inputs: dict) -> int:
@@ -98,8 +102,17 @@ def _fast_fn(name: str, inputs: dict) -> Callable[[], object]:
 
     b = validate(**inputs)
     fn = get_backend(name).advantages_and_stats
-    return lambda: fn(b.responses, b.lengths, b.rewards, b.group_index, b.loss_mask, norm_by_std=True, eps=1e-6,
-                      td_coef=1.0, with_stats=False)
+    return lambda: fn(
+        b.responses,
+        b.lengths,
+        b.rewards,
+        b.group_index,
+        b.loss_mask,
+        norm_by_std=True,
+        eps=1e-6,
+        td_coef=1.0,
+        with_stats=False,
+    )
 
 
 def _python_fn(name: str, inputs: dict) -> Callable[[], object]:
@@ -162,19 +175,35 @@ def run_one(backend: str, shape: Shape, *, device: str, repeats: int) -> Row:
     else:
         median, p20, p80 = time_cpu(fn, 1 if slow else repeats)
     tokens = inputs["responses"].numel()
-    return Row(backend, shape.kind, inputs["responses"].shape[0], shape.group, shape.length,
-               median, p20, p80, tokens / (median / 1e3), floor_bytes(inputs) / (median / 1e3) / 1e9)
+    return Row(
+        backend,
+        shape.kind,
+        inputs["responses"].shape[0],
+        shape.group,
+        shape.length,
+        median,
+        p20,
+        p80,
+        tokens / (median / 1e3),
+        floor_bytes(inputs) / (median / 1e3) / 1e9,
+    )
 
 
 def environment(device: str) -> dict:
     import numpy
 
-    env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "device": device, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "cpu": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(),
-           # Timings on a shared machine depend on what else runs: record how busy it was.
-           "load_avg_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+    env = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        # Timings on a shared machine depend on what else runs: record how busy it was.
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
+    }
     try:
         import triton
 
@@ -190,20 +219,23 @@ def environment(device: str) -> dict:
 
 
 def markdown(rows: list[Row], env: dict) -> str:
-    head = (f"# TEMPO advantage benchmark ({env['device']})\n\n"
-            + ", ".join(f"{k}: {v}" for k, v in env.items()) + "\n\n"
-            "| backend | data | B | G | L | median ms | p20-p80 ms | tokens/s | GB/s vs floor "
-            "| speed-up vs loop (lists) | speed-up vs loop (tensors) |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    head = (
+        f"# TEMPO advantage benchmark ({env['device']})\n\n" + ", ".join(f"{k}: {v}" for k, v in env.items()) + "\n\n"
+        "| backend | data | B | G | L | median ms | p20-p80 ms | tokens/s | GB/s vs floor "
+        "| speed-up vs loop (lists) | speed-up vs loop (tensors) |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
     base = {(r.backend, r.kind, r.batch, r.group, r.length): r.median_ms for r in rows if r.backend in BASELINES}
     lines = []
     for r in rows:
         key = (r.kind, r.batch, r.group, r.length)
         ups = [base.get((b, *key)) for b in BASELINES]
         ups = [f"{t / r.median_ms:,.3g}x" if t else "" for t in ups]
-        lines.append(f"| {r.backend} | {r.kind} | {r.batch} | {r.group} | {r.length} | {r.median_ms:,.2f} | "
-                     f"{r.p20_ms:,.2f}-{r.p80_ms:,.2f} | {r.tokens_per_s:,.3g} | {r.floor_gb_per_s:.3g} | "
-                     f"{ups[0]} | {ups[1]} |")
+        lines.append(
+            f"| {r.backend} | {r.kind} | {r.batch} | {r.group} | {r.length} | {r.median_ms:,.2f} | "
+            f"{r.p20_ms:,.2f}-{r.p80_ms:,.2f} | {r.tokens_per_s:,.3g} | {r.floor_gb_per_s:.3g} | "
+            f"{ups[0]} | {ups[1]} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -218,8 +250,12 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         for kind, marker in zip(KINDS, "o^s"):
             pts = sorted((r.batch * r.length, r.median_ms) for r in rows if r.backend == backend and r.kind == kind)
             if pts:
-                ax.plot(*zip(*pts), marker=marker, linestyle="-" if kind == "branching" else ":",
-                        label=f"{backend} ({kind})")
+                ax.plot(
+                    *zip(*pts),
+                    marker=marker,
+                    linestyle="-" if kind == "branching" else ":",
+                    label=f"{backend} ({kind})",
+                )
     ax.set(xscale="log", yscale="log", xlabel="B x L (padded tokens)", ylabel="median ms", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -241,17 +277,29 @@ def write(rows: list[Row], env: dict, out: Path, name: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cpu: loops, reference and torch; cuda: torch and Triton (do_bench)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu: loops, reference and torch; cuda: torch and Triton (do_bench)",
+    )
     parser.add_argument("--quick", action="store_true", help="the small shape and the authors' batch only")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path("."),
-                        help="directory for the results (default: the current directory)")
-    parser.add_argument("--op", choices=("advantage", "policy_loss"), default="advantage",
-                        help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time")
-    parser.add_argument("--scale", action="store_true",
-                        help="the whole per-step TEMPO cost at the authors' batch (benchmarks/bench_scale.py)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("."), help="directory for the results (default: the current directory)"
+    )
+    parser.add_argument(
+        "--op",
+        choices=("advantage", "policy_loss"),
+        default="advantage",
+        help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="the whole per-step TEMPO cost at the authors' batch (benchmarks/bench_scale.py)",
+    )
     bench_policy_loss.add_arguments(parser.add_argument_group("--op policy_loss"))
     from .bench_scale import add_scale_arguments
 
@@ -274,9 +322,16 @@ def run(args: argparse.Namespace) -> int:
     for backend, shape in shapes_for(args.device, args.quick):
         row = run_one(backend, shape, device=args.device, repeats=args.repeats)
         rows.append(row)
-        print(f"{backend:>9} {shape.kind:>9} B={row.batch:<5} G={row.group:<3} L={row.length:<5} "
-              f"{row.median_ms:10.2f} ms  {row.tokens_per_s:9.3g} tok/s  {row.floor_gb_per_s:6.3g} GB/s", flush=True)
-    name = f"advantage_{args.device}" + ("_quick" if args.quick else "") + (f"_{args.threads}thread" if args.threads else "")
+        print(
+            f"{backend:>9} {shape.kind:>9} B={row.batch:<5} G={row.group:<3} L={row.length:<5} "
+            f"{row.median_ms:10.2f} ms  {row.tokens_per_s:9.3g} tok/s  {row.floor_gb_per_s:6.3g} GB/s",
+            flush=True,
+        )
+    name = (
+        f"advantage_{args.device}"
+        + ("_quick" if args.quick else "")
+        + (f"_{args.threads}thread" if args.threads else "")
+    )
     write(rows, env, args.out, name)
     print(markdown(rows, env))
     print(f"wrote {args.out}/{name}.{{md,csv,json,png}}")

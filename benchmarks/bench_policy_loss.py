@@ -69,8 +69,17 @@ def worker(method: str, tokens: int, hidden: int, vocab: int, repeats: int) -> d
     def step() -> float:
         x["hidden"].grad = x["weight"].grad = None
         start = time.perf_counter()
-        loss, _ = fused_policy_loss(x["hidden"], x["weight"], x["targets"], x["old_logp"], x["advantages"],
-                                    x["mask"], ref_logp=x["ref_logp"], kl_coef=0.05, backend=method)
+        loss, _ = fused_policy_loss(
+            x["hidden"],
+            x["weight"],
+            x["targets"],
+            x["old_logp"],
+            x["advantages"],
+            x["mask"],
+            ref_logp=x["ref_logp"],
+            kl_coef=0.05,
+            backend=method,
+        )
         loss.backward()
         return time.perf_counter() - start
 
@@ -79,8 +88,14 @@ def worker(method: str, tokens: int, hidden: int, vocab: int, repeats: int) -> d
     peak = _peak_rss_bytes() - before
     times = [step() for _ in range(repeats)]
     grad_sum = float(x["weight"].grad.double().abs().sum())
-    return {"method": method, "peak_bytes": peak, "first_s": first, "median_s": statistics.median(times),
-            "times_s": times, "grad_weight_abs_sum": grad_sum}
+    return {
+        "method": method,
+        "peak_bytes": peak,
+        "first_s": first,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "grad_weight_abs_sum": grad_sum,
+    }
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -93,9 +108,21 @@ def mem_available_gib() -> float:
 
 
 def run_method(method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "tempo_rl.benchmarks.bench_policy_loss", "--worker", method,
-           "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
-           "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tempo_rl.benchmarks.bench_policy_loss",
+        "--worker",
+        method,
+        "--tokens",
+        str(args.tokens),
+        "--hidden",
+        str(args.hidden),
+        "--vocab",
+        str(args.vocab),
+        "--repeats",
+        str(args.repeats),
+    ]
     env = {**os.environ}
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -112,33 +139,50 @@ def environment(args: argparse.Namespace) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
-            "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
-            "command": " ".join(["tempo-rl", *sys.argv[1:]]),
-            "load_average_before": list(os.getloadavg()),
-            "shape": {"B": 4, "T": args.tokens // 4, "H": args.hidden, "V": args.vocab, "dtype": "float32",
-                      "kl": True, "aggregation": "token-mean"}}
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(["tempo-rl", *sys.argv[1:]]),
+        "load_average_before": list(os.getloadavg()),
+        "shape": {
+            "B": 4,
+            "T": args.tokens // 4,
+            "H": args.hidden,
+            "V": args.vocab,
+            "dtype": "float32",
+            "kl": True,
+            "aggregation": "token-mean",
+        },
+    }
 
 
 def markdown(rows: list[dict], env: dict) -> str:
     ref = next((r for r in rows if r["method"] == "reference"), None)
     lines = [
-        "# Policy loss, forward + backward, CPU", "",
+        "# Policy loss, forward + backward, CPU",
+        "",
         f"{env['date']}, {env['cpu']}, {env['threads']} thread(s), torch {env['torch']}; load average before "
         f"{', '.join(f'{v:.2f}' for v in env['load_average_before'])}, after "
-        f"{', '.join(f'{v:.2f}' for v in env['load_average_after'])}.", "",
+        f"{', '.join(f'{v:.2f}' for v in env['load_average_after'])}.",
+        "",
         f"Shape: B x T = {env['shape']['B']} x {env['shape']['T']}, H = {env['shape']['H']}, V = {env['shape']['V']}, "
-        "float32, k3 KL on, token-mean. Command: `" + env["command"] + "`.", "",
+        "float32, k3 KL on, token-mean. Command: `" + env["command"] + "`.",
+        "",
         "Peak = peak RSS of the method's own process over the first forward + backward, minus its RSS just "
-        "before (inputs allocated); includes d weight. Time = median of the later runs.", "",
+        "before (inputs allocated); includes d weight. Time = median of the later runs.",
+        "",
         "| method | peak memory (GiB) | vs reference | median time (s) | vs reference | first run (s) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = f"{r['peak_bytes'] / ref['peak_bytes']:.1%}" if ref else "-"
         tim = f"{r['median_s'] / ref['median_s']:.2f}x" if ref else "-"
-        lines.append(f"| {r['method']} | {r['peak_bytes'] / 2**30:.2f} | {mem} | {r['median_s']:.2f} | {tim} | "
-                     f"{r['first_s']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['peak_bytes'] / 2**30:.2f} | {mem} | {r['median_s']:.2f} | {tim} | "
+            f"{r['first_s']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +192,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hidden", type=int, default=1024, help="policy_loss: H")
     parser.add_argument("--vocab", type=int, default=151_936, help="policy_loss: V (default: Qwen3's)")
     parser.add_argument("--methods", default=",".join(METHODS), help="policy_loss: comma-separated, run in order")
-    parser.add_argument("--min-free-gib", type=float, default=14.0,
-                        help="policy_loss: refuse to start the reference with less MemAvailable (GiB)")
+    parser.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=14.0,
+        help="policy_loss: refuse to start the reference with less MemAvailable (GiB)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,11 +208,15 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for method in args.methods.split(","):
         if method == "reference" and mem_available_gib() < args.min_free_gib:
-            raise SystemExit(f"reference: MemAvailable {mem_available_gib():.1f} GiB < --min-free-gib "
-                             f"{args.min_free_gib}; not started")
+            raise SystemExit(
+                f"reference: MemAvailable {mem_available_gib():.1f} GiB < --min-free-gib "
+                f"{args.min_free_gib}; not started"
+            )
         rows.append(run_method(method, args))
-        print(f"{method:>9}: peak {rows[-1]['peak_bytes'] / 2**30:.2f} GiB, median {rows[-1]['median_s']:.2f} s",
-              flush=True)
+        print(
+            f"{method:>9}: peak {rows[-1]['peak_bytes'] / 2**30:.2f} GiB, median {rows[-1]['median_s']:.2f} s",
+            flush=True,
+        )
     env["load_average_after"] = list(os.getloadavg())
     out.mkdir(parents=True, exist_ok=True)
     (out / "policy_loss_cpu.md").write_text(markdown(rows, env))

@@ -95,16 +95,30 @@ def part_core(x: dict, repeats: int, backend: str) -> dict:
     adv = tempo_rl.tempo_advantages(*args, backend=backend)
     return {
         "validation": measure(lambda: tempo_rl.validate(*args), repeats),
-        "advantages": measure(lambda: impl.advantages_and_stats(
-            b.responses, b.lengths, b.rewards, b.group_index, None, norm_by_std=True, eps=1e-6, td_coef=1.0,
-            with_stats=False), repeats),
+        "advantages": measure(
+            lambda: impl.advantages_and_stats(
+                b.responses,
+                b.lengths,
+                b.rewards,
+                b.group_index,
+                None,
+                norm_by_std=True,
+                eps=1e-6,
+                td_coef=1.0,
+                with_stats=False,
+            ),
+            repeats,
+        ),
         "tree_stats": measure(lambda: impl.tree_stats(b.responses, b.lengths, b.group_index), repeats),
         "tempo_advantages (validation + advantages)": measure(
-            lambda: tempo_rl.tempo_advantages(*args, backend=backend), repeats),
+            lambda: tempo_rl.tempo_advantages(*args, backend=backend), repeats
+        ),
         "tempo_advantages_with_stats (validation + both)": measure(
-            lambda: tempo_rl.tempo_advantages_with_stats(*args, backend=backend), repeats),
+            lambda: tempo_rl.tempo_advantages_with_stats(*args, backend=backend), repeats
+        ),
         "check_against_reference (4 groups)": measure(
-            lambda: tempo_rl.check_against_reference(adv, *args), max(1, repeats // 2)),
+            lambda: tempo_rl.check_against_reference(adv, *args), max(1, repeats // 2)
+        ),
     }
 
 
@@ -119,8 +133,11 @@ def part_verl(x: dict, repeats: int, backend: str) -> dict:
     scores = torch.zeros(b, length)
     scores[torch.arange(b), x["lengths"] - 1] = x["rewards"]  # verl: the outcome on the last token
     data = DataProto.from_dict(
-        tensors={"responses": x["responses"], "response_mask": x["response_mask"].long(),
-                 "token_level_rewards": scores},
+        tensors={
+            "responses": x["responses"],
+            "response_mask": x["response_mask"].long(),
+            "token_level_rewards": scores,
+        },
         non_tensors={"uid": x["uids"]},
     )
     config = AlgoConfig(norm_adv_by_std_in_grpo=True)
@@ -138,10 +155,19 @@ def part_trl(x: dict, repeats: int, backend: str) -> dict:
 
     ids = [row[:n] for row, n in zip(x["responses"].tolist(), x["lengths"].tolist())]  # TRL's completion_ids list
     fake = types.SimpleNamespace(
-        model=types.SimpleNamespace(training=True), num_generations=GROUP, num_generations_eval=GROUP,
-        accelerator=types.SimpleNamespace(num_processes=1, process_index=0), reward_weights=torch.ones(1),
-        scale_rewards="group", tempo_eps=1e-4, tempo_td_coef=1.0, tempo_backend=backend, tempo_log_tree_stats=True,
-        tempo_trust_check=False, tempo_trust_groups=4, _metrics=defaultdict(lambda: defaultdict(list)),
+        model=types.SimpleNamespace(training=True),
+        num_generations=GROUP,
+        num_generations_eval=GROUP,
+        accelerator=types.SimpleNamespace(num_processes=1, process_index=0),
+        reward_weights=torch.ones(1),
+        scale_rewards="group",
+        tempo_eps=1e-4,
+        tempo_td_coef=1.0,
+        tempo_backend=backend,
+        tempo_log_tree_stats=True,
+        tempo_trust_check=False,
+        tempo_trust_groups=4,
+        _metrics=defaultdict(lambda: defaultdict(list)),
         _logs={"advantages": deque(maxlen=4096)},
     )
     fake._log_tempo = types.MethodType(TempoGRPOTrainer._log_tempo, fake)
@@ -170,9 +196,23 @@ def _in_venv(name: str, args: argparse.Namespace) -> dict | str:
     python = root / VENVS[name] / "bin" / "python"
     if not python.exists():
         return f"skipped: {VENVS[name]} not built (make test-integrations builds it)"
-    cmd = [str(python), "-m", "tempo_rl.benchmarks.bench_scale", "--part", name, "--repeats", str(args.repeats),
-           "--threads", str(args.threads), "--prompts", str(args.prompts), "--length", str(args.length),
-           "--backend", args.backend]
+    cmd = [
+        str(python),
+        "-m",
+        "tempo_rl.benchmarks.bench_scale",
+        "--part",
+        name,
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--prompts",
+        str(args.prompts),
+        "--length",
+        str(args.length),
+        "--backend",
+        args.backend,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     if done.returncode != 0:
         return "failed: " + done.stderr[-2000:]
@@ -199,8 +239,10 @@ def markdown(result: dict) -> str:
         if isinstance(row, str):
             lines.append(f"| {name} | {row} | | |")
             continue
-        lines.append(f"| {name} | {row['median_ms']:.0f} | {row['median_ms'] / base:.2f} | "
-                     f"{row['peak_extra_bytes'] / token_bytes:.2f} |")
+        lines.append(
+            f"| {name} | {row['median_ms']:.0f} | {row['median_ms'] / base:.2f} | "
+            f"{row['peak_extra_bytes'] / token_bytes:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -232,13 +274,21 @@ def run(args: argparse.Namespace) -> int:
         rows.update(part if isinstance(part, dict) else {f"{name} step": part})
     b = args.prompts * GROUP
     result = {
-        "batch": b, "length": args.length, "backend": args.backend, "token_tensor_bytes": b * args.length * 8,
+        "batch": b,
+        "length": args.length,
+        "backend": args.backend,
+        "token_tensor_bytes": b * args.length * 8,
         "command": f"tempo-rl bench --scale --prompts {args.prompts} --length {args.length} --repeats "
-                   f"{args.repeats} --threads {args.threads} --backend {args.backend}",
-        "environment": {"date": dt.datetime.now().isoformat(timespec="seconds"), "cpu": platform.processor()
-                        or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-                        "threads": args.threads, "load_before": load_before,
-                        "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg())},
+        f"{args.repeats} --threads {args.threads} --backend {args.backend}",
+        "environment": {
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "load_before": load_before,
+            "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        },
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)

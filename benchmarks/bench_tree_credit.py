@@ -99,20 +99,26 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-save", action="store_true")
-    ap.add_argument("--out", default=str(RESULTS),
-                    help="JSONL file the results are appended to (default: ./bench_tree_credit.jsonl; "
-                         "the repository's own results: benchmarks/results/bench_tree_credit.jsonl)")
+    ap.add_argument(
+        "--out",
+        default=str(RESULTS),
+        help="JSONL file the results are appended to (default: ./bench_tree_credit.jsonl; "
+        "the repository's own results: benchmarks/results/bench_tree_credit.jsonl)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     examples = load_dataset(args.task, n=args.batches * args.prompts, seed=10_000 + args.seed)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id)
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     kinds = {
         "independent": (args.group_size, None),
-        "tree": (args.tree_group_size, TreeConfig(n_roots=args.tree_roots, fork_at=args.fork_at,
-                                                  min_fork_depth=args.min_fork_depth)),
+        "tree": (
+            args.tree_group_size,
+            TreeConfig(n_roots=args.tree_roots, fork_at=args.fork_at, min_fork_depth=args.min_fork_depth),
+        ),
     }
     grads: dict[tuple[str, str], list[torch.Tensor]] = {}
     info: dict[str, dict[str, list[float]]] = {k: {} for k in kinds}
@@ -122,15 +128,21 @@ def main(argv=None) -> None:
         prompts = [tok(e.prompt)["input_ids"] for e in batch]
         for kind, (g, tree) in kinds.items():
             roll = sample_tree(model, prompts, group_size=g, sampling=sampling, tree=tree, generator=gen)
-            texts = [tok.decode(roll.responses[i, : int(roll.response_mask[i].sum())], skip_special_tokens=True)
-                     for i in range(roll.responses.shape[0])]
+            texts = [
+                tok.decode(roll.responses[i, : int(roll.response_mask[i].sum())], skip_special_tokens=True)
+                for i in range(roll.responses.shape[0])
+            ]
             rewards = torch.tensor([numeric_match(t, batch[int(gid)].answer) for t, gid in zip(texts, roll.group_ids)])
             st = tempo_rl.tree_stats(roll.responses, roll.response_mask, roll.group_ids).as_dict()
             off, spread = offset_and_spread(roll, rewards)
-            for key, val in (("tokens", roll.stats["tokens_generated"]), ("accuracy", float(rewards.mean())),
-                             ("branch_token_fraction", st["branch_token_fraction"]),
-                             ("mean_branch_depth", st["mean_branch_depth"] or 0.0),
-                             ("offset_sum", off), ("spread_sum", spread)):
+            for key, val in (
+                ("tokens", roll.stats["tokens_generated"]),
+                ("accuracy", float(rewards.mean())),
+                ("branch_token_fraction", st["branch_token_fraction"]),
+                ("mean_branch_depth", st["mean_branch_depth"] or 0.0),
+                ("offset_sum", off),
+                ("spread_sum", spread),
+            ):
                 info[kind].setdefault(key, []).append(val)
             for est in ("grpo", "tempo"):
                 fn = tempo_rl.tempo_advantages if est == "tempo" else tempo_rl.grpo_advantages
@@ -138,9 +150,11 @@ def main(argv=None) -> None:
                 grads.setdefault((kind, est), []).append(surrogate_grad(model, prompts, roll, adv))
         print(f"batch {b + 1}/{args.batches}", flush=True)
     arms = list(grads)
-    print("| rollout | estimator | tokens/batch | accuracy | branch-token frac | mean branch depth | "
-          "delta^2/sigma^2 at branch nodes | grad norm | cos between batches | cos to other rollout | "
-          "cos TEMPO-GRPO | norm TEMPO/GRPO |\n|" + " --- |" * 12)
+    print(
+        "| rollout | estimator | tokens/batch | accuracy | branch-token frac | mean branch depth | "
+        "delta^2/sigma^2 at branch nodes | grad norm | cos between batches | cos to other rollout | "
+        "cos TEMPO-GRPO | norm TEMPO/GRPO |\n|" + " --- |" * 12
+    )
     for kind, est in arms:
         gs = grads[(kind, est)]
         between = [cos(a, b) for a, b in itertools.combinations(gs, 2)]
@@ -148,7 +162,8 @@ def main(argv=None) -> None:
         others = torch.stack([g for arm in arms if arm[0] != kind for g in grads[arm]]).mean(0)
         paired = [(t, r) for t, r in zip(grads[(kind, "tempo")], grads[(kind, "grpo")])]
         row = {
-            "rollout": kind, "estimator": est,
+            "rollout": kind,
+            "estimator": est,
             **{k: sum(v) / len(v) for k, v in info[kind].items()},
             "offset_to_spread": sum(info[kind]["offset_sum"]) / max(1e-12, sum(info[kind]["spread_sum"])),
             "grad_norm": sum(float(g.norm()) for g in gs) / len(gs),
@@ -158,15 +173,27 @@ def main(argv=None) -> None:
             "cos_tempo_grpo": sum(cos(t, r) for t, r in paired) / len(paired),
             "norm_ratio_tempo_grpo": sum(float(t.norm() / r.norm()) for t, r in paired) / len(paired),
         }
-        print(f"| {kind} | {est} | {row['tokens']:.0f} | {row['accuracy']:.3f} | {row['branch_token_fraction']:.3f} | "
-              f"{row['mean_branch_depth']:.1f} | {row['offset_to_spread']:.3f} | {row['grad_norm']:.4f} | "
-              f"{row['cos_between_batches']:.3f} ± {row['cos_between_batches_se']:.3f} | "
-              f"{row['cos_to_other_rollout']:.3f} | {row['cos_tempo_grpo']:.3f} | {row['norm_ratio_tempo_grpo']:.2f} |")
+        print(
+            f"| {kind} | {est} | {row['tokens']:.0f} | {row['accuracy']:.3f} | {row['branch_token_fraction']:.3f} | "
+            f"{row['mean_branch_depth']:.1f} | {row['offset_to_spread']:.3f} | {row['grad_norm']:.4f} | "
+            f"{row['cos_between_batches']:.3f} ± {row['cos_between_batches_se']:.3f} | "
+            f"{row['cos_to_other_rollout']:.3f} | {row['cos_tempo_grpo']:.3f} | {row['norm_ratio_tempo_grpo']:.2f} |"
+        )
         if not args.no_save:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             with Path(args.out).open("a") as f:
-                f.write(json.dumps({"bench": "tree_credit", **row, **vars(args),
-                                    "date": datetime.date.today().isoformat(), "torch": torch.__version__}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "bench": "tree_credit",
+                            **row,
+                            **vars(args),
+                            "date": datetime.date.today().isoformat(),
+                            "torch": torch.__version__,
+                        }
+                    )
+                    + "\n"
+                )
 
 
 if __name__ == "__main__":

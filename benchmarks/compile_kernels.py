@@ -64,12 +64,30 @@ def _stride(v: Variant) -> str | None:
 
 def _group_source(v: Variant) -> ASTSource:
     fp = _FLOAT[v.rewards]
-    sig = {"tokens_ptr": "*i32" if v.ids == "int32" else "*i64", "lengths_ptr": "*i64", "rewards_ptr": fp,
-           "scale_ptr": "*fp64", "order_ptr": "*i64", "offsets_ptr": "*i64", "sizes_ptr": "*i64",
-           "params_ptr": "*fp64", "row_value_ptr": fp, "branch_pos_ptr": "*i32", "branch_value_ptr": fp,
-           "lcp_ptr": "*i32", "stride_tb": "i64", "stride_tl": _stride(v)}
-    const = dict(NORM_BY_STD=v.norm_by_std, WITH_TD=v.with_td, STORE_LCP=v.store_lcp, NO_LCP=kernels._NO_LCP,
-                 BLOCK_G=v.block_g, BLOCK_L=kernels._block_l(v.block_g))
+    sig = {
+        "tokens_ptr": "*i32" if v.ids == "int32" else "*i64",
+        "lengths_ptr": "*i64",
+        "rewards_ptr": fp,
+        "scale_ptr": "*fp64",
+        "order_ptr": "*i64",
+        "offsets_ptr": "*i64",
+        "sizes_ptr": "*i64",
+        "params_ptr": "*fp64",
+        "row_value_ptr": fp,
+        "branch_pos_ptr": "*i32",
+        "branch_value_ptr": fp,
+        "lcp_ptr": "*i32",
+        "stride_tb": "i64",
+        "stride_tl": _stride(v),
+    }
+    const = dict(
+        NORM_BY_STD=v.norm_by_std,
+        WITH_TD=v.with_td,
+        STORE_LCP=v.store_lcp,
+        NO_LCP=kernels._NO_LCP,
+        BLOCK_G=v.block_g,
+        BLOCK_L=kernels._block_l(v.block_g),
+    )
     return _source(kernels._group_kernel, sig, const, ["stride_tl"])
 
 
@@ -77,8 +95,7 @@ def _write_source(v: Variant) -> ASTSource:
     fp = _FLOAT[v.rewards]
     strides = {"stride_ob": "i64", "stride_ol": _stride(v), "stride_mb": "i64", "stride_ml": _stride(v)}
     if v.kernel == "fill":
-        sig = {"out_ptr": fp, "lengths_ptr": "*i64", "row_value_ptr": fp, "loss_ptr": "*u8", "length": "i32",
-               **strides}
+        sig = {"out_ptr": fp, "lengths_ptr": "*i64", "row_value_ptr": fp, "loss_ptr": "*u8", "length": "i32", **strides}
         return _source(kernels._fill_kernel, sig, dict(HAS_LOSS=True, BLOCK_L=1024), ["stride_ol", "stride_ml"])
     sig = {"out_ptr": fp, "branch_pos_ptr": "*i32", "branch_value_ptr": fp, "loss_ptr": "*u8", **strides}
     return _source(kernels._scatter_kernel, sig, dict(HAS_LOSS=True, BLOCK_G=v.block_g), ["stride_ol", "stride_ml"])
@@ -103,8 +120,11 @@ def resources(ptx: str) -> tuple[int, int]:
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ptx)
     try:
-        runs = [subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True,
-                               text=True) for ptxas in _ptxas() if os.path.exists(ptxas)]
+        runs = [
+            subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+            for ptxas in _ptxas()
+            if os.path.exists(ptxas)
+        ]
     finally:
         os.unlink(f.name)
     done = next((r for r in runs if r.returncode == 0), None)

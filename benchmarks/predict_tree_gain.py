@@ -35,8 +35,18 @@ def _snr(g: np.ndarray) -> float:
     return float((g.mean(0) ** 2).sum() / g.var(0).sum())
 
 
-def simulate(model: str, *, G: int, p1: float, p2: float, w1: float, w2: float, noise: float = 0.0,
-             n: int = 40_000, seed: int = 0) -> float:
+def simulate(
+    model: str,
+    *,
+    G: int,
+    p1: float,
+    p2: float,
+    w1: float,
+    w2: float,
+    noise: float = 0.0,
+    n: int = 40_000,
+    seed: int = 0,
+) -> float:
     """SNR ratio of the whole gradient (all logits) for one model; see the module docstring."""
     rng = np.random.default_rng(seed)
     first = rng.random((n, G)) < (p1 if model == "policy" else 0.5)  # D1 right / heads
@@ -87,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     for model, kw in ROWS:
         ratio = simulate(model, n=args.draws, **kw)
         m, r, rho, t2 = t2_at_second_node(model, **kw)
-        print(f"| {model} | {kw['G']} | {kw['p1']} | {kw['p2']} | {kw['w1']} | {kw['w2']} | {kw.get('noise', 0.0)} "
-              f"| {ratio:.2f} | {m:.0f}, {r:.2f}, {rho:.2f} | {t2:.2f} |")
+        print(
+            f"| {model} | {kw['G']} | {kw['p1']} | {kw['p2']} | {kw['w1']} | {kw['w2']} | {kw.get('noise', 0.0)} "
+            f"| {ratio:.2f} | {m:.0f}, {r:.2f}, {rho:.2f} | {t2:.2f} |"
+        )
 
 
 if __name__ == "__main__":

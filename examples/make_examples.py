@@ -23,27 +23,39 @@ HERE = Path(__file__).resolve().parent
 
 # (step, group_id, [(response, reward)]): made up, shaped like real samples.
 DUMP = [
-    (50, 0, [
-        ("12 + 7 = 19 </s>", 1.0),
-        ("12 + 7 = 19 </s>", 1.0),
-        ("12 + 7 = 18 </s>", 0.0),
-        ("Let me add : 12 + 7 = 19 </s>", 1.0),
-        ("Let me add : 12 + 7 = 21 </s>", 0.0),
-        ("The answer is 20 </s>", 0.0),
-    ]),
-    (50, 1, [
-        ("9 * 3 = 27 </s>", 1.0),
-        ("9 * 3 = 24 </s>", 0.0),
-        ("9 * 3 is 9 + 9 + 9 = 27 </s>", 1.0),
-        ("9 * 3 is 9 + 9 + 9 = 28 </s>", 0.0),
-        ("The answer is 27 </s>", 1.0),
-    ]),
-    (100, 0, [
-        ("Let me add : 15 + 8 = 23 </s>", 1.0),
-        ("Let me add : 15 + 8 = 23 </s>", 1.0),
-        ("Let me add : 15 + 8 = 22 </s>", 0.0),
-        ("15 + 8 = 23 </s>", 1.0),
-    ]),
+    (
+        50,
+        0,
+        [
+            ("12 + 7 = 19 </s>", 1.0),
+            ("12 + 7 = 19 </s>", 1.0),
+            ("12 + 7 = 18 </s>", 0.0),
+            ("Let me add : 12 + 7 = 19 </s>", 1.0),
+            ("Let me add : 12 + 7 = 21 </s>", 0.0),
+            ("The answer is 20 </s>", 0.0),
+        ],
+    ),
+    (
+        50,
+        1,
+        [
+            ("9 * 3 = 27 </s>", 1.0),
+            ("9 * 3 = 24 </s>", 0.0),
+            ("9 * 3 is 9 + 9 + 9 = 27 </s>", 1.0),
+            ("9 * 3 is 9 + 9 + 9 = 28 </s>", 0.0),
+            ("The answer is 27 </s>", 1.0),
+        ],
+    ),
+    (
+        100,
+        0,
+        [
+            ("Let me add : 15 + 8 = 23 </s>", 1.0),
+            ("Let me add : 15 + 8 = 23 </s>", 1.0),
+            ("Let me add : 15 + 8 = 22 </s>", 0.0),
+            ("15 + 8 = 23 </s>", 1.0),
+        ],
+    ),
 ]
 
 
@@ -73,9 +85,16 @@ def build() -> dict[str, str]:
     vocab = vocabulary()
     worked = [{"group_id": "worked-example", "response": text, "reward": reward} for text, reward in RESPONSES]
     dump = [
-        {"step": step, "group_id": gid, "prompt": PROMPTS[step, gid], "response": [vocab[w] for w in text.split()],
-         "text": text, "reward": reward}
-        for step, gid, group in DUMP for text, reward in group
+        {
+            "step": step,
+            "group_id": gid,
+            "prompt": PROMPTS[step, gid],
+            "response": [vocab[w] for w in text.split()],
+            "text": text,
+            "reward": reward,
+        }
+        for step, gid, group in DUMP
+        for text, reward in group
     ]
     return {
         "worked_example.jsonl": jsonl(worked),

@@ -44,25 +44,27 @@ def build_trainer(args: argparse.Namespace, **config_overrides):
     from tempo_rl.integrations.trl import TempoGRPOConfig, TempoGRPOTrainer
 
     dataset = load_dataset("json", data_files=args.dataset, split="train")
-    config = TempoGRPOConfig(**{
-        "output_dir": args.output_dir,
-        "num_generations": args.num_generations,
-        "per_device_train_batch_size": args.per_device_batch,
-        "max_completion_length": args.max_completion_length,
-        "learning_rate": args.learning_rate,
-        "max_steps": args.max_steps,
-        "reward_weights": [1.0, 0.1],
-        "loss_type": "dapo",            # token-mean, as in the TEMPO runs
-        "epsilon": 0.2,                 # clip low
-        "epsilon_high": 0.28,           # clip high (DAPO's clip-higher)
-        "beta": 0.0,                    # no KL term, no reference model
-        "scale_rewards": "group",       # divide by the group's std
-        "tempo_td_coef": args.td_coef,
-        "logging_steps": 1,
-        "report_to": "none",
-        "use_cpu": args.cpu,
-        **config_overrides,
-    })
+    config = TempoGRPOConfig(
+        **{
+            "output_dir": args.output_dir,
+            "num_generations": args.num_generations,
+            "per_device_train_batch_size": args.per_device_batch,
+            "max_completion_length": args.max_completion_length,
+            "learning_rate": args.learning_rate,
+            "max_steps": args.max_steps,
+            "reward_weights": [1.0, 0.1],
+            "loss_type": "dapo",  # token-mean, as in the TEMPO runs
+            "epsilon": 0.2,  # clip low
+            "epsilon_high": 0.28,  # clip high (DAPO's clip-higher)
+            "beta": 0.0,  # no KL term, no reference model
+            "scale_rewards": "group",  # divide by the group's std
+            "tempo_td_coef": args.td_coef,
+            "logging_steps": 1,
+            "report_to": "none",
+            "use_cpu": args.cpu,
+            **config_overrides,
+        }
+    )
     return TempoGRPOTrainer(model=args.model, reward_funcs=[correct, boxed], args=config, train_dataset=dataset)
 
 

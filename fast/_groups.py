@@ -67,6 +67,7 @@ def group_scale(rewards: torch.Tensor, group_index: torch.Tensor, n_groups: int,
     magnitude = magnitude.scatter_reduce(0, group_index, rewards.to(torch.float64).abs(), "amax")  # (n_groups,)
     exponent = torch.frexp(magnitude).exponent.to(torch.int64) - 1  # magnitude = m 2^(e+1), m in [0.5, 1)
     if eps > 0:
-        exponent = exponent.clamp_min(torch.frexp(torch.tensor(eps, dtype=torch.float64)).exponent.item()
-                                      - 1 - _EPS_HEADROOM)
+        exponent = exponent.clamp_min(
+            torch.frexp(torch.tensor(eps, dtype=torch.float64)).exponent.item() - 1 - _EPS_HEADROOM
+        )
     return _power_of_two(exponent.clamp(-1074, 1023))

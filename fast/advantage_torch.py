@@ -78,8 +78,13 @@ def group_moments(rewards: torch.Tensor, scale: torch.Tensor, *, norm_by_std: bo
     # computed as eps * (1 / s_g), which is 0 * inf for eps = 0 and a subnormal s_g.
     denom = sigma + torch.full_like(scale, eps) / scale
     denom = torch.where(degenerate, 1.0, denom)  # eps = 0 with equal rewards: never compute 0 / 0
-    return GroupMoments(centred=centred, denom=denom[:, None], scale=scale[:, None],
-                        degenerate=degenerate[:, None], norm_by_std=norm_by_std)
+    return GroupMoments(
+        centred=centred,
+        denom=denom[:, None],
+        scale=scale[:, None],
+        degenerate=degenerate[:, None],
+        norm_by_std=norm_by_std,
+    )
 
 
 def lcp_matrix(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -170,8 +175,9 @@ def _member_tokens(responses: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return responses[rows]
 
 
-def _branch_points(lcp: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor, moments: GroupMoments,
-                   *, td_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _branch_points(
+    lcp: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor, moments: GroupMoments, *, td_coef: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row, t, value) of every branch token of these groups, value in float64."""
     td = prefix_td(lcp, moments.centred)  # (c, G, G)
     # Two separate ops, never a fused multiply-add, so rounding is the same everywhere.
@@ -186,8 +192,10 @@ def _check_finite(values: torch.Tensor, dtype: torch.dtype, name: str) -> None:
     """Finite rewards can still give an advantage past the output dtype's range (Dr. GRPO on
     rewards near its limit, a huge td_coef): refuse rather than return inf."""
     if values.numel() and not bool(torch.isfinite(values.to(dtype)).all()):
-        raise ValueError(f"{name} too large: the advantages overflow {dtype} (largest finite is "
-                         f"{torch.finfo(dtype).max:.3g}); rescale it")
+        raise ValueError(
+            f"{name} too large: the advantages overflow {dtype} (largest finite is "
+            f"{torch.finfo(dtype).max:.3g}); rescale it"
+        )
 
 
 def advantages_and_stats(
@@ -262,8 +270,17 @@ def advantages(
     td_coef: float,
 ) -> torch.Tensor:
     """TEMPO advantages (B, L) in rewards.dtype; arguments as `advantages_and_stats`."""
-    out, _ = advantages_and_stats(responses, lengths, rewards, group_index, loss_mask,
-                                  norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, with_stats=False)
+    out, _ = advantages_and_stats(
+        responses,
+        lengths,
+        rewards,
+        group_index,
+        loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        with_stats=False,
+    )
     return out
 
 

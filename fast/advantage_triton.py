@@ -40,13 +40,28 @@ _NO_LCP = 2**30  # "no mismatch seen yet"; larger than any length
 @triton.jit
 def _group_kernel(
     # pointers
-    tokens_ptr, lengths_ptr, rewards_ptr, scale_ptr, order_ptr, offsets_ptr, sizes_ptr, params_ptr,
-    row_value_ptr, branch_pos_ptr, branch_value_ptr, lcp_ptr,
+    tokens_ptr,
+    lengths_ptr,
+    rewards_ptr,
+    scale_ptr,
+    order_ptr,
+    offsets_ptr,
+    sizes_ptr,
+    params_ptr,
+    row_value_ptr,
+    branch_pos_ptr,
+    branch_value_ptr,
+    lcp_ptr,
     # strides
-    stride_tb, stride_tl,
+    stride_tb,
+    stride_tl,
     # constexpr
-    NORM_BY_STD: tl.constexpr, WITH_TD: tl.constexpr, STORE_LCP: tl.constexpr, NO_LCP: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr,
+    NORM_BY_STD: tl.constexpr,
+    WITH_TD: tl.constexpr,
+    STORE_LCP: tl.constexpr,
+    NO_LCP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     group = tl.program_id(0)
     start = tl.load(offsets_ptr + group)
@@ -126,8 +141,7 @@ def _group_kernel(
                 n_child += in_child.to(tl.int32)
                 s_parent = s_parent + tl.where(in_parent, c_k, 0.0)
                 s_child = s_child + tl.where(in_child, c_k, 0.0)
-            td = (s_child / tl.maximum(n_child, 1).to(tl.float64)
-                  - s_parent / tl.maximum(n_parent, 1).to(tl.float64))
+            td = s_child / tl.maximum(n_child, 1).to(tl.float64) - s_parent / tl.maximum(n_parent, 1).to(tl.float64)
             numerator = centred[:, None] + td_coef * td
             if NORM_BY_STD:
                 value = numerator / denom
@@ -135,20 +149,26 @@ def _group_kernel(
                 value = numerator * scale
             branch = (lcp >= 0) & (lcp < n[:, None]) & (degenerate == 0)
             tl.store(branch_pos_ptr + where, tl.where(branch, lcp, -1), mask=member[:, None])
-            tl.store(branch_value_ptr + where, value.to(branch_value_ptr.dtype.element_ty),
-                     mask=member[:, None])
+            tl.store(branch_value_ptr + where, value.to(branch_value_ptr.dtype.element_ty), mask=member[:, None])
 
 
 @triton.jit
 def _fill_kernel(
     # pointers
-    out_ptr, lengths_ptr, row_value_ptr, loss_ptr,
+    out_ptr,
+    lengths_ptr,
+    row_value_ptr,
+    loss_ptr,
     # sizes
     length,
     # strides
-    stride_ob, stride_ol, stride_mb, stride_ml,
+    stride_ob,
+    stride_ol,
+    stride_mb,
+    stride_ml,
     # constexpr
-    HAS_LOSS: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_LOSS: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)  # (BL,)
@@ -164,11 +184,18 @@ def _fill_kernel(
 @triton.jit
 def _scatter_kernel(
     # pointers
-    out_ptr, branch_pos_ptr, branch_value_ptr, loss_ptr,
+    out_ptr,
+    branch_pos_ptr,
+    branch_value_ptr,
+    loss_ptr,
     # strides
-    stride_ob, stride_ol, stride_mb, stride_ml,
+    stride_ob,
+    stride_ol,
+    stride_mb,
+    stride_ml,
     # constexpr
-    HAS_LOSS: tl.constexpr, BLOCK_G: tl.constexpr,
+    HAS_LOSS: tl.constexpr,
+    BLOCK_G: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     slot = tl.arange(0, BLOCK_G)
@@ -199,8 +226,10 @@ def _device(t: torch.Tensor) -> contextlib.AbstractContextManager:
 
 def _check_finite(values: torch.Tensor, name: str) -> None:
     if values.numel() and not bool(torch.isfinite(values).all()):
-        raise ValueError(f"{name} too large: the advantages overflow {values.dtype} (largest finite is "
-                         f"{torch.finfo(values.dtype).max:.3g}); rescale it")
+        raise ValueError(
+            f"{name} too large: the advantages overflow {values.dtype} (largest finite is "
+            f"{torch.finfo(values.dtype).max:.3g}); rescale it"
+        )
 
 
 def _launch(
@@ -236,11 +265,27 @@ def _launch(
     loss = loss_mask.view(torch.uint8) if loss_mask is not None else out
     with _device(responses):
         _group_kernel[(n_groups,)](
-            responses, lengths, rewards, scale, layout.order, layout.offsets, layout.sizes, params,
-            row_value, branch_pos, branch_value, lcp,
-            responses.stride(0), responses.stride(1),
-            NORM_BY_STD=norm_by_std, WITH_TD=with_td, STORE_LCP=with_stats, NO_LCP=_NO_LCP,
-            BLOCK_G=block_g, BLOCK_L=_block_l(block_g), num_warps=_num_warps(block_g),
+            responses,
+            lengths,
+            rewards,
+            scale,
+            layout.order,
+            layout.offsets,
+            layout.sizes,
+            params,
+            row_value,
+            branch_pos,
+            branch_value,
+            lcp,
+            responses.stride(0),
+            responses.stride(1),
+            NORM_BY_STD=norm_by_std,
+            WITH_TD=with_td,
+            STORE_LCP=with_stats,
+            NO_LCP=_NO_LCP,
+            BLOCK_G=block_g,
+            BLOCK_L=_block_l(block_g),
+            num_warps=_num_warps(block_g),
             enable_fp_fusion=False,  # td_coef * td then +, rounded as in the torch path
         )
         _check_finite(row_value, "rewards")
@@ -249,16 +294,30 @@ def _launch(
         if write and length > 0:
             fill_l = 1024
             _fill_kernel[(b, triton.cdiv(length, fill_l))](
-                out, lengths, row_value, loss,
+                out,
+                lengths,
+                row_value,
+                loss,
                 length,
-                out.stride(0), out.stride(1), loss.stride(0), loss.stride(1),
-                HAS_LOSS=loss_mask is not None, BLOCK_L=fill_l,
+                out.stride(0),
+                out.stride(1),
+                loss.stride(0),
+                loss.stride(1),
+                HAS_LOSS=loss_mask is not None,
+                BLOCK_L=fill_l,
             )
         if with_td:
             _scatter_kernel[(b,)](
-                out, branch_pos, branch_value, loss,
-                out.stride(0), out.stride(1), loss.stride(0), loss.stride(1),
-                HAS_LOSS=loss_mask is not None, BLOCK_G=block_g,
+                out,
+                branch_pos,
+                branch_value,
+                loss,
+                out.stride(0),
+                out.stride(1),
+                loss.stride(0),
+                loss.stride(1),
+                HAS_LOSS=loss_mask is not None,
+                BLOCK_G=block_g,
             )
     return out, _stats(lcp, lengths, layout) if with_stats else None
 
@@ -287,8 +346,17 @@ def advantages_and_stats(
     """TEMPO advantages (B, L) and per-group tree statistics; the contract and numbers of
     `advantage_torch.advantages_and_stats` (proofs_notes/fast-algorithm.md). Runs on CUDA
     tensors, or on CPU tensors under TRITON_INTERPRET=1 (how the tests run it)."""
-    return _launch(responses, lengths, rewards, group_index, loss_mask,
-                   norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, with_stats=with_stats)
+    return _launch(
+        responses,
+        lengths,
+        rewards,
+        group_index,
+        loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        with_stats=with_stats,
+    )
 
 
 def advantages(
@@ -303,15 +371,34 @@ def advantages(
     td_coef: float,
 ) -> torch.Tensor:
     """TEMPO advantages (B, L) in rewards.dtype; td_coef = 0 gives GRPO bitwise."""
-    out, _ = _launch(responses, lengths, rewards, group_index, loss_mask,
-                     norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, with_stats=False)
+    out, _ = _launch(
+        responses,
+        lengths,
+        rewards,
+        group_index,
+        loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        with_stats=False,
+    )
     return out
 
 
 def tree_stats(responses: torch.Tensor, lengths: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     """(n_groups, len(STAT_COLUMNS)) int64 tree statistics from the group kernel's lcp matrices."""
     rewards = torch.zeros(responses.shape[0], dtype=torch.float32, device=responses.device)
-    _, stats = _launch(responses, lengths, rewards, group_index, None,
-                       norm_by_std=True, eps=1e-6, td_coef=0.0, with_stats=True, write=False)
+    _, stats = _launch(
+        responses,
+        lengths,
+        rewards,
+        group_index,
+        None,
+        norm_by_std=True,
+        eps=1e-6,
+        td_coef=0.0,
+        with_stats=True,
+        write=False,
+    )
     assert stats is not None
     return stats

@@ -148,8 +148,9 @@ def policy_loss_ref(
     if kl_coef:
         kl = k3(logp, _masked(ref_logp, keep, dtype))[0]
         loss = loss + kl_coef * (w * kl).sum()
-    metrics = metrics_from_tokens(logp.detach(), entropy, pg.detach(), kl.detach(), ratio.detach(), old, adv, w,
-                                  keep, p)
+    metrics = metrics_from_tokens(
+        logp.detach(), entropy, pg.detach(), kl.detach(), ratio.detach(), old, adv, w, keep, p
+    )
     return loss, metrics
 
 
@@ -157,9 +158,17 @@ def policy_loss_ref(
 ChunkStep = Callable[..., tuple[ChunkOut, "torch.Tensor | None"]]
 
 
-def chunk_step_torch(logits: torch.Tensor, targets: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
-                     ref: torch.Tensor | None, w: torch.Tensor, p: LossParams, with_grad: bool,
-                     scratch: dict[str, torch.Tensor]) -> tuple[ChunkOut, torch.Tensor | None]:
+def chunk_step_torch(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    ref: torch.Tensor | None,
+    w: torch.Tensor,
+    p: LossParams,
+    with_grad: bool,
+    scratch: dict[str, torch.Tensor],
+) -> tuple[ChunkOut, torch.Tensor | None]:
     """One chunk: logits (C, V) float32, already divided by temperature -> (per-token results, and
     with_grad the (C, V) float32 d loss / d (h W^T + b), temperature included; else None).
 
@@ -195,8 +204,13 @@ def _buffer(scratch: dict[str, torch.Tensor], name: str, rows: int, cols: int, d
     return buf[:rows]
 
 
-def chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float,
-                 scratch: dict[str, torch.Tensor]) -> torch.Tensor:
+def chunk_logits(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: float,
+    scratch: dict[str, torch.Tensor],
+) -> torch.Tensor:
     """(h W^T + b) / temperature, (C, V) float32; float32 inputs write into a reused buffer."""
     if h.dtype != torch.float32:
         logits = torch.nn.functional.linear(h, weight, bias).float()  # matmul in the input dtype
@@ -234,8 +248,17 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
             rows = slice(start, min(n, start + chunk_size))
             h = hidden[rows]  # (C, H)
             logits = chunk_logits(h, weight, bias, p.temperature, scratch)  # (C, V) float32
-            out, grad_logits = chunk_step(logits, targets[rows], old[rows], adv[rows],
-                                          None if ref is None else ref[rows], w[rows], p, with_grad, scratch)
+            out, grad_logits = chunk_step(
+                logits,
+                targets[rows],
+                old[rows],
+                adv[rows],
+                None if ref is None else ref[rows],
+                w[rows],
+                p,
+                with_grad,
+                scratch,
+            )
             loss += (w[rows] * (out.pg + p.kl_coef * out.kl)).sum()
             for name, value in zip(ChunkOut._fields, out):
                 tokens_out[name][rows] = value
@@ -243,8 +266,11 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
                 _chunk_grads(grad_logits, h, weight, None if grad_h is None else grad_h[rows], grad_w, grad_b)
         del scratch
         ctx.backward_done = False
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                              None if grad_b is None else grad_b.to(bias.dtype))
+        ctx.save_for_backward(
+            grad_h,
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+        )
         return loss
 
     @staticmethod
@@ -261,8 +287,14 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
-def _chunk_grads(grad_logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
-                 grad_w: torch.Tensor | None, grad_b: torch.Tensor | None) -> None:
+def _chunk_grads(
+    grad_logits: torch.Tensor,
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    grad_h: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+) -> None:
     """From d loss / d logits (C, V) float32: write d h (C, H), add to d W (V, H) and d b (V,) (float32)."""
     if grad_b is not None:
         grad_b += grad_logits.sum(0)
@@ -315,18 +347,26 @@ def policy_loss_chunked(
     ref = _masked(ref_logp.reshape(n), keep) if (kl_coef and ref_logp is not None) else None
     c = chunk_size or default_chunk_size(n, weight.shape[0])
     tokens = {name: torch.empty(n, dtype=torch.float32, device=hidden.device) for name in ChunkOut._fields}
-    loss = _ChunkedPolicyLoss.apply(hidden.reshape(n, h), weight, bias, targets.reshape(n).long(), old, adv, ref, w,
-                                    p, c, chunk_step, tokens)
+    loss = _ChunkedPolicyLoss.apply(
+        hidden.reshape(n, h), weight, bias, targets.reshape(n).long(), old, adv, ref, w, p, c, chunk_step, tokens
+    )
     ratio = torch.exp(tokens["logp"] - old)
-    metrics = metrics_from_tokens(tokens["logp"], tokens["entropy"], tokens["pg"], tokens["kl"], ratio, old, adv, w,
-                                  keep, p)
+    metrics = metrics_from_tokens(
+        tokens["logp"], tokens["entropy"], tokens["pg"], tokens["kl"], ratio, old, adv, w, keep, p
+    )
     return loss, metrics
 
 
 @torch.no_grad()
-def token_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                           bias: torch.Tensor | None = None, temperature: float = 1.0,
-                           chunk_size: int | None = None) -> torch.Tensor:
+def token_logprobs_chunked(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """log p(target) per position without gradient and without (B, T, V) logits: (B, T, H) -> (B, T) float32.
     For the trainer's old and reference log-probs."""
     b, t, h = hidden.shape

@@ -22,14 +22,28 @@ __all__ = ["chunk_step_triton", "policy_loss_triton"]
 @triton.jit
 def _chunk_kernel(
     # pointers
-    logits_ptr, targets_ptr, old_ptr, adv_ptr, ref_ptr, w_ptr,
-    logp_ptr, entropy_ptr, pg_ptr, kl_ptr,
+    logits_ptr,
+    targets_ptr,
+    old_ptr,
+    adv_ptr,
+    ref_ptr,
+    w_ptr,
+    logp_ptr,
+    entropy_ptr,
+    pg_ptr,
+    kl_ptr,
     # sizes and strides
-    vocab, stride_row,
+    vocab,
+    stride_row,
     # scalars
-    clip_low, clip_high, kl_coef, inv_temperature,
+    clip_low,
+    clip_high,
+    kl_coef,
+    inv_temperature,
     # constexpr
-    HAS_REF: tl.constexpr, WITH_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
@@ -80,10 +94,18 @@ def _chunk_kernel(
             tl.store(base + start + cols, grad, mask=inside)
 
 
-def chunk_step_triton(logits: torch.Tensor, targets: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
-                      ref: torch.Tensor | None, w: torch.Tensor, p: LossParams,
-                      with_grad: bool, scratch: dict | None = None,
-                      block_v: int | None = None) -> tuple[ChunkOut, torch.Tensor | None]:
+def chunk_step_triton(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    ref: torch.Tensor | None,
+    w: torch.Tensor,
+    p: LossParams,
+    with_grad: bool,
+    scratch: dict | None = None,
+    block_v: int | None = None,
+) -> tuple[ChunkOut, torch.Tensor | None]:
     """`policy_loss_torch.chunk_step_torch` with one kernel launch: logits (C, V) float32 with unit
     column stride, targets (C,) int64, old / adv / ref / w (C,) float32; needs no scratch buffer
     (the gradient overwrites the logits). One program per token
@@ -94,18 +116,39 @@ def chunk_step_triton(logits: torch.Tensor, targets: torch.Tensor, old: torch.Te
     out = ChunkOut(*(torch.empty(c, dtype=torch.float32, device=logits.device) for _ in ChunkOut._fields))
     block_v = block_v or min(4096, triton.next_power_of_2(vocab))
     _chunk_kernel[(c,)](
-        logits, targets.contiguous(), old.contiguous(), adv.contiguous(),
-        old if ref is None else ref.contiguous(), w.contiguous(),
-        out.logp, out.entropy, out.pg, out.kl,
-        vocab, logits.stride(0),
-        float(p.clip_low), float(p.clip_high), float(p.kl_coef), 1.0 / float(p.temperature),
-        HAS_REF=ref is not None, WITH_GRAD=with_grad, BLOCK_V=block_v,
+        logits,
+        targets.contiguous(),
+        old.contiguous(),
+        adv.contiguous(),
+        old if ref is None else ref.contiguous(),
+        w.contiguous(),
+        out.logp,
+        out.entropy,
+        out.pg,
+        out.kl,
+        vocab,
+        logits.stride(0),
+        float(p.clip_low),
+        float(p.clip_high),
+        float(p.kl_coef),
+        1.0 / float(p.temperature),
+        HAS_REF=ref is not None,
+        WITH_GRAD=with_grad,
+        BLOCK_V=block_v,
     )
     return out, logits if with_grad else None
 
 
-def policy_loss_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, old_logp: torch.Tensor,
-                       advantages: torch.Tensor, mask: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
+def policy_loss_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    **kwargs,
+) -> tuple[torch.Tensor, dict]:
     """`policy_loss_chunked` (same arguments) with the Triton chunk step."""
-    return policy_loss_chunked(hidden, weight, targets, old_logp, advantages, mask, chunk_step=chunk_step_triton,
-                               **kwargs)
+    return policy_loss_chunked(
+        hidden, weight, targets, old_logp, advantages, mask, chunk_step=chunk_step_triton, **kwargs
+    )

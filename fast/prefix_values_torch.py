@@ -93,14 +93,19 @@ def _chunk_points(responses, lengths, rewards, rows):
     keep = fresh & (t < n[:, :, None])  # a branch token of row i (Lemma 2)
     c, i, j = keep.nonzero(as_tuple=True)
     k = perm[c, i, j]
-    roots = (rows.reshape(-1), mu.repeat_interleave(size), torch.full_like(rows.reshape(-1), size),
-             rows[:, :1].expand(-1, size).reshape(-1))
+    roots = (
+        rows.reshape(-1),
+        mu.repeat_interleave(size),
+        torch.full_like(rows.reshape(-1), size),
+        rows[:, :1].expand(-1, size).reshape(-1),
+    )
     points = (rows[c, i], t[c, i, j], value[c, i, k], count[c, i, k], first[c, i, k])
     return roots, points
 
 
-def prefix_runs(responses: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor,
-                group_index: torch.Tensor) -> Runs:
+def prefix_runs(
+    responses: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor, group_index: torch.Tensor
+) -> Runs:
     """Prefix values of every response, compressed into runs.
 
     Args:

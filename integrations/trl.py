@@ -69,13 +69,17 @@ class TempoGRPOConfig(GRPOConfig):
     )
     tempo_log_tree_stats: bool = field(
         default=True,
-        metadata={"help": "Log the prefix-tree statistics (tempo/*) each generation step (computed with the "
-                  "advantages, from the same pass over the tokens)."},
+        metadata={
+            "help": "Log the prefix-tree statistics (tempo/*) each generation step (computed with the "
+            "advantages, from the same pass over the tokens)."
+        },
     )
     tempo_trust_check: bool = field(
         default=False,
-        metadata={"help": "Each step, recompute tempo_trust_groups sampled groups with the exact reference and "
-                  "raise tempo_rl.AdvantageMismatch on a difference (cost independent of the batch size)."},
+        metadata={
+            "help": "Each step, recompute tempo_trust_groups sampled groups with the exact reference and "
+            "raise tempo_rl.AdvantageMismatch on a difference (cost independent of the batch size)."
+        },
     )
     tempo_trust_groups: int = field(default=4, metadata={"help": "Groups checked per step by tempo_trust_check."})
 
@@ -133,7 +137,9 @@ class TempoGRPOTrainer(GRPOTrainer):
         rewards, group_ids = _rewards_and_groups(rewards_per_func, self.reward_weights, group_size)
         scale = self.scale_rewards
         options = dict(
-            loss_mask=batch["loss_mask"], norm_by_std=_NORM_BY_STD[scale], eps=self.tempo_eps,
+            loss_mask=batch["loss_mask"],
+            norm_by_std=_NORM_BY_STD[scale],
+            eps=self.tempo_eps,
             td_coef=self.tempo_td_coef,
         )
         # One pass over the tokens gives the advantages and the tree statistics logged as tempo/*.
@@ -141,15 +147,24 @@ class TempoGRPOTrainer(GRPOTrainer):
             batch["responses"], batch["response_mask"], rewards, group_ids, backend=self.tempo_backend, **options
         )  # (B_global, L_global)
         if self.tempo_trust_check:
-            tempo_rl.check_against_reference(adv, batch["responses"], batch["response_mask"], rewards, group_ids,
-                                             max_groups=self.tempo_trust_groups, **options)
+            tempo_rl.check_against_reference(
+                adv,
+                batch["responses"],
+                batch["response_mask"],
+                rewards,
+                group_ids,
+                max_groups=self.tempo_trust_groups,
+                **options,
+            )
         if scale == "batch":
             adv = adv / (_batch_std(rewards, group_ids) + self.tempo_eps)
         self._log_tempo(mode, batch, adv, stats.select(lambda gid: gid >= 0))  # unscored rows: ids < 0
         start = self.accelerator.process_index * n_local
         return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
 
-    def _log_tempo(self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, stats: tempo_rl.TreeStats) -> None:
+    def _log_tempo(
+        self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, stats: tempo_rl.TreeStats
+    ) -> None:
         # The completions table shows one advantage per completion: the mean over its tokens (adv is 0
         # past them; summing the int64 mask is several times faster than a bool one).
         seq_adv = adv.sum(1) / batch["response_mask"].sum(1).clamp(min=1)  # (B_global,)

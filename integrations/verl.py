@@ -148,11 +148,19 @@ def compute_tempo_outcome_advantage(
     backend = str(_option(config, "tempo_backend", "auto"))
     with torch.no_grad():
         # One pass over the tokens gives the advantages and, for the trainer's metrics, the tree statistics.
-        advantages, stats = tempo_rl.tempo_advantages_with_stats(responses, tree_mask, scores, group_ids,
-                                                                 backend=backend, **options)
+        advantages, stats = tempo_rl.tempo_advantages_with_stats(
+            responses, tree_mask, scores, group_ids, backend=backend, **options
+        )
         if bool(_option(config, "tempo_trust_check", False)):
-            tempo_rl.check_against_reference(advantages, responses, tree_mask, scores, group_ids, **options,
-                                             max_groups=int(_option(config, "tempo_trust_groups", 4)))
+            tempo_rl.check_against_reference(
+                advantages,
+                responses,
+                tree_mask,
+                scores,
+                group_ids,
+                **options,
+                max_groups=int(_option(config, "tempo_trust_groups", 4)),
+            )
     if call is not None:
         call.stats.update(stats.as_metrics(prefix="tempo/"))
     return advantages, advantages

@@ -3,7 +3,7 @@
 Imports nothing from torch, `fast/` or `trainer/` (proofs_notes/tempo.md has the mathematics).
 """
 
-from .advantage import GroupMoments, grpo_advantages, group_rows, td_values, tempo_advantages
+from .advantage import GroupMoments, group_rows, grpo_advantages, td_values, tempo_advantages
 from .loop import loop_tempo_advantages
 from .stats import GroupTreeStats, TreeStats, tree_stats
 from .trie import Node, PrefixTree

@@ -43,8 +43,12 @@ class GroupMoments:
         mean = sum(rewards, Fraction(0)) / size
         ss = sum(((r - mean) ** 2 for r in rewards), Fraction(0))
         exponent = math.frexp(float(max((abs(r) for r in rewards), default=0)))[1] - 1
-        return cls(size=size, mean=mean, var=ss / (size - 1) if size > 1 else Fraction(0),
-                   exponent=min(max(exponent, -1074), 1023))
+        return cls(
+            size=size,
+            mean=mean,
+            var=ss / (size - 1) if size > 1 else Fraction(0),
+            exponent=min(max(exponent, -1074), 1023),
+        )
 
     @property
     def std(self) -> float:
@@ -64,12 +68,15 @@ def _to_float(value: Fraction, name: str) -> float:
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"{name} too large: the advantages overflow float64 (largest finite is "
-                         f"{sys.float_info.max:.3g}); rescale it") from None
+        raise ValueError(
+            f"{name} too large: the advantages overflow float64 (largest finite is "
+            f"{sys.float_info.max:.3g}); rescale it"
+        ) from None
 
 
-def normalise(numerator: Fraction, moments: GroupMoments, *, norm_by_std: bool, eps: float,
-              name: str = "rewards") -> float:
+def normalise(
+    numerator: Fraction, moments: GroupMoments, *, norm_by_std: bool, eps: float, name: str = "rewards"
+) -> float:
     """The rounding step: numerator / (sigma_g + eps) in float64 (or the numerator itself).
 
     Numerator, sigma_g and eps are divided by s_g = 2^e first (exact), so the quotient is the one
@@ -106,8 +113,7 @@ def _masked(values: list[float], mask: Sequence[bool] | None) -> list[float]:
 def _check_lengths(sequences, rewards, group_ids, loss_masks) -> None:
     if not (len(sequences) == len(rewards) == len(group_ids)):
         raise ValueError(
-            f"sequences, rewards and group_ids differ in length: "
-            f"{len(sequences)}, {len(rewards)}, {len(group_ids)}"
+            f"sequences, rewards and group_ids differ in length: {len(sequences)}, {len(rewards)}, {len(group_ids)}"
         )
     if loss_masks is not None:
         for i, (seq, mask) in enumerate(zip(sequences, loss_masks, strict=True)):
@@ -149,8 +155,13 @@ def tempo_advantages(
         for k, i in enumerate(rows):
             base = tree.rewards[k] - moments.mean
             values = [
-                normalise(base + coef * td, moments, norm_by_std=norm_by_std, eps=eps,
-                          name="rewards" if td == 0 else "td_coef")
+                normalise(
+                    base + coef * td,
+                    moments,
+                    norm_by_std=norm_by_std,
+                    eps=eps,
+                    name="rewards" if td == 0 else "td_coef",
+                )
                 for td in tree.td(k)
             ]
             out[i] = _masked(values, loss_masks[i] if loss_masks is not None else None)

@@ -79,10 +79,11 @@ def render() -> str:
         f"{stats.n_branch_tokens} of {stats.n_tokens} tokens are branch tokens, "
         f"first branch at depth {stats.first_branch_depth}.",
         "",
-        "Per token: TD = V(child) - V(parent); A_grpo = (R - mu)/(sigma + eps);"
-        " A_tempo = (R - mu + TD)/(sigma + eps)",
+        "Per token: TD = V(child) - V(parent); A_grpo = (R - mu)/(sigma + eps); A_tempo = (R - mu + TD)/(sigma + eps)",
     ]
-    header = f"  {'resp':<4} {'t':>2} {'token':<5} {'V(parent)':>9} {'V(child)':>9} {'TD':>6} {'A_grpo':>9} {'A_tempo':>9}"
+    header = (
+        f"  {'resp':<4} {'t':>2} {'token':<5} {'V(parent)':>9} {'V(child)':>9} {'TD':>6} {'A_grpo':>9} {'A_tempo':>9}"
+    )
     out.append(header)
     for k, seq in enumerate(sequences):
         path = tree.path(k)

@@ -75,8 +75,9 @@ def check_mask(mask: Any, name: str, shape: tuple[int, int], device: torch.devic
             raise TypeError(f"{name} must be a (B, L) tensor of 0/1: {e}") from None
     if tuple(mask.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape} like responses")
-    if mask.dtype.is_complex or not (mask.dtype == torch.bool or mask.dtype in _INT_DTYPES
-                                     or mask.dtype.is_floating_point):
+    if mask.dtype.is_complex or not (
+        mask.dtype == torch.bool or mask.dtype in _INT_DTYPES or mask.dtype.is_floating_point
+    ):
         raise TypeError(f"{name} must be bool or 0/1, got dtype {mask.dtype}")
     mask = mask.to(device)
     if mask.dtype != torch.bool:
@@ -110,10 +111,7 @@ def check_prefix_mask(mask: torch.Tensor) -> torch.Tensor:
     not_prefix = (bits[:, 1:] > bits[:, :-1]).any(dim=1)  # (B,) a 0 -> 1 step
     if bool(not_prefix.any()):
         row = _first_bad_row(not_prefix)
-        raise ValueError(
-            f"response_mask row {row} is not a contiguous prefix of ones "
-            f"(responses must be right-padded)"
-        )
+        raise ValueError(f"response_mask row {row} is not a contiguous prefix of ones (responses must be right-padded)")
     first_zero = bits.argmin(dim=1)  # (B,) the first 0, or 0 for a row of ones
     return torch.where(bits[:, -1].bool(), length, first_zero).to(torch.int64)
 
@@ -155,8 +153,10 @@ def check_group_ids(group_ids: Any, batch: int, device: torch.device) -> tuple[t
         if group_ids.ndim != 1:
             raise ValueError(f"group_ids must be 1-D, got shape {group_ids.shape}")
     elif isinstance(group_ids, (set, frozenset, dict)):
-        raise TypeError(f"group_ids must be an ordered sequence of B ids (a list, tuple, array or tensor), "
-                        f"got a {type(group_ids).__name__}, whose order is not the batch's")
+        raise TypeError(
+            f"group_ids must be an ordered sequence of B ids (a list, tuple, array or tensor), "
+            f"got a {type(group_ids).__name__}, whose order is not the batch's"
+        )
     elif isinstance(group_ids, (str, bytes)) or not hasattr(group_ids, "__len__"):
         raise TypeError(f"group_ids must be a sequence of B ids, got {type(group_ids).__name__}")
     if len(group_ids) != batch:

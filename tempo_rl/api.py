@@ -21,11 +21,21 @@ def _backend_for(batch: Batch, backend: str):
     return get_backend(resolve_backend(backend, batch.device))
 
 
-def _run(batch: Batch, backend: str, *, norm_by_std: bool, eps: float, td_coef: float,
-         with_stats: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _run(
+    batch: Batch, backend: str, *, norm_by_std: bool, eps: float, td_coef: float, with_stats: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     fn = _backend_for(batch, backend).advantages_and_stats
-    return fn(batch.responses, batch.lengths, batch.rewards, batch.group_index, batch.loss_mask,
-              norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, with_stats=with_stats)
+    return fn(
+        batch.responses,
+        batch.lengths,
+        batch.rewards,
+        batch.group_index,
+        batch.loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        with_stats=with_stats,
+    )
 
 
 def stats_from_table(table: torch.Tensor, group_keys: Sequence[Hashable]) -> TreeStats:
@@ -81,8 +91,9 @@ def tempo_advantages(
     """
     check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    out, _ = _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef),
-                  with_stats=False)
+    out, _ = _run(
+        batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef), with_stats=False
+    )
     return out
 
 
@@ -104,8 +115,9 @@ def tempo_advantages_with_stats(
     """
     check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    out, table = _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef),
-                      with_stats=True)
+    out, table = _run(
+        batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef), with_stats=True
+    )
     assert table is not None
     return out, stats_from_table(table, batch.group_keys)
 

@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from .fast.prefix_values_torch import Runs
 from .fast.stats_torch import NO_BRANCH, STAT_COLUMNS
 from .reference import advantage as ref_advantage
 from .reference import prefix_values as ref_prefix_values
@@ -45,8 +46,8 @@ class Backend:
     name: str
     advantages_and_stats: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
     tree_stats: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    # (responses, lengths, rewards, group_index) -> the compact prefix values (fast.prefix_values_torch.Runs)
-    prefix_runs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
+    # (responses, lengths, rewards, group_index) -> the compact prefix values
+    prefix_runs: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Runs]
     # The PPO policy loss from hidden states and the LM head (`tempo_rl.fused_policy_loss`): "reference"
     # materialises the (B, T, V) logits, the others never do.
     policy_loss: Callable[..., tuple[torch.Tensor, dict]]
@@ -65,8 +66,10 @@ def _pad(rows: list[list[float]], shape: tuple[int, int], dtype: torch.dtype, de
             out[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
     out = out.to(dtype)
     if not bool(torch.isfinite(out).all()):
-        raise ValueError(f"rewards (with norm_by_std=False) or td_coef too large: the advantages overflow {dtype} "
-                         f"(largest finite is {torch.finfo(dtype).max:.3g}); rescale it")
+        raise ValueError(
+            f"rewards (with norm_by_std=False) or td_coef too large: the advantages overflow {dtype} "
+            f"(largest finite is {torch.finfo(dtype).max:.3g}); rescale it"
+        )
     return out.to(device)
 
 
@@ -98,17 +101,15 @@ def _reference_advantages(
     if td_coef == 0.0:  # GRPO: the same numbers TEMPO gives with td_coef = 0 (Proposition 2)
         rows = ref_advantage.grpo_advantages(*args, loss_masks=loss, norm_by_std=norm_by_std, eps=eps)
     else:
-        rows = ref_advantage.tempo_advantages(*args, loss_masks=loss, norm_by_std=norm_by_std, eps=eps,
-                                              td_coef=td_coef)
+        rows = ref_advantage.tempo_advantages(*args, loss_masks=loss, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
     out = _pad(rows, tuple(responses.shape), rewards.dtype, responses.device)  # type: ignore[arg-type]
     return out, _reference_stats(responses, lengths, group_index) if with_stats else None
 
 
-def _reference_prefix_runs(responses: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor,
-                           group_index: torch.Tensor) -> tuple:
+def _reference_prefix_runs(
+    responses: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor, group_index: torch.Tensor
+) -> Runs:
     """The trie's exact prefix values, each V(s) rounded once to float64, in the compact layout."""
-    from .fast.prefix_values_torch import Runs
-
     runs = ref_prefix_values.prefix_values(_ragged(responses, lengths), rewards.cpu().tolist(), group_index.tolist())
     offsets = [0]
     for r in runs:
@@ -117,8 +118,7 @@ def _reference_prefix_runs(responses: torch.Tensor, lengths: torch.Tensor, rewar
     return Runs(
         branch_offsets=ints(offsets),
         branch_t=ints([t for r in runs for t in r.branch]),
-        run_value=torch.tensor([float(v) for r in runs for v in r.value], dtype=torch.float64,
-                               device=responses.device),
+        run_value=torch.tensor([float(v) for r in runs for v in r.value], dtype=torch.float64, device=responses.device),
         run_count=ints([n for r in runs for n in r.count]),
         run_first=ints([f for r in runs for f in r.first]),
     )
@@ -127,27 +127,41 @@ def _reference_prefix_runs(responses: torch.Tensor, lengths: torch.Tensor, rewar
 def _load_reference() -> Backend:
     from .fast import policy_loss_torch
 
-    return Backend("reference", _reference_advantages, _reference_stats, _reference_prefix_runs,
-                   policy_loss_torch.policy_loss_ref)
+    return Backend(
+        "reference", _reference_advantages, _reference_stats, _reference_prefix_runs, policy_loss_torch.policy_loss_ref
+    )
 
 
 # ----------------------------------------------------------------------------- fast
 def _load_torch() -> Backend:
     from .fast import advantage_torch, policy_loss_torch, prefix_values_torch
 
-    return Backend("torch", advantage_torch.advantages_and_stats, advantage_torch.tree_stats,
-                   prefix_values_torch.prefix_runs, policy_loss_torch.policy_loss_chunked)
+    return Backend(
+        "torch",
+        advantage_torch.advantages_and_stats,
+        advantage_torch.tree_stats,
+        prefix_values_torch.prefix_runs,
+        policy_loss_torch.policy_loss_chunked,
+    )
 
 
 def _load_triton() -> Backend:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         raise ImportError("Triton needs a CUDA device here (or TRITON_INTERPRET=1 to interpret it on CPU)")
-    from .fast import advantage_triton, policy_loss_triton  # import triton: ImportError where it is missing
-    from .fast import prefix_values_torch
+    from .fast import (  # import triton: ImportError where it is missing
+        advantage_triton,
+        policy_loss_triton,
+        prefix_values_torch,
+    )
 
     # Prefix values have no kernel of their own: the torch path runs on the same CUDA tensors.
-    return Backend("triton", advantage_triton.advantages_and_stats, advantage_triton.tree_stats,
-                   prefix_values_torch.prefix_runs, policy_loss_triton.policy_loss_triton)
+    return Backend(
+        "triton",
+        advantage_triton.advantages_and_stats,
+        advantage_triton.tree_stats,
+        prefix_values_torch.prefix_runs,
+        policy_loss_triton.policy_loss_triton,
+    )
 
 
 _LOADERS: dict[str, Callable[[], Backend]] = {

@@ -13,8 +13,10 @@ import sys
 COMMANDS = {
     "example": ("tempo_rl.cli_example", "print the worked example (tree, values, TEMPO vs GRPO)"),
     "inspect": ("tempo_rl.cli_inspect", "draw a group's prefix tree and per-token advantages (HTML, PNG, text)"),
-    "bench": ("tempo_rl.benchmarks.bench_advantage", "time the advantage backends; tables and plots go to --out "
-              "(default: the current directory)"),
+    "bench": (
+        "tempo_rl.benchmarks.bench_advantage",
+        "time the advantage backends; tables and plots go to --out (default: the current directory)",
+    ),
     "train": ("tempo_rl.trainer.train", "train a causal LM with TEMPO / GRPO advantages (PPO-clip)"),
     "compare": ("tempo_rl.trainer.compare", "TEMPO vs GRPO: seeds x learning-rate sweep, curves, gradient cosine"),
     "check": ("tempo_rl.cli_check", "check a TEMPO implementation against the reference (tempo_rl.testing)"),

@@ -20,20 +20,36 @@ ADAPTERS = ("plain", "verl", "per-row")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="module:function or path/to/file.py:function")
-    parser.add_argument("--adapter", choices=ADAPTERS, default="plain",
-                        help="the target's signature (default: plain, like tempo_rl.tempo_advantages)")
-    parser.add_argument("--supports", default="loss_mask,norm_by_std,eps,td_coef",
-                        help="comma-separated options the target takes (default: all four; '' for none)")
+    parser.add_argument(
+        "--adapter",
+        choices=ADAPTERS,
+        default="plain",
+        help="the target's signature (default: plain, like tempo_rl.tempo_advantages)",
+    )
+    parser.add_argument(
+        "--supports",
+        default="loss_mask,norm_by_std,eps,td_coef",
+        help="comma-separated options the target takes (default: all four; '' for none)",
+    )
     parser.add_argument("--max-examples", type=int, default=500, help="random batches to check (default 500)")
     parser.add_argument("--seed", type=int, default=None, help="fix the random draws")
     parser.add_argument("--td-coef", type=float, default=1.0, help="td_coef to check with (default 1.0)")
     parser.add_argument("--eps", type=float, default=1e-6, help="eps to check with (default 1e-6)")
-    parser.add_argument("--no-norm-by-std", dest="norm_by_std", action="store_false",
-                        help="check the Dr. GRPO form (norm_by_std=False)")
-    parser.add_argument("--no-exact-non-branch", dest="exact_non_branch", action="store_false",
-                        help="non-branch tokens within tolerance of GRPO rather than bitwise")
-    parser.add_argument("--no-batch-invariant", dest="batch_invariant", action="store_false",
-                        help="do not check bitwise batch invariance")
+    parser.add_argument(
+        "--no-norm-by-std", dest="norm_by_std", action="store_false", help="check the Dr. GRPO form (norm_by_std=False)"
+    )
+    parser.add_argument(
+        "--no-exact-non-branch",
+        dest="exact_non_branch",
+        action="store_false",
+        help="non-branch tokens within tolerance of GRPO rather than bitwise",
+    )
+    parser.add_argument(
+        "--no-batch-invariant",
+        dest="batch_invariant",
+        action="store_false",
+        help="do not check bitwise batch invariance",
+    )
     parser.add_argument("--device", default=None, help="move tensors there first (plain, verl), e.g. cuda")
 
 
@@ -65,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = testing.check_implementation(
-            impl, norm_by_std=args.norm_by_std, td_coef=args.td_coef, eps=args.eps,
-            exact_non_branch=args.exact_non_branch, batch_invariant=args.batch_invariant,
-            max_examples=args.max_examples, seed=args.seed,
+            impl,
+            norm_by_std=args.norm_by_std,
+            td_coef=args.td_coef,
+            eps=args.eps,
+            exact_non_branch=args.exact_non_branch,
+            batch_invariant=args.batch_invariant,
+            max_examples=args.max_examples,
+            seed=args.seed,
         )
     except testing.Counterexample as e:
         print(e)

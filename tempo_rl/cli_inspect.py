@@ -29,14 +29,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = INPUT_HELP
     parser.add_argument("input", type=Path, help="rollouts or trainer dump, JSONL")
     parser.add_argument("-o", "--out", type=Path, default=Path("out"), help="output directory (default: out/)")
-    parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="tokenizer.json file (tokenizers) or a local directory for transformers' AutoTokenizer")
-    parser.add_argument("--group", action="append", default=None, metavar="ID",
-                        help="only this group id (repeatable); 'STEP:ID' picks one step of a trainer dump")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer.json file (tokenizers) or a local directory for transformers' AutoTokenizer",
+    )
+    parser.add_argument(
+        "--group",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="only this group id (repeatable); 'STEP:ID' picks one step of a trainer dump",
+    )
     parser.add_argument("--td-coef", type=float, default=1.0, help="weight of the TD term (default 1.0)")
     parser.add_argument("--eps", type=float, default=1e-6, help="added to the group std (default 1e-6)")
-    parser.add_argument("--no-norm-by-std", dest="norm_by_std", action="store_false",
-                        help="do not divide by the group std (Dr. GRPO form)")
+    parser.add_argument(
+        "--no-norm-by-std",
+        dest="norm_by_std",
+        action="store_false",
+        help="do not divide by the group std (Dr. GRPO form)",
+    )
     parser.add_argument("--backend", default="auto", help="advantage backend: auto, reference, torch, triton")
     parser.add_argument("--no-png", dest="png", action="store_false", help="skip the matplotlib PNG")
     parser.add_argument("--top", type=int, default=5, help="tokens listed per group in the summary (default 5)")

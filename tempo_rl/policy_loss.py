@@ -76,12 +76,31 @@ def fused_policy_loss(
     if kl_coef and ref_logp is None:
         raise ValueError("ref_logp is required when kl_coef > 0")
     impl = get_backend(resolve_loss_backend(backend, hidden.device)).policy_loss
-    return impl(hidden, weight, targets, old_logp, advantages, mask, bias=bias, ref_logp=ref_logp, kl_coef=kl_coef,
-                clip_low=clip_low, clip_high=clip_high, temperature=temperature, aggregation=aggregation)
+    return impl(
+        hidden,
+        weight,
+        targets,
+        old_logp,
+        advantages,
+        mask,
+        bias=bias,
+        ref_logp=ref_logp,
+        kl_coef=kl_coef,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        temperature=temperature,
+        aggregation=aggregation,
+    )
 
 
-def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                   bias: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+def fused_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """log p(targets) (B, T) float32 from hidden (B, T, H) and the LM head, in chunks, without gradient."""
     _check_float("hidden", hidden, 3)
     _check_head(hidden, weight, bias)
@@ -125,16 +144,18 @@ def _check_head(hidden, weight, bias) -> None:
     if weight.dtype != hidden.dtype:
         raise TypeError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
     if weight.shape[1] != hidden.shape[2]:
-        raise ValueError(f"weight must be (V, H) with H = hidden.shape[2] = {hidden.shape[2]}, "
-                         f"got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be (V, H) with H = hidden.shape[2] = {hidden.shape[2]}, got {tuple(weight.shape)}"
+        )
     if weight.shape[0] == 0:
         raise ValueError("weight must have at least one row (V >= 1)")
     if bias is not None:
         _check_float("bias", bias, 1)
         _check_device("bias", bias, hidden)
         if bias.dtype != hidden.dtype or bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias must be ({weight.shape[0]},) of dtype {hidden.dtype}, "
-                             f"got {tuple(bias.shape)} {bias.dtype}")
+            raise ValueError(
+                f"bias must be ({weight.shape[0]},) of dtype {hidden.dtype}, got {tuple(bias.shape)} {bias.dtype}"
+            )
 
 
 def _check_targets(targets, bt: tuple[int, ...], vocab: int) -> None:
@@ -144,8 +165,9 @@ def _check_targets(targets, bt: tuple[int, ...], vocab: int) -> None:
         raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
     _check_shape("targets", targets, bt)
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ValueError(f"targets must lie in [0, V) with V = {vocab}, got values in "
-                         f"[{int(targets.min())}, {int(targets.max())}]")
+        raise ValueError(
+            f"targets must lie in [0, V) with V = {vocab}, got values in [{int(targets.min())}, {int(targets.max())}]"
+        )
 
 
 def _check_float(name: str, x, dim: int) -> None:
@@ -159,8 +181,9 @@ def _check_float(name: str, x, dim: int) -> None:
 
 def _check_shape(name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape (B, T) = {tuple(shape)} like hidden's first two dims, "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (B, T) = {tuple(shape)} like hidden's first two dims, got {tuple(x.shape)}"
+        )
 
 
 def _check_device(name: str, x: torch.Tensor, hidden: torch.Tensor) -> None:

@@ -139,18 +139,30 @@ class PrefixValues:
         parent = root[row] + j  # run j holds the parent of branch token j, run j + 1 its child
         node = self.run_first[parent] * (self.width + 1) + self.branch_t  # (member set, depth)
         return BranchPoints(
-            row=row, t=self.branch_t,
-            v_parent=self.run_value[parent], v_child=self.run_value[parent + 1],
-            n_parent=self.run_count[parent], n_child=self.run_count[parent + 1],
-            node=node, mu=self.run_value[root[row]],
+            row=row,
+            t=self.branch_t,
+            v_parent=self.run_value[parent],
+            v_child=self.run_value[parent + 1],
+            n_parent=self.run_count[parent],
+            n_child=self.run_count[parent + 1],
+            node=node,
+            mu=self.run_value[root[row]],
         )
 
 
 def _runs(batch: Batch, backend: str) -> PrefixValues:
     fn = get_backend(resolve_backend(backend, batch.device)).prefix_runs
     runs = fn(batch.responses, batch.lengths, batch.rewards, batch.group_index)
-    return PrefixValues(batch.lengths, runs.branch_offsets, runs.branch_t, runs.run_value, runs.run_count,
-                        runs.run_first, width=batch.shape[1], group_index=batch.group_index)
+    return PrefixValues(
+        batch.lengths,
+        runs.branch_offsets,
+        runs.branch_t,
+        runs.run_value,
+        runs.run_count,
+        runs.run_first,
+        width=batch.shape[1],
+        group_index=batch.group_index,
+    )
 
 
 def prefix_values(
@@ -234,8 +246,13 @@ class BranchSNRStats:
             d2, s2 = float(self.delta2[pick].sum()), float(self.sigma2[pick].sum())
             r = d2 / s2 if s2 > 0 else math.nan
             ratio = float(predicted_snr_ratio(m, max(r, 0.0))) if s2 > 0 else math.nan
-            out[m] = {"nodes": int(pick.sum()), "delta2_sum": d2, "sigma2_sum": s2, "r": r,
-                      "predicted_snr_ratio": ratio}
+            out[m] = {
+                "nodes": int(pick.sum()),
+                "delta2_sum": d2,
+                "sigma2_sum": s2,
+                "r": r,
+                "predicted_snr_ratio": ratio,
+            }
         return out
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
@@ -272,8 +289,12 @@ def branch_snr_stats(
     offset = p.v_parent[keep] - p.mu[keep]
     sigma2 = (m / (m - 1)) * (q.v_parent[keep] - offset * offset).clamp_min(0.0)  # m >= 2 at a branch
     return BranchSNRStats(
-        m=m, depth=p.t[keep], group_size=first.group_size[p.row[keep]],
-        offset=offset, sigma2=sigma2, delta2=offset * offset - sigma2 / m,
+        m=m,
+        depth=p.t[keep],
+        group_size=first.group_size[p.row[keep]],
+        offset=offset,
+        sigma2=sigma2,
+        delta2=offset * offset - sigma2 / m,
     )
 
 

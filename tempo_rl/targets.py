@@ -42,8 +42,10 @@ def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        raise ImportError(f"cannot import {name!r} ({type(e).__name__}: {e}); run from the directory that holds "
-                          f"it, or give a file: path/to/{name.replace('.', '/')}.py:function") from None
+        raise ImportError(
+            f"cannot import {name!r} ({type(e).__name__}: {e}); run from the directory that holds "
+            f"it, or give a file: path/to/{name.replace('.', '/')}.py:function"
+        ) from None
 
 
 def load_target(target: str) -> Any:

@@ -14,8 +14,8 @@ from typing import Hashable, Sequence
 
 import torch
 
-from .api import tempo_advantages
 from ._validate import validate
+from .api import tempo_advantages
 
 
 class AdvantageMismatch(RuntimeError):
@@ -30,8 +30,9 @@ class TrustReport:
     max_abs_diff: float
 
 
-def _sample_groups(group_index: torch.Tensor, lengths: torch.Tensor, *, max_groups: int, max_tokens: int,
-                   seed: int) -> list[int]:
+def _sample_groups(
+    group_index: torch.Tensor, lengths: torch.Tensor, *, max_groups: int, max_tokens: int, seed: int
+) -> list[int]:
     """Dense indices of up to `max_groups` groups, in a seeded random order, within `max_tokens`
     (always at least one group)."""
     n_groups = int(group_index.max()) + 1 if group_index.numel() else 0
@@ -72,18 +73,26 @@ def check_against_reference(
     the batch row and the token.
     """
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    chosen = _sample_groups(batch.group_index, batch.lengths, max_groups=max_groups, max_tokens=max_tokens,
-                            seed=seed)
+    chosen = _sample_groups(batch.group_index, batch.lengths, max_groups=max_groups, max_tokens=max_tokens, seed=seed)
     if not chosen:
         return TrustReport(0, 0, 0, 0.0)
     rows = torch.nonzero(torch.isin(batch.group_index.cpu(), torch.tensor(chosen)))[:, 0]  # (b,) batch order
     take = rows.to(batch.device)
-    ref = tempo_advantages(
-        batch.responses[take], batch.lengths[take, None] > torch.arange(batch.shape[1], device=batch.device),
-        batch.rewards[take], batch.group_index[take],
-        loss_mask=None if batch.loss_mask is None else batch.loss_mask[take],
-        norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, backend="reference",
-    ).double().cpu()  # (b, L)
+    ref = (
+        tempo_advantages(
+            batch.responses[take],
+            batch.lengths[take, None] > torch.arange(batch.shape[1], device=batch.device),
+            batch.rewards[take],
+            batch.group_index[take],
+            loss_mask=None if batch.loss_mask is None else batch.loss_mask[take],
+            norm_by_std=norm_by_std,
+            eps=eps,
+            td_coef=td_coef,
+            backend="reference",
+        )
+        .double()
+        .cpu()
+    )  # (b, L)
     got = advantages[take].double().cpu()
     err = (got - ref).abs()
     bound = atol * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0)

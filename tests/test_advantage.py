@@ -19,8 +19,8 @@ import tempo_rl
 from tempo_rl.reference import (
     GroupMoments,
     PrefixTree,
-    grpo_advantages,
     group_rows,
+    grpo_advantages,
     loop_tempo_advantages,
     td_values,
     tempo_advantages,
@@ -237,8 +237,10 @@ def test_prop5b_batch_invariance_bitwise(case, other, data):
 
 @given(case=cases(max_batch=10, max_len=6), value=st.floats(-1e6, 1e6, allow_nan=False, width=32))
 @settings(max_examples=150)
-@example(case=Case(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.bool),
-                   torch.tensor([1.0]), [0], None), value=0.1)
+@example(
+    case=Case(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, dtype=torch.bool), torch.tensor([1.0]), [0], None),
+    value=0.1,
+)
 def test_prop6_equal_rewards_and_singletons_give_zero(case, value):
     equal = case.with_rewards(torch.full_like(case.rewards, value))
     assert not _api(equal).any()
@@ -297,8 +299,12 @@ def test_worked_example_values():
     g = 0.5 / (sigma + 1e-6)
     assert grpo == [[g] * 5, [-g] * 5, [g] * 5, [-g] * 2]
     # y1 decides at '5' (V 1/2 -> 1), y2 at '6' (1/2 -> 0), y3 at 'y' (1/2 -> 1), y4 at '</s>'.
-    assert tempo == [[g, g, g, 1 / (sigma + 1e-6), g], [-g, -g, -g, -1 / (sigma + 1e-6), -g],
-                     [g, 1 / (sigma + 1e-6), g, g, g], [-g, -1 / (sigma + 1e-6)]]
+    assert tempo == [
+        [g, g, g, 1 / (sigma + 1e-6), g],
+        [-g, -g, -g, -1 / (sigma + 1e-6), -g],
+        [g, 1 / (sigma + 1e-6), g, g, g],
+        [-g, -1 / (sigma + 1e-6)],
+    ]
     assert td_values(seqs, rews, ids)[0] == [0, 0, 0, Fraction(1, 2), 0]
 
 
@@ -368,6 +374,13 @@ def test_loss_mask_zeros_inside_a_response_keep_td_after_them(backend):
     give it GRPO's 0.5). Dr. GRPO form, mu = 1/2, TD at token 3 = +-1/2."""
     y = torch.tensor([[1, 9, 9, 2], [1, 9, 9, 3]])
     loss = torch.tensor([[1, 0, 0, 1], [1, 0, 0, 1]])
-    out = tempo_rl.tempo_advantages(y, torch.ones_like(y), torch.tensor([1.0, 0.0], dtype=torch.float64), [0, 0],
-                                    loss_mask=loss, norm_by_std=False, backend=backend)
+    out = tempo_rl.tempo_advantages(
+        y,
+        torch.ones_like(y),
+        torch.tensor([1.0, 0.0], dtype=torch.float64),
+        [0, 0],
+        loss_mask=loss,
+        norm_by_std=False,
+        backend=backend,
+    )
     assert out.tolist() == [[0.5, 0.0, 0.0, 1.0], [-0.5, 0.0, 0.0, -1.0]]

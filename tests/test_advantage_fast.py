@@ -51,8 +51,7 @@ def _examples(backend: str, n: int):
 def _on_device(case: Case, int32: bool = False) -> Case:
     move = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     responses = case.responses.to(torch.int32) if int32 else case.responses
-    return Case(move(responses), move(case.response_mask), move(case.rewards), case.group_ids,
-                move(case.loss_mask))
+    return Case(move(responses), move(case.response_mask), move(case.rewards), case.group_ids, move(case.loss_mask))
 
 
 def _fast(case: Case, backend: str, *, grpo: bool = False, **kw) -> torch.Tensor:
@@ -75,8 +74,9 @@ def _tolerance(case: Case, out_dtype: torch.dtype, norm_by_std: bool, eps: float
     return tol
 
 
-def assert_matches_reference(fast: torch.Tensor, ref: torch.Tensor, case: Case, *, norm_by_std: bool,
-                             eps: float = 1e-6) -> None:
+def assert_matches_reference(
+    fast: torch.Tensor, ref: torch.Tensor, case: Case, *, norm_by_std: bool, eps: float = 1e-6
+) -> None:
     assert fast.dtype == ref.dtype and fast.shape == ref.shape
     assert torch.isfinite(fast).all()
     rtol = 2.0**-23 if fast.dtype == torch.float32 else 4 * 2.0**-52
@@ -119,8 +119,12 @@ def test_fast_equals_reference(backend, max_group, max_batch, max_len):
     padding, binary/continuous/equal/offset rewards, loss masks, both norms, td_coef 0/0.5/1,
     float32/float64 rewards, int32/int64 ids."""
 
-    @given(case=cases(max_batch=max_batch, max_len=max_len, max_group=max_group),
-           norm=st.booleans(), coef=st.sampled_from([0.0, 0.5, 1.0]), int32=st.booleans())
+    @given(
+        case=cases(max_batch=max_batch, max_len=max_len, max_group=max_group),
+        norm=st.booleans(),
+        coef=st.sampled_from([0.0, 0.5, 1.0]),
+        int32=st.booleans(),
+    )
     @_examples(backend, 250 if max_group < 10 else 40)
     @edge_examples
     def check(case, norm, coef, int32):
@@ -211,8 +215,12 @@ def test_fast_batch_invariance_bitwise(backend):
     """Spec 5b: a group's rows are bitwise the same alone and among other groups (of other sizes,
     so other chunking and block sizes), at any positions."""
 
-    @given(case=cases(max_batch=8, max_len=7, max_group=8), other=cases(max_batch=40, max_len=7, max_group=33),
-           data=st.data(), coef=st.sampled_from([0.5, 1.0]))
+    @given(
+        case=cases(max_batch=8, max_len=7, max_group=8),
+        other=cases(max_batch=40, max_len=7, max_group=33),
+        data=st.data(),
+        coef=st.sampled_from([0.5, 1.0]),
+    )
     @_examples(backend, 100)
     def check(case, other, data, coef):
         L = max(case.responses.shape[1], other.responses.shape[1])
@@ -234,14 +242,18 @@ def test_fast_degenerate_groups_are_exactly_zero(backend):
     """Proposition 6: equal rewards (even ones whose float mean is not the value) and groups of
     one give exactly 0, never rounding noise / eps, never NaN."""
 
-    @given(case=cases(max_batch=10, max_len=6, max_group=8),
-           value=st.sampled_from([0.1, -0.3, 1e6 + 0.1, 7.0, 0.0]), eps=st.sampled_from([1e-6, 0.0]))
+    @given(
+        case=cases(max_batch=10, max_len=6, max_group=8),
+        value=st.sampled_from([0.1, -0.3, 1e6 + 0.1, 7.0, 0.0]),
+        eps=st.sampled_from([1e-6, 0.0]),
+    )
     @_examples(backend, 80)
     def check(case, value, eps):
         equal = _on_device(case.with_rewards(torch.full_like(case.rewards, value)))
         assert not _fast(equal, backend, eps=eps).any()
-        singles = _on_device(Case(case.responses, case.response_mask, case.rewards,
-                                  list(range(len(case.group_ids))), case.loss_mask))
+        singles = _on_device(
+            Case(case.responses, case.response_mask, case.rewards, list(range(len(case.group_ids))), case.loss_mask)
+        )
         assert not _fast(singles, backend, eps=eps).any()
 
     check()
@@ -278,8 +290,13 @@ def test_triton_kernels_compile_for_sm90():
     warps (reported, see proofs_notes/fast-algorithm.md)."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "0"}
-    done = subprocess.run([sys.executable, "-m", "tempo_rl.benchmarks.compile_kernels"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "tempo_rl.benchmarks.compile_kernels"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert {r["block_g"] for r in rows if r["kernel"] == "group"} == {2, 4, 8, 16, 32, 64}

@@ -17,8 +17,12 @@ def test_loop_tensor_baseline_equals_reference():
 
 
 def test_bench_data_shapes():
-    stats = {k: tempo_rl.tree_stats(*(make_batch(Shape(32, 8, 64, k), device="cpu")[n]
-                                      for n in ("responses", "response_mask", "group_ids"))) for k in KINDS}
+    stats = {
+        k: tempo_rl.tree_stats(
+            *(make_batch(Shape(32, 8, 64, k), device="cpu")[n] for n in ("responses", "response_mask", "group_ids"))
+        )
+        for k in KINDS
+    }
     assert stats["identical"].n_branch_tokens == 0
     assert stats["distinct"].mean_first_branch_depth == 0
     assert stats["branching"].mean_first_branch_depth > 0

@@ -19,7 +19,6 @@ def test_version(capsys):
 
 def test_bench_and_compare_write_to_the_working_directory_by_default():
     parser = cli.build_parser()
-    package = Path(tempo_rl.__file__).resolve().parent.parent
     bench_out = parser.parse_args(["bench"]).out
     compare_out = Path(parser.parse_args(["compare"]).out)
     assert not bench_out.is_absolute() and bench_out == Path(".")

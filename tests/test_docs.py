@@ -5,8 +5,9 @@ describe are the code's."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -48,8 +49,15 @@ def test_install_commands_install_from_source():
 
 def test_first_screen_shows_make_and_the_three_ways_in():
     first = "\n".join(README.splitlines()[:30])
-    for needle in ("make demo", "make test", "tempo_advantages", "TempoGRPOTrainer", "adv_estimator=tempo",
-                   "examples/trl_tempo_grpo.py", "examples/verl_tempo_qwen3_1.7b.sh"):
+    for needle in (
+        "make demo",
+        "make test",
+        "tempo_advantages",
+        "TempoGRPOTrainer",
+        "adv_estimator=tempo",
+        "examples/trl_tempo_grpo.py",
+        "examples/verl_tempo_qwen3_1.7b.sh",
+    ):
         assert needle in first, needle
 
 

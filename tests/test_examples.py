@@ -54,12 +54,46 @@ def test_example_config_is_valid_as_shipped():
 def test_tempo_rl_train_runs_the_example_config(tiny_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository root, as the README runs it
     out = tmp_path / "run"
-    rc = cli.main(["train", "--config", str(EXAMPLES / "train_tempo.yaml"), "--model", tiny_path,
-                   "--device", "cpu", "--dtype", "float32", "--no-chat-template", "--no-gradient-checkpointing",
-                   "--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "8",
-                   "--mini-batches", "1", "--grad-accum", "2", "--eval-every", "2", "--eval-prompts", "2",
-                   "--save-every", "0", "--dump-rollouts-every", "1", "--threads", "1", "--no-progress",
-                   "--output-dir", str(out)])
+    rc = cli.main(
+        [
+            "train",
+            "--config",
+            str(EXAMPLES / "train_tempo.yaml"),
+            "--model",
+            tiny_path,
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--no-chat-template",
+            "--no-gradient-checkpointing",
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--group-size",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--mini-batches",
+            "1",
+            "--grad-accum",
+            "2",
+            "--eval-every",
+            "2",
+            "--eval-prompts",
+            "2",
+            "--save-every",
+            "0",
+            "--dump-rollouts-every",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--output-dir",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]

@@ -42,8 +42,10 @@ def api_advantages(rollouts, settings: Settings = Settings()):
     kw = dict(norm_by_std=settings.norm_by_std, eps=settings.eps, backend=settings.backend)
     tempo = tempo_rl.tempo_advantages(responses, mask, rewards, group_ids, td_coef=settings.td_coef, **kw)
     grpo = tempo_rl.grpo_advantages(responses, mask, rewards, group_ids, **kw)
-    return ([tempo[i, : len(r.ids)].tolist() for i, r in enumerate(rollouts)],
-            [grpo[i, : len(r.ids)].tolist() for i, r in enumerate(rollouts)])
+    return (
+        [tempo[i, : len(r.ids)].tolist() for i, r in enumerate(rollouts)],
+        [grpo[i, : len(r.ids)].tolist() for i, r in enumerate(rollouts)],
+    )
 
 
 def flat_responses(views):
@@ -117,9 +119,12 @@ def test_tokenizer_round_trip_and_text_input(tmp_path):
     dump = read_rollouts(DUMP, tok)
     assert dump[0].pieces == dump[0].text.split()
     as_text = tmp_path / "text.jsonl"
-    as_text.write_text("".join(
-        json.dumps({"group_id": r.group_id, "step": r.step, "response": r.text, "reward": r.reward}) + "\n"
-        for r in dump))
+    as_text.write_text(
+        "".join(
+            json.dumps({"group_id": r.group_id, "step": r.step, "response": r.text, "reward": r.reward}) + "\n"
+            for r in dump
+        )
+    )
     assert [r.ids for r in read_rollouts(as_text, tok)] == [r.ids for r in dump]
 
 
@@ -132,20 +137,23 @@ def test_ids_without_tokenizer_show_as_ids():
 GOOD = '{"group_id": 0, "response": [1, 2], "reward": 1.0}'
 
 
-@pytest.mark.parametrize("bad, message", [
-    ('{"group_id": 0, "response": [1, 2], "reward": 1.0', "not valid JSON"),
-    ('[1, 2, 3]', "expected a JSON object"),
-    ('{"group_id": 0, "reward": 1.0}', "missing field 'response'"),
-    ('{"group_id": 0, "response": [1, 2]}', "missing field 'reward'"),
-    ('{"response": [1, 2], "reward": 1.0}', "missing field 'group_id'"),
-    ('{"group_id": 0, "response": [1, 2.5], "reward": 1.0}', "response must be"),
-    ('{"group_id": 0, "response": [1, -2], "reward": 1.0}', "response must be"),
-    ('{"group_id": 0, "response": [1, 2], "reward": NaN}', "reward must be a finite number"),
-    ('{"group_id": 0, "response": [1, 2], "reward": "1"}', "reward must be a finite number"),
-    ('{"group_id": [0], "response": [1, 2], "reward": 1.0}', "group_id must be"),
-    ('{"group_id": 0, "response": [1, 2], "reward": 1.0, "step": "x"}', "step must be an integer"),
-    ('{"group_id": 0, "response": "a b", "reward": 1.0}', "mix token ids"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"group_id": 0, "response": [1, 2], "reward": 1.0', "not valid JSON"),
+        ("[1, 2, 3]", "expected a JSON object"),
+        ('{"group_id": 0, "reward": 1.0}', "missing field 'response'"),
+        ('{"group_id": 0, "response": [1, 2]}', "missing field 'reward'"),
+        ('{"response": [1, 2], "reward": 1.0}', "missing field 'group_id'"),
+        ('{"group_id": 0, "response": [1, 2.5], "reward": 1.0}', "response must be"),
+        ('{"group_id": 0, "response": [1, -2], "reward": 1.0}', "response must be"),
+        ('{"group_id": 0, "response": [1, 2], "reward": NaN}', "reward must be a finite number"),
+        ('{"group_id": 0, "response": [1, 2], "reward": "1"}', "reward must be a finite number"),
+        ('{"group_id": [0], "response": [1, 2], "reward": 1.0}', "group_id must be"),
+        ('{"group_id": 0, "response": [1, 2], "reward": 1.0, "step": "x"}', "step must be an integer"),
+        ('{"group_id": 0, "response": "a b", "reward": 1.0}', "mix token ids"),
+    ],
+)
 def test_bad_line_names_the_line(tmp_path, capsys, bad, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(f"{GOOD}\n\n{GOOD}\n{bad}\n{GOOD}\n")
@@ -163,11 +171,14 @@ def test_empty_file_is_an_error(tmp_path):
 
 
 # -- the command -----------------------------------------------------------------------------
-@pytest.mark.parametrize("path, extra, pngs", [
-    (WORKED, [], ["worked_example.png"]),
-    (DUMP, [], ["trainer_dump.50-0.png", "trainer_dump.50-1.png", "trainer_dump.100-0.png"]),
-    (DUMP, ["--tokenizer", str(TOKENIZER), "--group", "100:0"], ["trainer_dump.png"]),
-])
+@pytest.mark.parametrize(
+    "path, extra, pngs",
+    [
+        (WORKED, [], ["worked_example.png"]),
+        (DUMP, [], ["trainer_dump.50-0.png", "trainer_dump.50-1.png", "trainer_dump.100-0.png"]),
+        (DUMP, ["--tokenizer", str(TOKENIZER), "--group", "100:0"], ["trainer_dump.png"]),
+    ],
+)
 def test_cli_writes_html_png_and_summary(tmp_path, capsys, path, extra, pngs):
     out = tmp_path / "out"
     assert cli_main(["inspect", str(path), "-o", str(out), *extra]) == 0
@@ -210,11 +221,14 @@ def _render(tmp_path, source: Path, tokenizer=None, settings: Settings = Setting
     return rollouts, views, page
 
 
-@pytest.mark.parametrize("source, tokenizer, settings", [
-    (WORKED, None, Settings()),
-    (DUMP, TOKENIZER, Settings()),
-    (DUMP, None, Settings(norm_by_std=False, td_coef=0.5)),
-])
+@pytest.mark.parametrize(
+    "source, tokenizer, settings",
+    [
+        (WORKED, None, Settings()),
+        (DUMP, TOKENIZER, Settings()),
+        (DUMP, None, Settings(norm_by_std=False, td_coef=0.5)),
+    ],
+)
 def test_page_renders_without_errors_and_shows_the_api_numbers(tmp_path, browser, source, tokenizer, settings):
     rollouts, views, page = _render(tmp_path, source, tokenizer and load_tokenizer(tokenizer), settings)
     report = browser.open(page)
@@ -248,7 +262,7 @@ def test_page_interactions(tmp_path, browser):
                    .filter(e => getComputedStyle(e).display !== 'none').length"""
     assert browser.evaluate(f"({visible})('tempo')") == 4
     assert browser.evaluate(f"({visible})('grpo')") == 0
-    browser.evaluate('document.querySelector(\'button[data-mode="both"]\').click()')
+    browser.evaluate("document.querySelector('button[data-mode=\"both\"]').click()")
     assert browser.evaluate(f"({visible})('grpo')") == 4
     tip = browser.evaluate("""(() => {
         const tok = document.querySelectorAll('tr.resp')[0].querySelectorAll('.tok[data-kind="tempo"]')[3];
@@ -265,10 +279,15 @@ def test_page_interactions(tmp_path, browser):
 
 def test_hostile_tokens_stay_text(tmp_path, browser):
     path = tmp_path / "hostile.jsonl"
-    path.write_text("".join(json.dumps({"group_id": "g", "response": text, "reward": reward}) + "\n" for text, reward in [
-        ("</script><script>alert(1)</script> <!-- x", 1.0),
-        ("<img src=x onerror=alert(2)> ok", 0.0),
-    ]))
+    path.write_text(
+        "".join(
+            json.dumps({"group_id": "g", "response": text, "reward": reward}) + "\n"
+            for text, reward in [
+                ("</script><script>alert(1)</script> <!-- x", 1.0),
+                ("<img src=x onerror=alert(2)> ok", 0.0),
+            ]
+        )
+    )
     rollouts, _, page = _render(tmp_path, path)
     assert browser.open(page).errors == []
     assert browser.evaluate("document.body.dataset.rendered") == "ok"
@@ -296,8 +315,9 @@ REAL = [  # rewards such as a grader's 0.8 / 0.6 (binary fractions with 53-bit d
 
 def _write(tmp_path, rows, name="real.jsonl"):
     path = tmp_path / name
-    path.write_text("".join(json.dumps({"group_id": 0, "response": t, "reward": r, "prompt": "Solve $x$."}) + "\n"
-                            for t, r in rows))
+    path.write_text(
+        "".join(json.dumps({"group_id": 0, "response": t, "reward": r, "prompt": "Solve $x$."}) + "\n" for t, r in rows)
+    )
     return path
 
 
@@ -340,8 +360,11 @@ def test_page_labels_fit_and_carry_the_full_text(tmp_path, browser):
 def test_every_dumped_group_is_shown_with_its_prompt(tmp_path):
     """The trainer's dump holds every group of a step, each line with its prompt."""
     path = tmp_path / "rollouts.jsonl"
-    rows = [{"step": 5, "group_id": g, "prompt": f"{g}+{g}=", "response": [1, 2 + k, 3], "text": "", "reward": k}
-            for g in range(3) for k in range(2)]
+    rows = [
+        {"step": 5, "group_id": g, "prompt": f"{g}+{g}=", "response": [1, 2 + k, 3], "text": "", "reward": k}
+        for g in range(3)
+        for k in range(2)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     views = build_views(read_rollouts(path), Settings())
     assert [(v["step"], v["group_id"]) for v in views] == [(5, 0), (5, 1), (5, 2)]
@@ -353,9 +376,11 @@ def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
     import subprocess
     import sys
 
-    script = ("import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
-              "fig, ax = plt.subplots(); ax.set_title('x'); fig.savefig(%r); plt.close(fig)\n"
-              "from tempo_rl.viz.browser import Browser\n"
-              "with Browser() as b: print(b.evaluate('1 + 1'))\n") % str(tmp_path / "x.png")
+    script = (
+        "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots(); ax.set_title('x'); fig.savefig(%r); plt.close(fig)\n"
+        "from tempo_rl.viz.browser import Browser\n"
+        "with Browser() as b: print(b.evaluate('1 + 1'))\n"
+    ) % str(tmp_path / "x.png")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-1500:]

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tempo_rl
-
 from tempo_rl.testing.strategies import Case, cases, layouts_of
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,9 +38,13 @@ def test_every_layout_gives_the_contiguous_result_bitwise(backend):
     def check(case, data, coef):
         how = data.draw(layouts_of(case))
         # The baseline: the same dtypes and group ids, contiguous.
-        plain = replace(how, responses=(how.responses[0], "contiguous"),
-                        response_mask=(how.response_mask[0], "contiguous"), rewards="contiguous",
-                        loss_mask=(how.loss_mask[0], "contiguous"))
+        plain = replace(
+            how,
+            responses=(how.responses[0], "contiguous"),
+            response_mask=(how.response_mask[0], "contiguous"),
+            rewards="contiguous",
+            loss_mask=(how.loss_mask[0], "contiguous"),
+        )
         base_args, base_kw = _on_device(plain.apply(case))
         args, kw = _on_device(how.apply(case))
         want, want_stats = tempo_rl.tempo_advantages_with_stats(*base_args, **base_kw, td_coef=coef, backend=backend)
@@ -57,8 +60,9 @@ def test_a_rewards_column_of_a_score_tensor(backend):
     """The shape of the bug users hit: rewards = scores[:, 0] (stride 2), [1, -1, 0] is right."""
     responses = torch.tensor([[1, 2], [1, 3], [4, 4]], device=DEVICE)
     scores = torch.tensor([[2.0, 9.0], [0.0, 9.0], [1.0, 9.0]], device=DEVICE)
-    adv = tempo_rl.grpo_advantages(responses, torch.ones_like(responses), scores[:, 0], [0, 0, 0],
-                                   eps=0.0, backend=backend)
+    adv = tempo_rl.grpo_advantages(
+        responses, torch.ones_like(responses), scores[:, 0], [0, 0, 0], eps=0.0, backend=backend
+    )
     assert adv[:, 0].tolist() == [1.0, -1.0, 0.0]
 
 

@@ -29,14 +29,21 @@ TREE = [[1, 2], [1, 3], [4], [1, 2]]  # branches at the root and after token 1
 
 def _run(rewards: list[float], backend: str, *, dtype=torch.float64, **kw) -> torch.Tensor:
     case = case_from(TREE[: len(rewards)], rewards, [0] * len(rewards))
-    return tempo_rl.tempo_advantages(case.responses.to(DEVICE), case.response_mask.to(DEVICE),
-                                     torch.tensor(rewards, dtype=dtype, device=DEVICE), case.group_ids,
-                                     backend=backend, **kw).cpu()
+    return tempo_rl.tempo_advantages(
+        case.responses.to(DEVICE),
+        case.response_mask.to(DEVICE),
+        torch.tensor(rewards, dtype=dtype, device=DEVICE),
+        case.group_ids,
+        backend=backend,
+        **kw,
+    ).cpu()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("rewards", [[1e200, -1e200, 0.0], [1e308, -1e308], [1.7e308, 1.7e308, -1.7e308],
-                                     [0.0, 1e-320], [5e-324, 0.0, 1e-323]])
+@pytest.mark.parametrize(
+    "rewards",
+    [[1e200, -1e200, 0.0], [1e308, -1e308], [1.7e308, 1.7e308, -1.7e308], [0.0, 1e-320], [5e-324, 0.0, 1e-323]],
+)
 def test_rewards_near_the_float64_limits_give_finite_correct_advantages(backend, rewards):
     """Unscaled float64 gave zeros (1e200: sigma^2 overflows), NaN/-inf ([1e308, -1e308]) or
     inf/NaN (subnormal rewards, eps = 0); the reference raised OverflowError."""

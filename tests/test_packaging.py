@@ -52,8 +52,14 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path):
         "print(tempo_rl.tempo_advantages(y, torch.ones_like(y), torch.tensor([1., 0.]), [0, 0],"
         " norm_by_std=False, backend='reference').tolist())"
     )
-    out = subprocess.run([py, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout.split("\n")
+    out = subprocess.run(
+        [py, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    ).stdout.split("\n")
     assert out[0].startswith(str(env_dir)) and out[1].startswith(str(env_dir))
     assert out[2] == "[[0.5, 1.0], [-0.5, -1.0]]"
     cli = subprocess.run([env_dir / "bin" / "tempo-rl", "example"], capture_output=True, text=True, check=True)
@@ -64,8 +70,13 @@ def test_wheel_installs_and_imports_in_a_fresh_venv(tmp_path):
 def _check_command_works_from_the_wheel(env_dir: Path, tmp_path: Path) -> None:
     """The wheel ships tempo_rl.testing, and `tempo-rl check` passes a right and fails a wrong function."""
     py = env_dir / "bin" / "python"
-    where = subprocess.run([py, "-c", "import tempo_rl.testing as t; print(t.__file__)"], capture_output=True,
-                           text=True, check=True, cwd=tmp_path).stdout
+    where = subprocess.run(
+        [py, "-c", "import tempo_rl.testing as t; print(t.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     assert where.startswith(str(env_dir))
     (tmp_path / "impls.py").write_text(
         "import tempo_rl\n"
@@ -92,8 +103,7 @@ def test_python_m_tempo_rl_example_prints_it():
     assert out.stdout == render()
 
 
-@pytest.mark.parametrize("module", [ref_advantage, tempo_rl.api, testing_strategies, testing_adapters,
-                                    testing_check])
+@pytest.mark.parametrize("module", [ref_advantage, tempo_rl.api, testing_strategies, testing_adapters, testing_check])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tempo_rl
@@ -67,16 +67,27 @@ def problems(draw, max_v: int = 70):
     old = torch.where(mask, old, torch.full_like(old, -math.inf))  # padding holds garbage
     adv = torch.where(mask, adv, torch.full_like(adv, math.nan))
     return {
-        "hidden": hidden, "weight": weight, "bias": bias, "targets": targets, "old_logp": old,
-        "advantages": adv, "mask": mask, "ref_logp": ref if kl_coef else None, "kl_coef": kl_coef,
-        "temperature": temperature, "aggregation": draw(st.sampled_from(["token-mean", "sequence-mean"])),
-        "clip_low": 0.2, "clip_high": 0.28, "chunk": draw(st.integers(1, b * t + 2)),
+        "hidden": hidden,
+        "weight": weight,
+        "bias": bias,
+        "targets": targets,
+        "old_logp": old,
+        "advantages": adv,
+        "mask": mask,
+        "ref_logp": ref if kl_coef else None,
+        "kl_coef": kl_coef,
+        "temperature": temperature,
+        "aggregation": draw(st.sampled_from(["token-mean", "sequence-mean"])),
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "chunk": draw(st.integers(1, b * t + 2)),
         "strided": draw(st.booleans()),
     }
 
 
 def _cast(pb: dict, dtype: torch.dtype, device: str = "cpu") -> tuple[dict, dict]:
     """(tensor args with hidden / weight / bias in `dtype` and requiring grad, keyword scalars)."""
+
     def leaf(x):
         if x is None:
             return None
@@ -88,8 +99,10 @@ def _cast(pb: dict, dtype: torch.dtype, device: str = "cpu") -> tuple[dict, dict
         return y.detach().requires_grad_(True)
 
     args = {"hidden": leaf(pb["hidden"]), "weight": leaf(pb["weight"]), "bias": leaf(pb["bias"])}
-    other = {k: (None if pb[k] is None else pb[k].to(device)) for k in ("targets", "old_logp", "advantages", "mask",
-                                                                          "ref_logp")}
+    other = {
+        k: (None if pb[k] is None else pb[k].to(device))
+        for k in ("targets", "old_logp", "advantages", "mask", "ref_logp")
+    }
     if pb["strided"]:
         other["targets"] = other["targets"].t().contiguous().t()  # column-major
     kw = {k: pb[k] for k in ("kl_coef", "temperature", "aggregation", "clip_low", "clip_high")}
@@ -99,8 +112,18 @@ def _cast(pb: dict, dtype: torch.dtype, device: str = "cpu") -> tuple[dict, dict
 def _run(fn, pb: dict, dtype: torch.dtype, device: str = "cpu", **extra) -> dict[str, torch.Tensor]:
     """Loss, metrics and gradients of hidden / weight / bias, as float64 on the CPU."""
     a, kw = _cast(pb, dtype, device)
-    loss, metrics = fn(a["hidden"], a["weight"], a["targets"], a["old_logp"], a["advantages"], a["mask"],
-                       bias=a["bias"], ref_logp=a["ref_logp"], **kw, **extra)
+    loss, metrics = fn(
+        a["hidden"],
+        a["weight"],
+        a["targets"],
+        a["old_logp"],
+        a["advantages"],
+        a["mask"],
+        bias=a["bias"],
+        ref_logp=a["ref_logp"],
+        **kw,
+        **extra,
+    )
     loss.backward()
     out = {"loss": loss.detach(), **{f"m_{k}": v for k, v in metrics.items()}}
     for name in ("hidden", "weight", "bias"):
@@ -189,11 +212,23 @@ def _fixed_problem() -> dict:
     hidden, weight = torch.randn(b, t, h, generator=g, dtype=torch.float64), torch.randn(v, h, generator=g).double()
     targets = torch.randint(0, v, (b, t), generator=g)
     logp = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return {"hidden": hidden, "weight": weight, "bias": None, "targets": targets,
-            "old_logp": logp - torch.randn(b, t, generator=g).double(),
-            "advantages": torch.randn(b, t, generator=g).double(),
-            "mask": mask, "ref_logp": logp + 0.2, "kl_coef": 0.1, "temperature": 1.0, "aggregation": "sequence-mean",
-            "clip_low": 0.2, "clip_high": 0.28, "chunk": 4, "strided": False}
+    return {
+        "hidden": hidden,
+        "weight": weight,
+        "bias": None,
+        "targets": targets,
+        "old_logp": logp - torch.randn(b, t, generator=g).double(),
+        "advantages": torch.randn(b, t, generator=g).double(),
+        "mask": mask,
+        "ref_logp": logp + 0.2,
+        "kl_coef": 0.1,
+        "temperature": 1.0,
+        "aggregation": "sequence-mean",
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "chunk": 4,
+        "strided": False,
+    }
 
 
 # ----------------------------------------------------------------------------- definitions
@@ -202,15 +237,31 @@ def _fixed_problem() -> dict:
 def test_reference_is_the_trainers_loss(pb):
     """policy_loss_ref == trainer/loss.py's policy_loss on token_logprobs of the same logits."""
     a, kw = _cast({**pb, "strided": False}, torch.float32)
-    loss, metrics = policy_loss_ref(a["hidden"], a["weight"], a["targets"], a["old_logp"], a["advantages"], a["mask"],
-                                    bias=a["bias"], ref_logp=a["ref_logp"], **kw)
+    loss, metrics = policy_loss_ref(
+        a["hidden"],
+        a["weight"],
+        a["targets"],
+        a["old_logp"],
+        a["advantages"],
+        a["mask"],
+        bias=a["bias"],
+        ref_logp=a["ref_logp"],
+        **kw,
+    )
     logits = torch.nn.functional.linear(a["hidden"], a["weight"], a["bias"]) / kw["temperature"]
     m = a["mask"]
     old = torch.where(m, a["old_logp"].float(), 0.0)  # the trainer never sees padding garbage
     adv = torch.where(m, a["advantages"].float(), 0.0)
     ref = None if a["ref_logp"] is None else torch.where(m, a["ref_logp"].float(), 0.0)
-    out = policy_loss(token_logprobs(logits, a["targets"]), old, adv, m.long(), aggregation=kw["aggregation"],
-                      ref_logp=ref, kl_coef=kw["kl_coef"])
+    out = policy_loss(
+        token_logprobs(logits, a["targets"]),
+        old,
+        adv,
+        m.long(),
+        aggregation=kw["aggregation"],
+        ref_logp=ref,
+        kl_coef=kw["kl_coef"],
+    )
     torch.testing.assert_close(loss, out.loss, rtol=1e-5, atol=1e-6 * (1 + out.loss.abs().item()))
     torch.testing.assert_close(metrics["clip_fraction"], out.clip_fraction)
     torch.testing.assert_close(metrics["approx_kl"], out.approx_kl, rtol=1e-5, atol=1e-6)
@@ -242,12 +293,22 @@ def test_backward_scales_with_incoming_gradient_and_frozen_head():
     pb = _fixed_problem()
     a, kw = _cast(pb, torch.float32)
     a["weight"].requires_grad_(False)
-    loss, _ = policy_loss_chunked(a["hidden"], a["weight"], a["targets"], a["old_logp"], a["advantages"], a["mask"],
-                                  ref_logp=a["ref_logp"], **kw, chunk_size=3)
+    loss, _ = policy_loss_chunked(
+        a["hidden"],
+        a["weight"],
+        a["targets"],
+        a["old_logp"],
+        a["advantages"],
+        a["mask"],
+        ref_logp=a["ref_logp"],
+        **kw,
+        chunk_size=3,
+    )
     (3.0 * loss).backward()
     b, _ = _cast(pb, torch.float32)
-    ref, _ = policy_loss_ref(b["hidden"], b["weight"], b["targets"], b["old_logp"], b["advantages"], b["mask"],
-                             ref_logp=b["ref_logp"], **kw)
+    ref, _ = policy_loss_ref(
+        b["hidden"], b["weight"], b["targets"], b["old_logp"], b["advantages"], b["mask"], ref_logp=b["ref_logp"], **kw
+    )
     (3.0 * ref).backward()
     assert a["weight"].grad is None
     torch.testing.assert_close(a["hidden"].grad, b["hidden"].grad, rtol=1e-4, atol=1e-6)
@@ -257,8 +318,9 @@ def test_second_backward_is_refused():
     """Gradients are scaled in place in backward: a second backward must fail loudly, not double-scale."""
     pb = _fixed_problem()
     a, kw = _cast(pb, torch.float32)
-    loss, _ = policy_loss_chunked(a["hidden"], a["weight"], a["targets"], a["old_logp"], a["advantages"], a["mask"],
-                                  ref_logp=a["ref_logp"], **kw)
+    loss, _ = policy_loss_chunked(
+        a["hidden"], a["weight"], a["targets"], a["old_logp"], a["advantages"], a["mask"], ref_logp=a["ref_logp"], **kw
+    )
     (2.0 * loss).backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="only once"):
         (2.0 * loss).backward()
@@ -282,8 +344,14 @@ def test_empty_mask_gives_zero_loss_and_zero_gradient():
 # ----------------------------------------------------------------------------- bad input
 def _good() -> dict:
     b, t, h, v = 2, 3, 4, 5
-    return {"hidden": torch.zeros(b, t, h), "weight": torch.zeros(v, h), "targets": torch.zeros(b, t, dtype=torch.long),
-            "old_logp": torch.zeros(b, t), "advantages": torch.zeros(b, t), "mask": torch.ones(b, t)}
+    return {
+        "hidden": torch.zeros(b, t, h),
+        "weight": torch.zeros(v, h),
+        "targets": torch.zeros(b, t, dtype=torch.long),
+        "old_logp": torch.zeros(b, t),
+        "advantages": torch.zeros(b, t),
+        "mask": torch.ones(b, t),
+    }
 
 
 @pytest.mark.parametrize(

@@ -112,8 +112,11 @@ def test_torch_accepts_strided_and_int32_inputs():
     wide[:, 2:6] = case.responses
     mask = torch.zeros(5, 8, dtype=torch.bool)
     mask[:, 2:6] = case.response_mask
-    for responses, m in ((wide[:, 2:6], mask[:, 2:6]), (case.responses.t().contiguous().t(), case.response_mask),
-                         (case.responses.to(torch.int32), case.response_mask)):
+    for responses, m in (
+        (wide[:, 2:6], mask[:, 2:6]),
+        (case.responses.t().contiguous().t(), case.response_mask),
+        (case.responses.to(torch.int32), case.response_mask),
+    ):
         got = tempo_rl.prefix_values(responses, m, case.rewards, case.group_ids, backend="torch")
         _check_equal(got, ref, case)
 
@@ -291,8 +294,11 @@ def test_doctests(module):
 
 
 @settings(max_examples=60)
-@given(case=cases(max_batch=8, max_len=6, max_group=5, float64=True),
-       other=cases(max_batch=12, max_len=6, max_group=7, float64=True), seed=st.integers(0, 2**16))
+@given(
+    case=cases(max_batch=8, max_len=6, max_group=5, float64=True),
+    other=cases(max_batch=12, max_len=6, max_group=7, float64=True),
+    seed=st.integers(0, 2**16),
+)
 def test_torch_batch_invariance_bitwise(case, other, seed):
     """A group's dense values do not depend on the other groups nor on where its rows sit (members
     keep their relative order): every sum runs over the group's own members in member order."""

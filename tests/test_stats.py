@@ -66,10 +66,16 @@ def test_large_groups_and_long_rows(backend):
         noise = torch.randint(0, 3, (size, L), generator=g)
         tokens = torch.where(torch.arange(L)[None, :] >= cut[:, None], noise, base)
         lengths = torch.randint(0, L + 1, (size,), generator=g)
-        parts.append(case_from([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())],
-                               [0.0] * size, [L] * size, L=300))
-    case = Case(torch.cat([p.responses for p in parts]), torch.cat([p.response_mask for p in parts]),
-                torch.cat([p.rewards for p in parts]), sum((p.group_ids for p in parts), []), None)
+        parts.append(
+            case_from([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())], [0.0] * size, [L] * size, L=300)
+        )
+    case = Case(
+        torch.cat([p.responses for p in parts]),
+        torch.cat([p.response_mask for p in parts]),
+        torch.cat([p.rewards for p in parts]),
+        sum((p.group_ids for p in parts), []),
+        None,
+    )
     got = tempo_rl.tree_stats(*_on_device(case), backend=backend)
     assert got.groups == _reference(case).groups
 
@@ -82,8 +88,9 @@ def test_one_call_gives_the_advantages_and_the_stats(backend):
     @given(case=cases(max_batch=10, max_len=6), coef=st.sampled_from([0.0, 1.0]))
     def check(case, coef):
         args = (case.responses.to(DEVICE), case.response_mask.to(DEVICE), case.rewards.to(DEVICE), case.group_ids)
-        kw = dict(loss_mask=None if case.loss_mask is None else case.loss_mask.to(DEVICE), td_coef=coef,
-                  backend=backend)
+        kw = dict(
+            loss_mask=None if case.loss_mask is None else case.loss_mask.to(DEVICE), td_coef=coef, backend=backend
+        )
         adv, stats = tempo_rl.tempo_advantages_with_stats(*args, **kw)
         assert torch.equal(adv, tempo_rl.tempo_advantages(*args, **kw))
         assert stats.groups == _reference(case).groups

@@ -111,8 +111,10 @@ def test_fast_equals_reference_in_every_layout(backend):
         return tempo_rl.tempo_advantages(*map(move, c.args()), loss_mask=loss, backend=backend).cpu()
 
     @given(case=cases(max_batch=12, max_len=8, max_group=8), data=st.data())
-    @settings(max_examples=EXAMPLES[backend], phases=(Phase.explicit, Phase.generate)
-              if backend == "triton" and INTERPRETED else tuple(Phase))
+    @settings(
+        max_examples=EXAMPLES[backend],
+        phases=(Phase.explicit, Phase.generate) if backend == "triton" and INTERPRETED else tuple(Phase),
+    )
     def check(case, data):
         ref = tempo_rl.tempo_advantages(*case.args(), **case.kwargs(), backend="reference")
         plain = run(case)
@@ -159,9 +161,15 @@ def _verl_style(token_level_rewards, response_mask, index, config, *, responses,
     L = response_mask.shape[1]
     tree = (torch.arange(L)[None, :] < response_lengths[:, None]).long()  # (B, L)
     adv = tempo_rl.tempo_advantages(
-        responses[:, :L], tree, token_level_rewards.sum(-1), list(index), loss_mask=response_mask,
-        norm_by_std=bool(config.get("norm_adv_by_std_in_grpo", True)), eps=float(config.get("tempo_eps", 1e-6)),
-        td_coef=float(config.get("tempo_td_coef", 1.0)), backend="torch",
+        responses[:, :L],
+        tree,
+        token_level_rewards.sum(-1),
+        list(index),
+        loss_mask=response_mask,
+        norm_by_std=bool(config.get("norm_adv_by_std_in_grpo", True)),
+        eps=float(config.get("tempo_eps", 1e-6)),
+        td_coef=float(config.get("tempo_td_coef", 1.0)),
+        backend="torch",
     )
     return adv, adv
 
@@ -178,8 +186,13 @@ def test_verl_estimator_adapter_hands_over_verl_inputs():
         seen.update(rewards=token_level_rewards, mask=response_mask, index=index, config=config, **kw)
         return token_level_rewards * 0, None
 
-    case = Case(torch.tensor([[5, 6, 0], [5, 0, 0], [0, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).bool(),
-                torch.tensor([2.0, -1.0, 3.0]), ["a", "a", 7], torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]]).bool())
+    case = Case(
+        torch.tensor([[5, 6, 0], [5, 0, 0], [0, 0, 0]]),
+        torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).bool(),
+        torch.tensor([2.0, -1.0, 3.0]),
+        ["a", "a", 7],
+        torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1]]).bool(),
+    )
     impl = tt.verl_estimator(spy, supports=("loss_mask", "td_coef"))
     impl.call(case, {"norm_by_std": True, "eps": 0.1, "td_coef": 0.5})
     assert seen["rewards"].sum(-1).tolist() == [2.0, -1.0, 3.0]  # R_i as the row sum, as verl's GRPO reads it
@@ -238,8 +251,9 @@ def _really_differs(impl, found: tt.Counterexample, **options) -> bool:
     if isinstance(out, list):  # per-row: n_i values a row
         out = torch.tensor([row + [0.0] * (case.responses.shape[1] - len(row)) for row in out])
     out = torch.as_tensor(out).double().reshape(case.responses.shape)
-    ref = tempo_rl.tempo_advantages(*case.args(), loss_mask=case.loss_mask if "loss_mask" in impl.supports else None,
-                                    backend="reference", **opts).double()
+    ref = tempo_rl.tempo_advantages(
+        *case.args(), loss_mask=case.loss_mask if "loss_mask" in impl.supports else None, backend="reference", **opts
+    ).double()
     return not torch.allclose(out, ref, rtol=1e-6, atol=1e-9, equal_nan=False)
 
 
@@ -275,8 +289,9 @@ def _nudged(out: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 
 
 def _reference64(responses, response_mask, rewards, group_ids, **options):
-    return tempo_rl.tempo_advantages(responses, response_mask, torch.as_tensor(rewards).double(), group_ids,
-                                     backend="reference", **options)
+    return tempo_rl.tempo_advantages(
+        responses, response_mask, torch.as_tensor(rewards).double(), group_ids, backend="reference", **options
+    )
 
 
 def test_batch_invariance_is_checked_bitwise():
@@ -296,16 +311,18 @@ def test_non_branch_exactness_is_checked_bitwise():
 
     found = _caught(tt.plain(odd_tokens_off_by_one_ulp), batch_invariant=False)
     assert found.property == "grpo", str(found)
-    tt.check_implementation(tt.plain(odd_tokens_off_by_one_ulp), exact_non_branch=False, batch_invariant=False,
-                            max_examples=30)
+    tt.check_implementation(
+        tt.plain(odd_tokens_off_by_one_ulp), exact_non_branch=False, batch_invariant=False, max_examples=30
+    )
 
 
 def test_degenerate_groups_and_shapes_are_checked():
     def eps_noise(responses, response_mask, rewards, group_ids, **options):  # 1e-300 instead of exactly 0
         out = _reference64(responses, response_mask, rewards, group_ids, **options)
         r = torch.as_tensor(rewards)
-        for rows in group_rows(torch.as_tensor(group_ids).tolist() if isinstance(group_ids, torch.Tensor)
-                               else list(group_ids)).values():
+        for rows in group_rows(
+            torch.as_tensor(group_ids).tolist() if isinstance(group_ids, torch.Tensor) else list(group_ids)
+        ).values():
             if len(rows) == 1 or bool((r[rows] == r[rows[0]]).all()):
                 out[rows] += torch.as_tensor(response_mask)[rows].double() * 1e-300
         return out
@@ -323,7 +340,8 @@ def test_degenerate_groups_and_shapes_are_checked():
 
 
 def test_check_command(tmp_path, capsys):
-    (tmp_path / "engine_impl.py").write_text(textwrap.dedent("""
+    (tmp_path / "engine_impl.py").write_text(
+        textwrap.dedent("""
         import tempo_rl
 
         def tempo(*args, **options):
@@ -331,7 +349,8 @@ def test_check_command(tmp_path, capsys):
 
         def grpo_only(*args, td_coef=1.0, **options):
             return tempo_rl.grpo_advantages(*args, backend="torch", **options)
-    """))
+    """)
+    )
     common = ["check", "--max-examples", "15", "--seed", "0"]
     assert cli_main([*common, f"{tmp_path}/engine_impl.py:tempo"]) == 0
     assert "no counterexample in" in capsys.readouterr().out

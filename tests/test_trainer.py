@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tempo_rl.api
 from tempo_rl import cli
 from tempo_rl.trainer import train as train_mod
 from tempo_rl.trainer.config import TrainConfig
@@ -29,10 +28,24 @@ def tiny_path(tmp_path_factory):
 
 
 def _cfg(tiny_path, out, **kw):
-    base = dict(model=tiny_path, output_dir=str(out), steps=2, prompts_per_step=2, group_size=4,
-                max_new_tokens=6, mini_batches=2, grad_accum=2, lr=1e-3, lr_warmup_steps=1, eval_every=0,
-                save_final=False, progress=False, tensorboard=False, threads=1,
-                reward=f"{__name__}:digit_reward")
+    base = dict(
+        model=tiny_path,
+        output_dir=str(out),
+        steps=2,
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=6,
+        mini_batches=2,
+        grad_accum=2,
+        lr=1e-3,
+        lr_warmup_steps=1,
+        eval_every=0,
+        save_final=False,
+        progress=False,
+        tensorboard=False,
+        threads=1,
+        reward=f"{__name__}:digit_reward",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -44,8 +57,20 @@ def test_smoke_two_steps_change_every_parameter(tiny_path, tmp_path):
     history = train_mod.train(cfg)
     assert len(history) == 2
     for row in history:
-        for key in ("loss", "reward_mean", "grad_norm", "entropy", "approx_kl", "kl_ref", "clip_fraction",
-                    "branch_token_fraction", "nodes_per_group", "adv_absmax", "tokens_per_s", "time_step_s"):
+        for key in (
+            "loss",
+            "reward_mean",
+            "grad_norm",
+            "entropy",
+            "approx_kl",
+            "kl_ref",
+            "clip_fraction",
+            "branch_token_fraction",
+            "nodes_per_group",
+            "adv_absmax",
+            "tokens_per_s",
+            "time_step_s",
+        ):
             assert row[key] == row[key] and abs(row[key]) != float("inf"), key
     after = load_file(str(tmp_path / "checkpoints" / "step_000002" / "model.safetensors"))
     assert set(before) <= set(after)  # tied lm_head is one parameter, saved once
@@ -86,8 +111,14 @@ def test_checkpoint_save_leaves_no_temporary(tiny_path, tmp_path):
 def _small_rollout():
     responses = torch.tensor([[5, 6, 2, 0], [5, 7, 8, 2], [9, 2, 0, 0], [9, 9, 2, 0]])
     mask = response_mask_after_eos(responses, 2)
-    return Rollout(torch.ones(4, 1, dtype=torch.long), torch.ones(4, 1, dtype=torch.long), responses, mask,
-                   torch.tensor([0, 0, 1, 1]), [""] * 4)
+    return Rollout(
+        torch.ones(4, 1, dtype=torch.long),
+        torch.ones(4, 1, dtype=torch.long),
+        responses,
+        mask,
+        torch.tensor([0, 0, 1, 1]),
+        [""] * 4,
+    )
 
 
 @pytest.mark.parametrize("offset, fails", [(0.0, False), (1e-3, True)])
@@ -110,12 +141,32 @@ def test_response_mask_includes_first_eos_only():
 
 def test_cli_train_end_to_end(tiny_path, tmp_path, capsys):
     cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text(f"model: {tiny_path}\nsteps: 5\nprompts_per_step: 2\ngroup_size: 4\nmax_new_tokens: 5\n"
-                        f"reward: {__name__}:digit_reward\nthreads: 1\n")
+    cfg_file.write_text(
+        f"model: {tiny_path}\nsteps: 5\nprompts_per_step: 2\ngroup_size: 4\nmax_new_tokens: 5\n"
+        f"reward: {__name__}:digit_reward\nthreads: 1\n"
+    )
     out = tmp_path / "out"
-    rc = cli.main(["train", "--config", str(cfg_file), "--steps", "2", "--output-dir", str(out),
-                   "--eval-every", "2", "--eval-prompts", "4", "--dump-rollouts-every", "1", "--no-progress",
-                   "--no-tensorboard", "--estimator", "grpo"])
+    rc = cli.main(
+        [
+            "train",
+            "--config",
+            str(cfg_file),
+            "--steps",
+            "2",
+            "--output-dir",
+            str(out),
+            "--eval-every",
+            "2",
+            "--eval-prompts",
+            "4",
+            "--dump-rollouts-every",
+            "1",
+            "--no-progress",
+            "--no-tensorboard",
+            "--estimator",
+            "grpo",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2] and "eval_accuracy" in rows[0] and "eval_accuracy" in rows[2]
@@ -137,8 +188,9 @@ def test_cli_rejects_unknown_config_key(tmp_path, capsys):
 
 
 def test_bf16_autocast_with_activation_checkpointing(tiny_path, tmp_path):
-    history = train_mod.train(_cfg(tiny_path, tmp_path, steps=1, dtype="bfloat16", gradient_checkpointing=True,
-                                   kl_coef=0.05))
+    history = train_mod.train(
+        _cfg(tiny_path, tmp_path, steps=1, dtype="bfloat16", gradient_checkpointing=True, kl_coef=0.05)
+    )
     assert history[0]["loss"] == history[0]["loss"] and history[0]["grad_norm"] > 0
 
 

@@ -2,29 +2,50 @@
 
 import math
 
-
 from tempo_rl.trainer import compare
 from tempo_rl.trainer.config import TrainConfig
 from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
 
 def _history(accs, every=5):
-    return [{"step": every * (i + 1), "eval_accuracy": a, "time_step_s": 0.2, "time_advantage_s": 0.002,
-             "advantage_time_fraction": 0.01, "branch_token_fraction": 0.1, "nodes_per_group": 30.0,
-             "reward_mean": a} for i, a in enumerate(accs)]
+    return [
+        {
+            "step": every * (i + 1),
+            "eval_accuracy": a,
+            "time_step_s": 0.2,
+            "time_advantage_s": 0.002,
+            "advantage_time_fraction": 0.01,
+            "branch_token_fraction": 0.1,
+            "nodes_per_group": 30.0,
+            "reward_mean": a,
+        }
+        for i, a in enumerate(accs)
+    ]
 
 
 def test_each_estimator_gets_its_own_best_lr(tmp_path):
     # tempo is best at the low rate, grpo at the high one: the selection must not share a rate
-    curves = {("tempo", 1e-4): [0.6, 0.8, 0.9], ("tempo", 2e-4): [0.5, 0.6, 0.6],
-              ("grpo", 1e-4): [0.5, 0.6, 0.7], ("grpo", 2e-4): [0.6, 0.85, 0.9]}
+    curves = {
+        ("tempo", 1e-4): [0.6, 0.8, 0.9],
+        ("tempo", 2e-4): [0.5, 0.6, 0.6],
+        ("grpo", 1e-4): [0.5, 0.6, 0.7],
+        ("grpo", 2e-4): [0.6, 0.85, 0.9],
+    }
     results = {(e, lr, s): _history(c) for (e, lr), c in curves.items() for s in (0, 1, 2)}
     summary = compare.summarise(results, ["tempo", "grpo"], [1e-4, 2e-4], [0, 1, 2], target=0.8)
     assert summary["best_lr"] == {"tempo": 1e-4, "grpo": 2e-4}
     assert summary["sweep"]["tempo"]["0.0001"]["steps_to_target"] == [10, 10, 10]
     assert summary["sweep"]["grpo"]["0.0001"]["steps_to_target"] == [None] * 3
-    md = compare.markdown(summary, [{"cosine": 0.99, "norm_ratio": 2.0, "reward_mean": 0.5}], TrainConfig(),
-                          ["tempo", "grpo"], [1e-4, 2e-4], [0, 1, 2], 0.8, "tempo-rl compare")
+    md = compare.markdown(
+        summary,
+        [{"cosine": 0.99, "norm_ratio": 2.0, "reward_mean": 0.5}],
+        TrainConfig(),
+        ["tempo", "grpo"],
+        [1e-4, 2e-4],
+        [0, 1, 2],
+        0.8,
+        "tempo-rl compare",
+    )
     assert "| tempo | 0.0001 | 10 (10, 10, 10; 3/3 within" in md and "| grpo | 0.0002 | 10 (" in md
     assert compare._fmt_steps([None, 20, None], 60) == "not reached (-, 20, -; 1/3 within 60)"
     compare.plot(results, summary, ["tempo", "grpo"], [1e-4, 2e-4], [0, 1, 2], 0.8, tmp_path / "c.png")
@@ -36,8 +57,13 @@ def test_gradient_agreement_on_a_tiny_model(tmp_path):
     tok = build_tokenizer()
     build_model(len(tok), hidden=32, layers=1, heads=2).save_pretrained(path)
     tok.save_pretrained(path)
-    cfg = TrainConfig(model=str(path), prompts_per_step=2, group_size=4, max_new_tokens=5,
-                      reward="tempo_rl.trainer.rewards:numeric_match")
+    cfg = TrainConfig(
+        model=str(path),
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=5,
+        reward="tempo_rl.trainer.rewards:numeric_match",
+    )
     rows = compare.gradient_agreement(cfg, n_batches=1)
     assert len(rows) == 1
     # a random policy almost never answers right: equal rewards give zero gradients, reported as 0/0 -> 0

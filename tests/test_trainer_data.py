@@ -58,8 +58,13 @@ def test_jsonl_loading(tmp_path):
 
 # ----------------------------------------------------------------------------- files through `datasets`
 ROWS = [{"question": f"{a}+{a}=", "solution": str(2 * a), "level": a % 3} for a in range(10, 30)]
-CHAT = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"{a}+1="}],
-         "answer": str(a + 1)} for a in range(5)]
+CHAT = [
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"{a}+1="}],
+        "answer": str(a + 1),
+    }
+    for a in range(5)
+]
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "parquet", "csv", "saved", "saved_dict"])
@@ -92,8 +97,9 @@ def test_chat_prompts_are_kept_as_messages(tmp_path):
     assert rows[0].prompt == CHAT[0]["prompt"] and rows[0].answer == "1"
 
 
-@pytest.mark.parametrize("rows, match", [([{"prompt": "x"}], "'answer'"),
-                                         ([{"prompt": [{"text": "x"}], "answer": "1"}], "chat messages")])
+@pytest.mark.parametrize(
+    "rows, match", [([{"prompt": "x"}], "'answer'"), ([{"prompt": [{"text": "x"}], "answer": "1"}], "chat messages")]
+)
 def test_malformed_rows_name_the_row(tmp_path, rows, match):
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -158,8 +158,7 @@ def _fn(f, weight=1.0):
 
 
 def test_trl_batched_reward_gets_prompts_completions_and_columns():
-    out = score_batch([_fn(trl_uses_column)], ["p1", "p2"], ["a", "b"],
-                      {"answer": ["1", "2"], "solution": ["a", "x"]})
+    out = score_batch([_fn(trl_uses_column)], ["p1", "p2"], ["a", "b"], {"answer": ["1", "2"], "solution": ["a", "x"]})
     assert out.total == [1.0, 0.0] and out.failures == 0
 
 
@@ -181,12 +180,19 @@ def test_several_rewards_are_summed_with_weights_and_none_adds_nothing():
     assert out.per_function["trl_skips_odd"] == [1.0, None]
 
 
-@pytest.mark.parametrize("bad, why", [(_exits, "sys.exit"), (_huge, "finite"), (_text, "not a number"),
-                                      (_raises, "broken grader"), (_nan, "finite")])
+@pytest.mark.parametrize(
+    "bad, why",
+    [(_exits, "sys.exit"), (_huge, "finite"), (_text, "not a number"), (_raises, "broken grader"), (_nan, "finite")],
+)
 def test_failing_per_sample_reward_scores_zero_with_one_warning_naming_it(caplog, bad, why):
     with caplog.at_level(logging.WARNING, logger="tempo_rl.trainer"):
-        out = score_batch([_fn(bad), _fn(trl_length)], ["p0", "p1", "p2"], ["a", "bb", "ccc"],
-                          {"answer": ["1"] * 3}, where=" at step 7")
+        out = score_batch(
+            [_fn(bad), _fn(trl_length)],
+            ["p0", "p1", "p2"],
+            ["a", "bb", "ccc"],
+            {"answer": ["1"] * 3},
+            where=" at step 7",
+        )
     assert out.total == [1.0, 2.0, 3.0]  # the good function still counts
     assert out.failures == 3 and not out.all_failed
     warnings = [r.getMessage() for r in caplog.records]
@@ -215,7 +221,8 @@ def test_weighted_sum_beyond_float32_scores_zero(caplog):
 
 def test_load_reward_from_cwd_module_and_from_file(tmp_path, monkeypatch):
     (tmp_path / "my_rewards_cwd.py").write_text(
-        "def fn(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+        "def fn(prompts, completions, **kw):\n    return [1.0] * len(completions)\n"
+    )
     sub = tmp_path / "sub"
     sub.mkdir()
     (sub / "graders.py").write_text("def exact(completion, answer):\n    return float(completion == answer)\n")
@@ -225,9 +232,15 @@ def test_load_reward_from_cwd_module_and_from_file(tmp_path, monkeypatch):
     assert [(f.name, f.weight, f.batched) for f in fns] == [("fn", 1.0, True), ("exact", 0.5, False)]
 
 
-@pytest.mark.parametrize("spec, match", [("no_such_module_x:fn", "cannot import"), ("missing.py:fn", "no file"),
-                                         ("tempo_rl.trainer.rewards:nothing", "has no 'nothing'"),
-                                         ("nonsense", "module:function")])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("no_such_module_x:fn", "cannot import"),
+        ("missing.py:fn", "no file"),
+        ("tempo_rl.trainer.rewards:nothing", "has no 'nothing'"),
+        ("nonsense", "module:function"),
+    ],
+)
 def test_load_reward_errors_name_the_reward(spec, match):
     with pytest.raises(UsageError, match=match):
         load_reward_functions([spec])

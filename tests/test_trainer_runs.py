@@ -52,9 +52,33 @@ def scratch(tmp_path, monkeypatch):
 
 
 def _args(tiny_path, out="out", *extra):
-    return ["train", "--model", tiny_path, "--output-dir", str(out), "--steps", "2", "--prompts-per-step", "2",
-            "--group-size", "4", "--max-new-tokens", "5", "--mini-batches", "2", "--eval-every", "0",
-            "--no-progress", "--threads", "1", "--lr", "1e-3", "--reward", "my_rewards:digits", *extra]
+    return [
+        "train",
+        "--model",
+        tiny_path,
+        "--output-dir",
+        str(out),
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "5",
+        "--mini-batches",
+        "2",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--lr",
+        "1e-3",
+        "--reward",
+        "my_rewards:digits",
+        *extra,
+    ]
 
 
 def _train(args, capsys):
@@ -67,12 +91,20 @@ def _train(args, capsys):
 def test_script_from_users_dir_with_trl_reward_and_yaml_lr(tiny_path, scratch):
     """`tempo-rl` (not `python -m`) finds a reward module in the working directory, and YAML's `lr: 1e-4`
     (a string to PyYAML) is the float 1e-4."""
-    (scratch / "run.yaml").write_text(f"model: {tiny_path}\nlr: 1e-4\ngroup_size: '4'\nreward: my_rewards:digits\n"
-                                      "steps: 2\nprompts_per_step: 2\nmax_new_tokens: 5\nmini_batches: 2\n"
-                                      "eval_every: 0\nthreads: 1\nprogress: false\noutput_dir: out\n")
+    (scratch / "run.yaml").write_text(
+        f"model: {tiny_path}\nlr: 1e-4\ngroup_size: '4'\nreward: my_rewards:digits\n"
+        "steps: 2\nprompts_per_step: 2\nmax_new_tokens: 5\nmini_batches: 2\n"
+        "eval_every: 0\nthreads: 1\nprogress: false\noutput_dir: out\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(SCRIPT), "train", "--config", "run.yaml"], cwd=scratch, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(SCRIPT), "train", "--config", "run.yaml"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((scratch / "out" / "config.json").read_text())
     assert saved["lr"] == 1e-4 and saved["group_size"] == 4 and saved["reward"] == ["my_rewards:digits"]
@@ -87,16 +119,19 @@ def test_all_rewards_failing_stops_with_nonzero_exit(tiny_path, scratch, capsys)
 
 
 def test_flat_groups_for_n_steps_stop_with_nonzero_exit(tiny_path, scratch, capsys):
-    rc, _, err = _train(_args(tiny_path, "out", "--reward", "my_rewards:constant",
-                              "--max-zero-variance-steps", "2"), capsys)
+    rc, _, err = _train(
+        _args(tiny_path, "out", "--reward", "my_rewards:constant", "--max-zero-variance-steps", "2"), capsys
+    )
     assert rc == 1 and "for 2 steps in a row" in err and "rewards were all equal" in err
     rows = [json.loads(line) for line in open(scratch / "out" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]  # the steps that ran are logged
 
 
 def test_several_weighted_rewards_log_each_mean(tiny_path, scratch, capsys):
-    rc, _, err = _train(_args(tiny_path, "out", "--reward", "my_rewards:digits", "my_rewards:constant",
-                              "--reward-weights", "1", "0.5"), capsys)
+    rc, _, err = _train(
+        _args(tiny_path, "out", "--reward", "my_rewards:digits", "my_rewards:constant", "--reward-weights", "1", "0.5"),
+        capsys,
+    )
     assert rc == 0, err
     row = json.loads(open(scratch / "out" / "metrics.jsonl").readline())
     assert row["reward/constant"] == 1.0
@@ -104,22 +139,34 @@ def test_several_weighted_rewards_log_each_mean(tiny_path, scratch, capsys):
 
 
 # ----------------------------------------------------------------------------- options
-@pytest.mark.parametrize("flag, value, match", [
-    ("--mini-batches", "0", "mini_batches (--mini-batches): Input should be greater than or equal to 1"),
-    ("--grad-accum", "0", "grad_accum"), ("--prompts-per-step", "0", "prompts_per_step"),
-    ("--steps", "0", "steps"), ("--top-p", "0", "top_p (--top-p): Input should be greater than 0"),
-    ("--clip-low", "5", "clip_low (--clip-low): Input should be less than 1"), ("--kl-coef", "-1", "kl_coef"),
-    ("--lr", "nan", "lr (--lr): Input should be a finite number"), ("--group-size", "1", "group_size"),
-])
+@pytest.mark.parametrize(
+    "flag, value, match",
+    [
+        ("--mini-batches", "0", "mini_batches (--mini-batches): Input should be greater than or equal to 1"),
+        ("--grad-accum", "0", "grad_accum"),
+        ("--prompts-per-step", "0", "prompts_per_step"),
+        ("--steps", "0", "steps"),
+        ("--top-p", "0", "top_p (--top-p): Input should be greater than 0"),
+        ("--clip-low", "5", "clip_low (--clip-low): Input should be less than 1"),
+        ("--kl-coef", "-1", "kl_coef"),
+        ("--lr", "nan", "lr (--lr): Input should be a finite number"),
+        ("--group-size", "1", "group_size"),
+    ],
+)
 def test_out_of_range_option_is_refused_before_loading(tiny_path, scratch, capsys, monkeypatch, flag, value, match):
     monkeypatch.setattr(train_mod, "load_policy", _must_not_load)
     rc, _, err = _train(_args(tiny_path, "out", flag, value), capsys)
     assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("yaml_line, match", [("steps: 1.5", "steps (--steps): Input should be a valid integer"),
-                                              ("group_size: four", "group_size"),
-                                              ("lr: -1e-4", "lr (--lr): Input should be greater than 0")])
+@pytest.mark.parametrize(
+    "yaml_line, match",
+    [
+        ("steps: 1.5", "steps (--steps): Input should be a valid integer"),
+        ("group_size: four", "group_size"),
+        ("lr: -1e-4", "lr (--lr): Input should be greater than 0"),
+    ],
+)
 def test_bad_yaml_values_name_the_field(tiny_path, scratch, capsys, monkeypatch, yaml_line, match):
     monkeypatch.setattr(train_mod, "load_policy", _must_not_load)
     (scratch / "run.yaml").write_text(yaml_line + "\n")
@@ -148,8 +195,9 @@ def test_resume_refuses_changed_run_options_unless_forced(tiny_path, scratch, ca
     assert _train(_args(tiny_path, "out", "--save-every", "1"), capsys)[0] == 0
     rc, _, err = _train(_args(tiny_path, "out", "--steps", "3", "--resume", "latest", flag, value), capsys)
     assert rc == 2 and "--force-resume" in err and flag.lstrip("-").replace("-", "_") in err
-    rc, _, err = _train(_args(tiny_path, "out", "--steps", "3", "--resume", "latest", flag, value,
-                              "--force-resume"), capsys)
+    rc, _, err = _train(
+        _args(tiny_path, "out", "--steps", "3", "--resume", "latest", flag, value, "--force-resume"), capsys
+    )
     assert rc == 0, err
 
 
@@ -170,8 +218,21 @@ def test_rotation_follows_write_order_and_latest_is_the_last_written(tiny_path, 
     having smaller step numbers than the abandoned one."""
     assert _train(_args(tiny_path, "out", "--save-every", "1", "--keep-checkpoints", "3"), capsys)[0] == 0
     ckpts = scratch / "out" / "checkpoints"
-    rc, _, err = _train(_args(tiny_path, "out", "--steps", "2", "--resume", str(ckpts / "step_000001"),
-                              "--save-every", "1", "--keep-checkpoints", "1"), capsys)
+    rc, _, err = _train(
+        _args(
+            tiny_path,
+            "out",
+            "--steps",
+            "2",
+            "--resume",
+            str(ckpts / "step_000001"),
+            "--save-every",
+            "1",
+            "--keep-checkpoints",
+            "1",
+        ),
+        capsys,
+    )
     assert rc == 0, err
     assert [p.name for p in checkpoint.list_checkpoints(ckpts)] == ["step_000002"]
     state = checkpoint.load_state(ckpts / "step_000002")
@@ -282,8 +343,12 @@ def test_trains_on_a_parquet_dataset_of_chat_prompts(tmp_path_factory, scratch, 
     tok.save_pretrained(model)
     rows = [{"prompt": [{"role": "user", "content": f"{a}+{a}="}], "solution": str(2 * a)} for a in range(10, 40)]
     datasets.Dataset.from_list(rows).to_parquet(str(scratch / "train.parquet"))
-    rc, _, err = _train(_args(str(model), "out", "--dataset", "train.parquet", "--answer-column", "solution",
-                              "--dump-rollouts-every", "1"), capsys)
+    rc, _, err = _train(
+        _args(
+            str(model), "out", "--dataset", "train.parquet", "--answer-column", "solution", "--dump-rollouts-every", "1"
+        ),
+        capsys,
+    )
     assert rc == 0, err
     dumped = [json.loads(line) for line in open(scratch / "out" / "rollouts.jsonl")]
     assert all(d["prompt"].endswith("=") for d in dumped)
@@ -295,8 +360,9 @@ def test_report_to_wandb_goes_through_the_library(tiny_path, scratch, capsys, mo
     import types
 
     calls = []
-    run = types.SimpleNamespace(log=lambda row, step: calls.append(("log", step, sorted(row))),
-                                finish=lambda: calls.append(("finish",)))
+    run = types.SimpleNamespace(
+        log=lambda row, step: calls.append(("log", step, sorted(row))), finish=lambda: calls.append(("finish",))
+    )
     fake = types.ModuleType("wandb")
     fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
     fake.init = lambda **kw: calls.append(("init", kw["config"]["lr"])) or run
@@ -312,16 +378,18 @@ def test_report_to_wandb_goes_through_the_library(tiny_path, scratch, capsys, mo
 def test_own_dataset_without_eval_set_holds_out_prompts_training_never_sees(scratch):
     from tempo_rl.trainer.config import TrainConfig
 
-    (scratch / "data.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n"
-                                                for i in range(50)))
+    (scratch / "data.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(50))
+    )
     train, evals = train_mod.train_and_eval_examples(TrainConfig(dataset="data.jsonl", eval_prompts=256))
     assert len(evals) == 5 and len(train) == 45
     assert not {e.prompt for e in evals} & {e.prompt for e in train}
 
 
 def test_accuracy_uses_the_documented_threshold(tiny_path, scratch, capsys):
-    rc, out, err = _train(_args(tiny_path, "out", "--accuracy-threshold", "0", "--eval-every", "2",
-                                "--eval-prompts", "4"), capsys)
+    rc, out, err = _train(
+        _args(tiny_path, "out", "--accuracy-threshold", "0", "--eval-every", "2", "--eval-prompts", "4"), capsys
+    )
     assert rc == 0, err
     rows = [json.loads(line) for line in open(scratch / "out" / "metrics.jsonl")]
     assert all(r["accuracy"] == 1.0 for r in rows if "accuracy" in r)  # every reward is >= 0

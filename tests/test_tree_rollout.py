@@ -29,8 +29,13 @@ def _llama():
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -158,11 +163,12 @@ def test_padded_prompts_give_the_same_tree(llama):
     ids = torch.full((len(PROMPTS), 5), PAD)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(PROMPTS):  # left padding, as the trainer encodes prompts
-        ids[i, 5 - len(p):], mask[i, 5 - len(p):] = torch.tensor(p), 1
+        ids[i, 5 - len(p) :], mask[i, 5 - len(p) :] = torch.tensor(p), 1
     tree = TreeConfig(n_roots=2, fork_at="random", points_per_parent=1)
     sampling = SamplingConfig(max_new_tokens=16, eos_token_id=EOS, pad_token_id=PAD)
-    a = sample_tree_padded(llama, ids, mask, group_size=6, sampling=sampling, tree=tree,
-                           generator=torch.Generator().manual_seed(0))
+    a = sample_tree_padded(
+        llama, ids, mask, group_size=6, sampling=sampling, tree=tree, generator=torch.Generator().manual_seed(0)
+    )
     b = _sample(llama, tree)
     assert torch.equal(a.responses, b.responses) and torch.equal(a.logprobs, b.logprobs)
 
@@ -214,11 +220,27 @@ def test_trainer_steps_with_tree_rollouts(tmp_path):
     build_model(len(tok), hidden=32, layers=1, heads=2).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     before = {k: v.clone() for k, v in build_model(len(tok), hidden=32, layers=1, heads=2).state_dict().items()}
-    cfg = TrainConfig(model=str(tmp_path / "m"), dataset="chain", rollout="tree", tree_roots=1, fork_at="random",
-                      group_size=4, prompts_per_step=2, mini_batches=1, max_new_tokens=12, steps=2, eval_every=0,
-                      lr=1e-2, estimator="tempo", output_dir=str(tmp_path / "run"), progress=False,
-                      tensorboard=False, save_final=True, trust_batches=2,
-                      reward="tests.test_tree_rollout:parity_reward")
+    cfg = TrainConfig(
+        model=str(tmp_path / "m"),
+        dataset="chain",
+        rollout="tree",
+        tree_roots=1,
+        fork_at="random",
+        group_size=4,
+        prompts_per_step=2,
+        mini_batches=1,
+        max_new_tokens=12,
+        steps=2,
+        eval_every=0,
+        lr=1e-2,
+        estimator="tempo",
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        tensorboard=False,
+        save_final=True,
+        trust_batches=2,
+        reward="tests.test_tree_rollout:parity_reward",
+    )
     rows = train(cfg)
     assert all(r["tokens_generated"] < 2 * 4 * 12 for r in rows)  # forks do not resample their prefix
     assert all(r["mean_branch_depth"] is not None for r in rows)

@@ -109,8 +109,9 @@ def test_bad_options(kw, exc, pattern):
 
 @pytest.mark.parametrize("fn", FNS)
 def test_empty_batch_gives_empty_output(fn):
-    out = call(fn, responses=torch.zeros(0, 5, dtype=torch.long), mask=torch.zeros(0, 5),
-               rewards=torch.zeros(0), groups=[])
+    out = call(
+        fn, responses=torch.zeros(0, 5, dtype=torch.long), mask=torch.zeros(0, 5), rewards=torch.zeros(0), groups=[]
+    )
     assert out.shape == (0, 5) and out.dtype == torch.float32
 
 

@@ -37,20 +37,26 @@ def _finish(tds, rewards, group_ids, *, norm_by_std, eps, td_coef, loss_masks=No
 def population_std(sequences, rewards, group_ids, *, loss_masks=None, norm_by_std=True, eps=1e-6, td_coef=1.0):
     """sigma_g with divisor G instead of G - 1."""
     tds = td_values(sequences, rewards, group_ids)
-    return _finish(tds, rewards, group_ids, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef,
-                   loss_masks=loss_masks, population_std=True)
+    return _finish(
+        tds,
+        rewards,
+        group_ids,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        loss_masks=loss_masks,
+        population_std=True,
+    )
 
 
-def td_on_whole_suffix(sequences, rewards, group_ids, *, loss_masks=None, norm_by_std=True, eps=1e-6,
-                       td_coef=1.0):
+def td_on_whole_suffix(sequences, rewards, group_ids, *, loss_masks=None, norm_by_std=True, eps=1e-6, td_coef=1.0):
     """A branch token's TD carried on every later token: sum of TD up to t, i.e. V(y_i[:t+1]) - mu."""
     exact = td_values(sequences, rewards, group_ids)
     tds = [[sum(row[: t + 1], Fraction(0)) for t in range(len(row))] for row in exact]
     return _finish(tds, rewards, group_ids, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, loss_masks=loss_masks)
 
 
-def missed_end_of_response(sequences, rewards, group_ids, *, loss_masks=None, norm_by_std=True, eps=1e-6,
-                           td_coef=1.0):
+def missed_end_of_response(sequences, rewards, group_ids, *, loss_masks=None, norm_by_std=True, eps=1e-6, td_coef=1.0):
     """V(parent) over the members that continue past it: a response that ends at a node is not
     counted as one more child there."""
     tds = [[] for _ in sequences]
@@ -66,13 +72,15 @@ def missed_end_of_response(sequences, rewards, group_ids, *, loss_masks=None, no
     return _finish(tds, rewards, group_ids, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, loss_masks=loss_masks)
 
 
-def padding_as_tokens(responses, response_mask, rewards, group_ids, *, loss_mask=None, norm_by_std=True, eps=1e-6,
-                      td_coef=1.0):
+def padding_as_tokens(
+    responses, response_mask, rewards, group_ids, *, loss_mask=None, norm_by_std=True, eps=1e-6, td_coef=1.0
+):
     """The tree built over whole padded rows (padding compared as tokens), then cut to each response."""
     full = responses.tolist()
     lengths = torch.as_tensor(response_mask).bool().sum(1).tolist()
-    rows = tempo_rl.reference.tempo_advantages(full, torch.as_tensor(rewards).tolist(), list(group_ids),
-                                               norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
+    rows = tempo_rl.reference.tempo_advantages(
+        full, torch.as_tensor(rewards).tolist(), list(group_ids), norm_by_std=norm_by_std, eps=eps, td_coef=td_coef
+    )
     out = torch.zeros(responses.shape, dtype=torch.float64)
     for i, (row, n) in enumerate(zip(rows, lengths)):
         out[i, :n] = torch.tensor(row[:n], dtype=torch.float64)
@@ -81,8 +89,9 @@ def padding_as_tokens(responses, response_mask, rewards, group_ids, *, loss_mask
     return out
 
 
-def authors_loop(responses, response_mask, rewards, group_ids, *, norm_by_std=True, eps=1e-6, td_coef=1.0,
-                 group_of_one_is_nan=True):
+def authors_loop(
+    responses, response_mask, rewards, group_ids, *, norm_by_std=True, eps=1e-6, td_coef=1.0, group_of_one_is_nan=True
+):
     """A per-token loop over padded rows in plain floats, as the authors' released code computes TEMPO:
     at each token the members still sharing the prefix are those whose padded row holds the same id
     (padding compared as tokens), and sigma_g is torch.std, NaN for a group of one."""
@@ -93,7 +102,7 @@ def authors_loop(responses, response_mask, rewards, group_ids, *, norm_by_std=Tr
     for members in group_rows(list(group_ids)).values():
         g = r[members]
         mean = g.mean().item()
-        std = (g.std().item() if len(members) > 1 else (math.nan if group_of_one_is_nan else 0.0))
+        std = g.std().item() if len(members) > 1 else (math.nan if group_of_one_is_nan else 0.0)
         for i in members:
             alive = list(members)
             parent = mean

@@ -100,9 +100,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not (path / STATE_FILE).is_file() and (path / "trainer_state.pt").is_file():
-        raise ValueError(f"{path}: an old checkpoint whose trainer state is a pickle (trainer_state.pt); it is "
-                         "not loaded, since unpickling can run code. Start a new run from its weights: "
-                         f"--model {path}")
+        raise ValueError(
+            f"{path}: an old checkpoint whose trainer state is a pickle (trainer_state.pt); it is "
+            "not loaded, since unpickling can run code. Start a new run from its weights: "
+            f"--model {path}"
+        )
     tensors = load_file(str(path / TENSOR_FILE))
     return decode(json.loads((path / STATE_FILE).read_text()), tensors)
 
@@ -133,8 +135,13 @@ def save(root: str | Path, step: int, *, model, tokenizer, optimizer, scheduler,
         shutil.rmtree(stale, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": rng_state(), "config": config}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "config": config,
+    }
     write_state(tmp, state)
     if final.exists():  # re-saving a step: move the old one aside first, then drop it
         old = root / f".old-step_{step:06d}-{os.getpid()}"

@@ -64,17 +64,38 @@ def make_arms(estimators: list[str], rollouts: list[str], tree_group_size: int =
     return arms
 
 
-def run_grid(base: TrainConfig, arms: dict[str, dict[str, Any]] | list[str], lrs: list[float], seeds: list[int],
-             out_dir: Path, jobs: int, reuse: bool = True) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
+def run_grid(
+    base: TrainConfig,
+    arms: dict[str, dict[str, Any]] | list[str],
+    lrs: list[float],
+    seeds: list[int],
+    out_dir: Path,
+    jobs: int,
+    reuse: bool = True,
+) -> dict[tuple[str, float, int], list[dict[str, Any]]]:
     """Every (arm, lr, seed) run; `jobs` processes, one torch thread each. An arm is an estimator
     name or, from `make_arms`, a name with its config overrides. A run that already finished with
     the same config is read back instead of rerun (`reuse`)."""
     if not isinstance(arms, dict):
         arms = {e: {"estimator": e} for e in arms}
-    runs = {(a, lr, s): replace(base, **arms[a], lr=lr, seed=s, threads=1, progress=False, save_final=False,
-                                tensorboard=False, report_to=[], overwrite=True,
-                                output_dir=str(out_dir / f"{a.replace('+', '_')}_lr{lr:g}_seed{s}"))
-            for a in arms for lr in lrs for s in seeds}
+    runs = {
+        (a, lr, s): replace(
+            base,
+            **arms[a],
+            lr=lr,
+            seed=s,
+            threads=1,
+            progress=False,
+            save_final=False,
+            tensorboard=False,
+            report_to=[],
+            overwrite=True,
+            output_dir=str(out_dir / f"{a.replace('+', '_')}_lr{lr:g}_seed{s}"),
+        )
+        for a in arms
+        for lr in lrs
+        for s in seeds
+    }
     for cfg in runs.values():
         cfg.validate()
     results = {key: rows for key, cfg in runs.items() if reuse and (rows := _finished(cfg)) is not None}
@@ -120,26 +141,33 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
             final = statistics.mean(c[-1] for c in curves)
             hits = [steps_to(results[(e, lr, s)], target) for s in seeds]
             tokens = [tokens_to(results[(e, lr, s)], target) for s in seeds]
-            sweep[e][f"{lr:g}"] = {"mean_eval_accuracy": auc, "final_eval_accuracy": final, "steps_to_target": hits,
-                                   "tokens_to_target": tokens}
+            sweep[e][f"{lr:g}"] = {
+                "mean_eval_accuracy": auc,
+                "final_eval_accuracy": final,
+                "steps_to_target": hits,
+                "tokens_to_target": tokens,
+            }
         best[e] = max(lrs, key=lambda lr: sweep[e][f"{lr:g}"]["mean_eval_accuracy"])
     timing = {}
     for e in estimators:
         rows = [r for s in seeds for r in results[(e, best[e], s)]]
         rows = [r for r in rows if "time_step_s" in r]  # not the step-0 evaluation
-        timing[e] = {"step_s": statistics.median(r["time_step_s"] for r in rows),
-                     "advantage_s": statistics.median(r["time_advantage_s"] for r in rows),
-                     "advantage_fraction": statistics.median(r["advantage_time_fraction"] for r in rows),
-                     "branch_token_fraction": statistics.mean(r["branch_token_fraction"] for r in rows),
-                     "nodes_per_group": statistics.mean(r["nodes_per_group"] for r in rows),
-                     "tokens_per_step": statistics.mean(r.get("tokens_generated", 0) for r in rows),
-                     "mean_branch_depth": statistics.mean(r.get("mean_branch_depth") or 0.0 for r in rows),
-                     "first_branch_depth": statistics.mean(r.get("first_branch_depth") or 0.0 for r in rows)}
+        timing[e] = {
+            "step_s": statistics.median(r["time_step_s"] for r in rows),
+            "advantage_s": statistics.median(r["time_advantage_s"] for r in rows),
+            "advantage_fraction": statistics.median(r["advantage_time_fraction"] for r in rows),
+            "branch_token_fraction": statistics.mean(r["branch_token_fraction"] for r in rows),
+            "nodes_per_group": statistics.mean(r["nodes_per_group"] for r in rows),
+            "tokens_per_step": statistics.mean(r.get("tokens_generated", 0) for r in rows),
+            "mean_branch_depth": statistics.mean(r.get("mean_branch_depth") or 0.0 for r in rows),
+            "first_branch_depth": statistics.mean(r.get("first_branch_depth") or 0.0 for r in rows),
+        }
     return {"sweep": sweep, "best_lr": best, "timing": timing}
 
 
-def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "independent",
-                       group_size: int = 0) -> list[dict[str, float]]:
+def gradient_agreement(
+    base: TrainConfig, n_batches: int, rollout: str = "independent", group_size: int = 0
+) -> list[dict[str, float]]:
     """On a few rollout batches of the initial policy: cosine and norm ratio of the TEMPO and GRPO
     policy gradients (same samples, ratio 1, the configured aggregation). Each row also carries the
     mean cosine of its gradients with the other batches' (per estimator): a scale-free
@@ -149,16 +177,24 @@ def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "indepe
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
     tokenizer, model = load_policy(model_path(cfg), torch.device("cpu"))
-    examples = load_dataset(cfg.dataset, seed=cfg.seed, prompt_column=cfg.prompt_column,
-                            answer_column=cfg.answer_column)
+    examples = load_dataset(
+        cfg.dataset, seed=cfg.seed, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column
+    )
     reward_fns = load_reward_functions(cfg.reward, cfg.reward_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     out, grads = [], {"tempo": [], "grpo": []}
     for b in range(n_batches):
         batch = batch_for_step(examples, 10_000 + b, cfg.prompts_per_step, cfg.seed)
-        roll = sample_groups(model, tokenizer, [e.prompt for e in batch], group_size=cfg.group_size,
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             tree=cfg.tree_config())
+        roll = sample_groups(
+            model,
+            tokenizer,
+            [e.prompt for e in batch],
+            group_size=cfg.group_size,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            tree=cfg.tree_config(),
+        )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
             adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
@@ -166,8 +202,14 @@ def gradient_agreement(base: TrainConfig, n_batches: int, rollout: str = "indepe
             loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=cfg.aggregation).loss
             grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
         t, g = grads["tempo"][-1], grads["grpo"][-1]
-        out.append({"cosine": _cos(t, g), "norm_ratio": float(t.norm() / (g.norm() + 1e-30)),
-                    "reward_mean": float(rewards.mean()), "tokens_generated": roll.stats.get("tokens_generated", 0)})
+        out.append(
+            {
+                "cosine": _cos(t, g),
+                "norm_ratio": float(t.norm() / (g.norm() + 1e-30)),
+                "reward_mean": float(rewards.mean()),
+                "tokens_generated": roll.stats.get("tokens_generated", 0),
+            }
+        )
     for est, gs in grads.items():
         for i, row in enumerate(out):
             if len(gs) > 1:
@@ -194,12 +236,16 @@ def plot(results, summary, estimators, lrs, seeds, target, path: Path) -> None:
         steps = curves[0][0]
         ys = list(zip(*[c[1] for c in curves]))
         mean = [statistics.mean(y) for y in ys]
-        line, = ax.plot(steps, mean, marker="o", label=f"{e} (lr {lr:g}, {len(seeds)} seeds)")
+        (line,) = ax.plot(steps, mean, marker="o", label=f"{e} (lr {lr:g}, {len(seeds)} seeds)")
         ax.fill_between(steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
         ax2.plot(lrs, [summary["sweep"][e][f"{x:g}"]["mean_eval_accuracy"] for x in lrs], marker="o", label=e)
         if by_tokens:
-            cum = [statistics.mean(sum(r.get("tokens_generated", 0) for r in results[(e, lr, s)] if r["step"] <= st)
-                                   for s in seeds) for st in steps]
+            cum = [
+                statistics.mean(
+                    sum(r.get("tokens_generated", 0) for r in results[(e, lr, s)] if r["step"] <= st) for s in seeds
+                )
+                for st in steps
+            ]
             axes[1].plot(cum, mean, marker="o", color=line.get_color(), label=e)
     if by_tokens:
         axes[1].axhline(target, color="grey", ls="--", lw=1)
@@ -220,73 +266,120 @@ def _fmt_steps(hits: list[int | None], budget: int) -> str:
     shown = ", ".join("-" if h is None else str(h) for h in hits)
     reached = [h for h in hits if h is not None]
     med = statistics.median([h if h is not None else float("inf") for h in hits])
-    return f"{'not reached' if med == float('inf') else f'{med:g}'} ({shown}; {len(reached)}/{len(hits)} within {budget})"
+    return (
+        f"{'not reached' if med == float('inf') else f'{med:g}'} ({shown}; {len(reached)}/{len(hits)} within {budget})"
+    )
 
 
 def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, command: str) -> str:
-    lines = [f"# TEMPO vs GRPO on the `{cfg.dataset}` task", "",
-             f"`{command}`", "",
-             f"{cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} samples, "
-             f"{len(seeds)} seeds, lr sweep {', '.join(f'{x:g}' for x in lrs)}; eval accuracy = one sample "
-             f"at temperature {cfg.temperature:g} per held-out prompt ({cfg.eval_prompts} prompts, every "
-             f"{cfg.eval_every} steps).", "",
-             "## Learning-rate sweep (mean eval accuracy over the run / final, mean over seeds)", "",
-             "| estimator | " + " | ".join(f"lr {x:g}" for x in lrs) + " | best lr |",
-             "|---|" + "---|" * (len(lrs) + 1)]
+    lines = [
+        f"# TEMPO vs GRPO on the `{cfg.dataset}` task",
+        "",
+        f"`{command}`",
+        "",
+        f"{cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.group_size} samples, "
+        f"{len(seeds)} seeds, lr sweep {', '.join(f'{x:g}' for x in lrs)}; eval accuracy = one sample "
+        f"at temperature {cfg.temperature:g} per held-out prompt ({cfg.eval_prompts} prompts, every "
+        f"{cfg.eval_every} steps).",
+        "",
+        "## Learning-rate sweep (mean eval accuracy over the run / final, mean over seeds)",
+        "",
+        "| estimator | " + " | ".join(f"lr {x:g}" for x in lrs) + " | best lr |",
+        "|---|" + "---|" * (len(lrs) + 1),
+    ]
     for e in estimators:
-        cells = [f"{summary['sweep'][e][f'{x:g}']['mean_eval_accuracy']:.3f} / "
-                 f"{summary['sweep'][e][f'{x:g}']['final_eval_accuracy']:.3f}" for x in lrs]
+        cells = [
+            f"{summary['sweep'][e][f'{x:g}']['mean_eval_accuracy']:.3f} / "
+            f"{summary['sweep'][e][f'{x:g}']['final_eval_accuracy']:.3f}"
+            for x in lrs
+        ]
         lines.append(f"| {e} | " + " | ".join(cells) + f" | {summary['best_lr'][e]:g} |")
-    lines += ["", f"## Steps to eval accuracy >= {target:g}, each at its best lr (median; per seed)", "",
-              "| estimator | best lr | steps to target | mean eval acc | final eval acc | step time (s) | "
-              "advantage time (ms) | advantage share of step | branch-token fraction | nodes/group |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Steps to eval accuracy >= {target:g}, each at its best lr (median; per seed)",
+        "",
+        "| estimator | best lr | steps to target | mean eval acc | final eval acc | step time (s) | "
+        "advantage time (ms) | advantage share of step | branch-token fraction | nodes/group |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in estimators:
         lr = summary["best_lr"][e]
         s = summary["sweep"][e][f"{lr:g}"]
         t = summary["timing"][e]
-        lines.append(f"| {e} | {lr:g} | {_fmt_steps(s['steps_to_target'], cfg.steps)} | "
-                     f"{s['mean_eval_accuracy']:.3f} | {s['final_eval_accuracy']:.3f} | {t['step_s']:.2f} | "
-                     f"{1e3 * t['advantage_s']:.1f} | {100 * t['advantage_fraction']:.2f}% | "
-                     f"{t['branch_token_fraction']:.3f} | {t['nodes_per_group']:.1f} |")
+        lines.append(
+            f"| {e} | {lr:g} | {_fmt_steps(s['steps_to_target'], cfg.steps)} | "
+            f"{s['mean_eval_accuracy']:.3f} | {s['final_eval_accuracy']:.3f} | {t['step_s']:.2f} | "
+            f"{1e3 * t['advantage_s']:.1f} | {100 * t['advantage_fraction']:.2f}% | "
+            f"{t['branch_token_fraction']:.3f} | {t['nodes_per_group']:.1f} |"
+        )
     if any("+" in e for e in estimators):  # rollouts compared: the token budget and the trees' shape
-        lines += ["", f"## Generated tokens to eval accuracy >= {target:g}, and the trees (best lr)", "",
-                  "| arm | group size | tokens generated / step | tokens to target (median; per seed) | "
-                  "mean first-branch depth | mean branch depth |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Generated tokens to eval accuracy >= {target:g}, and the trees (best lr)",
+            "",
+            "| arm | group size | tokens generated / step | tokens to target (median; per seed) | "
+            "mean first-branch depth | mean branch depth |",
+            "|---|---|---|---|---|---|",
+        ]
         for e in estimators:
             lr = summary["best_lr"][e]
             t = summary["timing"][e]
             toks = summary["sweep"][e][f"{lr:g}"]["tokens_to_target"]
             med = statistics.median([x if x is not None else float("inf") for x in toks])
             shown = ", ".join("-" if x is None else str(x) for x in toks)
-            lines.append(f"| {e} | {summary['group_size'][e]} | {t['tokens_per_step']:.0f} | "
-                         f"{'not reached' if med == float('inf') else f'{med:.0f}'} ({shown}) | "
-                         f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} |")
+            lines.append(
+                f"| {e} | {summary['group_size'][e]} | {t['tokens_per_step']:.0f} | "
+                f"{'not reached' if med == float('inf') else f'{med:.0f}'} ({shown}) | "
+                f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} |"
+            )
     if grad:
-        lines += ["", "## TEMPO vs GRPO policy gradient on the same samples (initial policy)", "",
-                  "cos to other batches: mean cosine of a batch's gradient with the other batches' gradients "
-                  "(same rollout, same estimator); noise drives it to 0, so higher means more signal.", "",
-                  "| rollout | batch | reward mean | tokens | cosine TEMPO-GRPO | norm ratio TEMPO/GRPO | "
-                  "cos to other batches GRPO | cos to other batches TEMPO |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## TEMPO vs GRPO policy gradient on the same samples (initial policy)",
+            "",
+            "cos to other batches: mean cosine of a batch's gradient with the other batches' gradients "
+            "(same rollout, same estimator); noise drives it to 0, so higher means more signal.",
+            "",
+            "| rollout | batch | reward mean | tokens | cosine TEMPO-GRPO | norm ratio TEMPO/GRPO | "
+            "cos to other batches GRPO | cos to other batches TEMPO |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         nan = float("nan")
-        lines += [f"| {g.get('rollout', 'independent')} | {i} | {g['reward_mean']:.3f} | "
-                  f"{g.get('tokens_generated', '-')} | {g['cosine']:.4f} | {g['norm_ratio']:.3f} | {g.get('cos_other_batches_grpo', nan):.4f} | "
-                  f"{g.get('cos_other_batches_tempo', nan):.4f} |" for i, g in enumerate(grad)]
+        lines += [
+            f"| {g.get('rollout', 'independent')} | {i} | {g['reward_mean']:.3f} | "
+            f"{g.get('tokens_generated', '-')} | {g['cosine']:.4f} | {g['norm_ratio']:.3f} | {g.get('cos_other_batches_grpo', nan):.4f} | "
+            f"{g.get('cos_other_batches_tempo', nan):.4f} |"
+            for i, g in enumerate(grad)
+        ]
     return "\n".join(lines) + "\n"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="YAML/JSON TrainConfig fields for every run (model, task, budget)")
     parser.add_argument("--estimators", nargs="+", default=["tempo", "grpo"], choices=["tempo", "grpo", "dr_grpo"])
-    parser.add_argument("--rollout", "--rollouts", dest="rollouts", nargs="+", default=["independent"],
-                        choices=["independent", "tree"],
-                        help="rollout kinds; with more than one, every estimator runs with each "
-                             "(arms 'tempo+tree', ...)")
-    parser.add_argument("--tree-group-size", type=int, default=0,
-                        help="leaves per group for tree arms (0: the config's group_size); a tree generates fewer "
-                             "tokens per leaf, so more leaves give the arms equal tokens per step")
-    parser.add_argument("--lrs", nargs="+", type=float, default=[5e-5, 1e-4, 2e-4, 4e-4],
-                        help="learning-rate sweep, run for every estimator (at least 3 values)")
+    parser.add_argument(
+        "--rollout",
+        "--rollouts",
+        dest="rollouts",
+        nargs="+",
+        default=["independent"],
+        choices=["independent", "tree"],
+        help="rollout kinds; with more than one, every estimator runs with each (arms 'tempo+tree', ...)",
+    )
+    parser.add_argument(
+        "--tree-group-size",
+        type=int,
+        default=0,
+        help="leaves per group for tree arms (0: the config's group_size); a tree generates fewer "
+        "tokens per leaf, so more leaves give the arms equal tokens per step",
+    )
+    parser.add_argument(
+        "--lrs",
+        nargs="+",
+        type=float,
+        default=[5e-5, 1e-4, 2e-4, 4e-4],
+        help="learning-rate sweep, run for every estimator (at least 3 values)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="at least 3 seeds")
     parser.add_argument("--steps", type=int, default=60, help="steps per run (the shared budget)")
     parser.add_argument("--eval-every", type=int, default=5)
@@ -294,10 +387,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--grad-batches", type=int, default=4, help="batches for the gradient cosine (0: skip)")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--runs-dir", default="runs/compare", help="per-run metrics go here")
-    parser.add_argument("--fresh", action="store_true",
-                        help="rerun every run (default: read back runs that finished with the same config)")
-    parser.add_argument("--out", default="compare_demo",
-                        help="writes OUT.png, OUT.md, OUT.json (default: compare_demo.* in the current directory)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rerun every run (default: read back runs that finished with the same config)",
+    )
+    parser.add_argument(
+        "--out",
+        default="compare_demo",
+        help="writes OUT.png, OUT.md, OUT.json (default: compare_demo.* in the current directory)",
+    )
 
 
 def run(args) -> int:
@@ -324,8 +423,15 @@ def run(args) -> int:
     results = run_grid(base, arms, args.lrs, args.seeds, Path(args.runs_dir), args.jobs, reuse=not args.fresh)
     summary = summarise(results, names, args.lrs, args.seeds, args.target)
     summary["group_size"] = {a: arms[a].get("group_size", base.group_size) for a in names}
-    grad = [{"rollout": r, **row} for r in args.rollouts for row in gradient_agreement(
-        base, args.grad_batches, r, args.tree_group_size if r == "tree" else 0)] if args.grad_batches else []
+    grad = (
+        [
+            {"rollout": r, **row}
+            for r in args.rollouts
+            for row in gradient_agreement(base, args.grad_batches, r, args.tree_group_size if r == "tree" else 0)
+        ]
+        if args.grad_batches
+        else []
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, summary, names, args.lrs, args.seeds, args.target, out.with_suffix(".png"))
@@ -333,12 +439,25 @@ def run(args) -> int:
     md = markdown(summary, grad, base, names, args.lrs, args.seeds, args.target, command)
     out.with_suffix(".md").write_text(md)
     curves = {f"{e}|{lr:g}|{s}": eval_curve(h) for (e, lr, s), h in results.items()}
-    rewards = {f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h if "reward_mean" in r]  # not the step-0 eval
-               for (e, lr, s), h in results.items()}
-    out.with_suffix(".json").write_text(json.dumps(
-        {"config": base.to_dict(), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-         "summary": summary, "gradient_agreement": grad, "eval_curves": curves, "train_reward": rewards,
-         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-         "wall_s": time.perf_counter() - t0}, indent=1))
+    rewards = {
+        f"{e}|{lr:g}|{s}": [r["reward_mean"] for r in h if "reward_mean" in r]  # not the step-0 eval
+        for (e, lr, s), h in results.items()
+    }
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "config": base.to_dict(),
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                "summary": summary,
+                "gradient_agreement": grad,
+                "eval_curves": curves,
+                "train_reward": rewards,
+                "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d"),
+                "wall_s": time.perf_counter() - t0,
+            },
+            indent=1,
+        )
+    )
     print(md)
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
@@ -34,32 +34,59 @@ def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
 @dataclass
 class TrainConfig:
     # model and data
-    model: str = _f("tiny", "a local Hugging Face model directory (AutoModelForCausalLM.from_pretrained), "
-                    "or 'tiny' for the embedded demo policy, built and warmed up on first use", "model and data")
+    model: str = _f(
+        "tiny",
+        "a local Hugging Face model directory (AutoModelForCausalLM.from_pretrained), "
+        "or 'tiny' for the embedded demo policy, built and warmed up on first use",
+        "model and data",
+    )
     tiny_dir: str = _f("runs/tiny-base", "where the 'tiny' policy is built and cached", "model and data")
-    tiny_warmup_steps: int = _f(1500, "supervised warm-up steps when building the 'tiny' policy", "model and data",
-                                ge=0)
-    dataset: str = _f("add", "built-in task name ('add', 'chain'), a JSONL / JSON / CSV / Parquet file or a "
-                      "directory written by datasets' save_to_disk, with a prompt and an answer column (other "
-                      "columns reach batched reward functions as keyword arguments)", "model and data")
-    prompt_column: str = _f("prompt", "the dataset column holding the prompt (text, or chat messages)",
-                            "model and data")
-    answer_column: str = _f("answer", "the dataset column holding the answer (passed to rewards as `answer`)",
-                            "model and data")
-    eval_dataset: str = _f("", "held-out prompts for evaluation; '' draws fresh prompts of a built-in task "
-                           "(seed+1), or, for a file, holds out eval_prompts rows (at most a tenth) of the "
-                           "training file, which training then never sees", "model and data")
-    chat_template: bool = _f(False, "wrap each prompt as a user turn with the tokenizer's chat template "
-                             "(for instruct models such as Qwen3)", "model and data")
-    reward: list[str] = _f(["numeric"], "reward functions, summed with reward_weights: 'numeric' (exact "
-                           "rational match of the final answer; \\boxed{}, commas, fractions normalised), "
-                           "'choice' (multiple-choice letter), 'module:function' (the working directory is "
-                           "importable) or 'path/to/file.py:function'. A function may take TRL's batched form "
-                           "fn(prompts, completions, **columns) -> list[float | None] or be fn(completion, "
-                           "answer) -> float", "model and data")
+    tiny_warmup_steps: int = _f(
+        1500, "supervised warm-up steps when building the 'tiny' policy", "model and data", ge=0
+    )
+    dataset: str = _f(
+        "add",
+        "built-in task name ('add', 'chain'), a JSONL / JSON / CSV / Parquet file or a "
+        "directory written by datasets' save_to_disk, with a prompt and an answer column (other "
+        "columns reach batched reward functions as keyword arguments)",
+        "model and data",
+    )
+    prompt_column: str = _f(
+        "prompt", "the dataset column holding the prompt (text, or chat messages)", "model and data"
+    )
+    answer_column: str = _f(
+        "answer", "the dataset column holding the answer (passed to rewards as `answer`)", "model and data"
+    )
+    eval_dataset: str = _f(
+        "",
+        "held-out prompts for evaluation; '' draws fresh prompts of a built-in task "
+        "(seed+1), or, for a file, holds out eval_prompts rows (at most a tenth) of the "
+        "training file, which training then never sees",
+        "model and data",
+    )
+    chat_template: bool = _f(
+        False,
+        "wrap each prompt as a user turn with the tokenizer's chat template (for instruct models such as Qwen3)",
+        "model and data",
+    )
+    reward: list[str] = _f(
+        ["numeric"],
+        "reward functions, summed with reward_weights: 'numeric' (exact "
+        "rational match of the final answer; \\boxed{}, commas, fractions normalised), "
+        "'choice' (multiple-choice letter), 'module:function' (the working directory is "
+        "importable) or 'path/to/file.py:function'. A function may take TRL's batched form "
+        "fn(prompts, completions, **columns) -> list[float | None] or be fn(completion, "
+        "answer) -> float",
+        "model and data",
+    )
     reward_weights: list[float] = _f([], "one weight per reward function (default: all 1.0)", "model and data")
-    reward_time_limit: float = _f(5.0, "seconds per sample a reward may take before it scores 0 with a warning "
-                                  "(a batched call gets this times its batch size)", "model and data", gt=0)
+    reward_time_limit: float = _f(
+        5.0,
+        "seconds per sample a reward may take before it scores 0 with a warning "
+        "(a batched call gets this times its batch size)",
+        "model and data",
+        gt=0,
+    )
 
     # sampling
     prompts_per_step: int = _f(8, "prompts per rollout batch", "sampling", ge=1)
@@ -67,94 +94,175 @@ class TrainConfig:
     max_new_tokens: int = _f(24, "response length limit; generation also stops at EOS", "sampling", ge=1)
     temperature: float = _f(1.0, "sampling temperature", "sampling", gt=0)
     top_p: float = _f(1.0, "nucleus sampling threshold", "sampling", gt=0, le=1)
-    rollout: str = _f("independent", "'independent' (G samples per prompt with `generate`) or 'tree' (each group "
-                      "sampled as a prefix tree: roots, then branches forked inside sampled responses and "
-                      "continued from the policy; trainer/tree_rollout.py)", "sampling",
-                      choices=("independent", "tree"))
+    rollout: str = _f(
+        "independent",
+        "'independent' (G samples per prompt with `generate`) or 'tree' (each group "
+        "sampled as a prefix tree: roots, then branches forked inside sampled responses and "
+        "continued from the policy; trainer/tree_rollout.py)",
+        "sampling",
+        choices=("independent", "tree"),
+    )
     tree_roots: int = _f(2, "tree: responses sampled from the prompt alone before any fork", "sampling", ge=1)
-    fork_at: str = _f("entropy", "tree: fork depths are 'entropy' (the parent's highest-entropy positions, its "
-                      "decision tokens), 'random' (uniform) or 'fixed' (fork_depths)", "sampling",
-                      choices=("entropy", "random", "fixed"))
+    fork_at: str = _f(
+        "entropy",
+        "tree: fork depths are 'entropy' (the parent's highest-entropy positions, its "
+        "decision tokens), 'random' (uniform) or 'fixed' (fork_depths)",
+        "sampling",
+        choices=("entropy", "random", "fixed"),
+    )
     fork_depths: str = _f("", "tree: comma-separated response depths for fork_at='fixed', e.g. '8,16'", "sampling")
     forks_per_point: int = _f(1, "tree: children forked at one (parent, depth) point", "sampling", ge=1)
-    fork_points_per_parent: int = _f(0, "tree: fork points one parent gives per wave (0: as many as needed; 1 "
-                                     "nests forks, children forking from the previous wave)", "sampling", ge=0)
-    min_fork_depth: int = _f(1, "tree: forks share at least this many response tokens with their parent",
-                             "sampling", ge=0)
+    fork_points_per_parent: int = _f(
+        0,
+        "tree: fork points one parent gives per wave (0: as many as needed; 1 "
+        "nests forks, children forking from the previous wave)",
+        "sampling",
+        ge=0,
+    )
+    min_fork_depth: int = _f(
+        1, "tree: forks share at least this many response tokens with their parent", "sampling", ge=0
+    )
     max_fork_depth: int = _f(0, "tree: ... and at most this many (0: no limit)", "sampling", ge=0)
 
     # advantages
-    estimator: str = _f("tempo", "'tempo' (GRPO + TD over the group's prefix tree, arXiv 2509.18314), "
-                        "'grpo' ((R - mean) / std), or 'dr_grpo' (R - mean, no std; Liu et al. 2025)",
-                        "advantages", choices=("tempo", "grpo", "dr_grpo"))
+    estimator: str = _f(
+        "tempo",
+        "'tempo' (GRPO + TD over the group's prefix tree, arXiv 2509.18314), "
+        "'grpo' ((R - mean) / std), or 'dr_grpo' (R - mean, no std; Liu et al. 2025)",
+        "advantages",
+        choices=("tempo", "grpo", "dr_grpo"),
+    )
     td_coef: float = _f(1.0, "weight of TEMPO's TD term (0 gives GRPO exactly)", "advantages", ge=0)
-    backend: str = _f("auto", "advantage backend: auto, reference, torch, triton", "advantages",
-                      choices=("auto", "reference", "torch", "triton"))
-    trust_batches: int = _f(1, "on this many first batches, check the fast backend against the exact "
-                            "reference and stop on a mismatch", "advantages", ge=0)
-    trust_groups: int = _f(4, "groups per checked batch recomputed by the reference (sampled; the cost "
-                           "does not grow with the batch)", "advantages", ge=1)
-    trust_atol: float = _f(1e-5, "mismatch tolerance of the trust check, relative to max(1, |A|max)",
-                           "advantages", gt=0)
+    backend: str = _f(
+        "auto",
+        "advantage backend: auto, reference, torch, triton",
+        "advantages",
+        choices=("auto", "reference", "torch", "triton"),
+    )
+    trust_batches: int = _f(
+        1,
+        "on this many first batches, check the fast backend against the exact reference and stop on a mismatch",
+        "advantages",
+        ge=0,
+    )
+    trust_groups: int = _f(
+        4,
+        "groups per checked batch recomputed by the reference (sampled; the cost does not grow with the batch)",
+        "advantages",
+        ge=1,
+    )
+    trust_atol: float = _f(
+        1e-5, "mismatch tolerance of the trust check, relative to max(1, |A|max)", "advantages", gt=0
+    )
 
     # optimisation
     lr: float = _f(1e-4, "AdamW peak learning rate", "optimisation", gt=0, le=1)
     lr_warmup_steps: int = _f(10, "linear warm-up of the learning rate, in optimizer updates", "optimisation", ge=0)
     weight_decay: float = _f(0.0, "AdamW weight decay", "optimisation", ge=0)
     ppo_epochs: int = _f(1, "passes over each rollout batch", "optimisation", ge=1)
-    mini_batches: int = _f(4, "optimizer updates per epoch (the rollout batch is split this many ways)",
-                           "optimisation", ge=1)
-    grad_accum: int = _f(1, "micro-batches per mini-batch (gradient accumulation; same result, less memory)",
-                         "optimisation", ge=1)
+    mini_batches: int = _f(
+        4, "optimizer updates per epoch (the rollout batch is split this many ways)", "optimisation", ge=1
+    )
+    grad_accum: int = _f(
+        1, "micro-batches per mini-batch (gradient accumulation; same result, less memory)", "optimisation", ge=1
+    )
     max_grad_norm: float = _f(1.0, "gradient clipping threshold (total L2 norm); 0 disables", "optimisation", ge=0)
-    clip_low: float = _f(0.2, "PPO clip below: ratio >= 1 - clip_low for negative advantages", "optimisation",
-                         gt=0, lt=1)
-    clip_high: float = _f(0.28, "PPO clip above: ratio <= 1 + clip_high for positive advantages (DAPO's "
-                          "clip-higher, as in the TEMPO runs)", "optimisation", gt=0)
-    aggregation: str = _f("token-mean", "loss aggregation: 'token-mean' (every token weighs the same) or "
-                          "'sequence-mean' (mean per response, then over responses)", "optimisation",
-                          choices=("token-mean", "sequence-mean"))
-    kl_coef: float = _f(0.0, "weight of the k3 KL penalty to the frozen initial policy (0: no reference "
-                        "model is kept)", "optimisation", ge=0)
-    fused_loss: bool = _f(True, "log-probs and loss through tempo_rl.fused_policy_loss, in chunks of tokens, "
-                          "never forming the (B, T, V) logits; False: full logits (the reference path)",
-                          "optimisation")
+    clip_low: float = _f(
+        0.2, "PPO clip below: ratio >= 1 - clip_low for negative advantages", "optimisation", gt=0, lt=1
+    )
+    clip_high: float = _f(
+        0.28,
+        "PPO clip above: ratio <= 1 + clip_high for positive advantages (DAPO's clip-higher, as in the TEMPO runs)",
+        "optimisation",
+        gt=0,
+    )
+    aggregation: str = _f(
+        "token-mean",
+        "loss aggregation: 'token-mean' (every token weighs the same) or "
+        "'sequence-mean' (mean per response, then over responses)",
+        "optimisation",
+        choices=("token-mean", "sequence-mean"),
+    )
+    kl_coef: float = _f(
+        0.0,
+        "weight of the k3 KL penalty to the frozen initial policy (0: no reference model is kept)",
+        "optimisation",
+        ge=0,
+    )
+    fused_loss: bool = _f(
+        True,
+        "log-probs and loss through tempo_rl.fused_policy_loss, in chunks of tokens, "
+        "never forming the (B, T, V) logits; False: full logits (the reference path)",
+        "optimisation",
+    )
 
     # run
     steps: int = _f(80, "rollout batches (one rollout + its PPO updates = one step)", "run", ge=1)
     seed: int = _f(0, "seed of prompts, sampling and mini-batch order", "run", ge=0)
-    output_dir: str = _f("runs/demo", "metrics.jsonl, rollouts.jsonl and checkpoints/ go here; a new run "
-                         "refuses a directory that already holds a run unless --resume or --overwrite", "run")
-    overwrite: bool = _f(False, "start a new run in an output_dir that holds one, deleting its metrics, "
-                         "rollouts and checkpoints", "run")
-    resume: str = _f("", "'latest' (the checkpoint written last) or a checkpoint directory to continue from, "
-                     "exactly", "run")
-    force_resume: bool = _f(False, "resume even though the options that define the run (model, data, reward, "
-                            "seed, group size, learning rate, ...) differ from the checkpoint's", "run")
+    output_dir: str = _f(
+        "runs/demo",
+        "metrics.jsonl, rollouts.jsonl and checkpoints/ go here; a new run "
+        "refuses a directory that already holds a run unless --resume or --overwrite",
+        "run",
+    )
+    overwrite: bool = _f(
+        False, "start a new run in an output_dir that holds one, deleting its metrics, rollouts and checkpoints", "run"
+    )
+    resume: str = _f(
+        "", "'latest' (the checkpoint written last) or a checkpoint directory to continue from, exactly", "run"
+    )
+    force_resume: bool = _f(
+        False,
+        "resume even though the options that define the run (model, data, reward, "
+        "seed, group size, learning rate, ...) differ from the checkpoint's",
+        "run",
+    )
     save_every: int = _f(0, "checkpoint every N steps (0: only at the end)", "run", ge=0)
     keep_checkpoints: int = _f(2, "checkpoints kept, newest by write order (0: all)", "run", ge=0)
     save_final: bool = _f(True, "checkpoint after the last step", "run")
     eval_every: int = _f(10, "accuracy on the held-out eval prompts every N steps (0: never)", "run", ge=0)
     eval_prompts: int = _f(256, "number of eval prompts", "run", ge=1)
-    eval_greedy: bool = _f(False, "evaluate with greedy decoding; by default one response per prompt is sampled "
-                           "at the training temperature (on the demo task greedy decoding is right almost "
-                           "from the start)", "run")
-    accuracy_threshold: float = _f(1.0, "a response counts as correct (accuracy, eval_accuracy) when its total "
-                                   "reward is at least this", "run")
-    max_zero_variance_steps: int = _f(20, "stop with an error after this many steps in a row in which every "
-                                      "group's rewards were all equal, so every advantage was 0 (0: never)",
-                                      "run", ge=0)
-    dump_rollouts_every: int = _f(0, "every N steps, append the step's groups (prompt, response ids, text, "
-                                  "reward) to rollouts.jsonl for `tempo-rl inspect`", "run", ge=0)
+    eval_greedy: bool = _f(
+        False,
+        "evaluate with greedy decoding; by default one response per prompt is sampled "
+        "at the training temperature (on the demo task greedy decoding is right almost "
+        "from the start)",
+        "run",
+    )
+    accuracy_threshold: float = _f(
+        1.0, "a response counts as correct (accuracy, eval_accuracy) when its total reward is at least this", "run"
+    )
+    max_zero_variance_steps: int = _f(
+        20,
+        "stop with an error after this many steps in a row in which every "
+        "group's rewards were all equal, so every advantage was 0 (0: never)",
+        "run",
+        ge=0,
+    )
+    dump_rollouts_every: int = _f(
+        0,
+        "every N steps, append the step's groups (prompt, response ids, text, "
+        "reward) to rollouts.jsonl for `tempo-rl inspect`",
+        "run",
+        ge=0,
+    )
     device: str = _f("auto", "'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...", "run")
-    dtype: str = _f("float32", "'float32', or 'bfloat16' autocast with float32 master weights (GPU)", "run",
-                    choices=("float32", "bfloat16"))
+    dtype: str = _f(
+        "float32",
+        "'float32', or 'bfloat16' autocast with float32 master weights (GPU)",
+        "run",
+        choices=("float32", "bfloat16"),
+    )
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (large models)", "run")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default)", "run", ge=0)
     progress: bool = _f(True, "tqdm progress bar", "run")
-    report_to: list[str] = _f([], "also log metrics to 'tensorboard' (output_dir/tb; pip install "
-                              "'tempo-rl[tensorboard]') and/or 'wandb' (pip install 'tempo-rl[wandb]')", "run",
-                              choices=("tensorboard", "wandb", "none"))
+    report_to: list[str] = _f(
+        [],
+        "also log metrics to 'tensorboard' (output_dir/tb; pip install "
+        "'tempo-rl[tensorboard]') and/or 'wandb' (pip install 'tempo-rl[wandb]')",
+        "run",
+        choices=("tensorboard", "wandb", "none"),
+    )
     tensorboard: bool = _f(False, "same as --report-to tensorboard (kept for old command lines)", "run")
 
     def __post_init__(self) -> None:
@@ -168,11 +276,14 @@ class TrainConfig:
             setattr(self, name, value)
         rows = self.prompts_per_step * self.group_size
         if rows % self.mini_batches or (rows // self.mini_batches) % self.grad_accum:
-            raise UsageError(f"prompts_per_step * group_size = {rows} must split into mini_batches="
-                             f"{self.mini_batches} x grad_accum={self.grad_accum} equal parts")
+            raise UsageError(
+                f"prompts_per_step * group_size = {rows} must split into mini_batches="
+                f"{self.mini_batches} x grad_accum={self.grad_accum} equal parts"
+            )
         if self.reward_weights and len(self.reward_weights) != len(self.reward):
-            raise UsageError(f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward)} "
-                             "reward functions")
+            raise UsageError(
+                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward)} reward functions"
+            )
         if self.rollout == "tree":
             try:
                 self.tree_config()
@@ -198,10 +309,15 @@ class TrainConfig:
             depths = tuple(int(d) for d in self.fork_depths.split(",") if d.strip())
         except ValueError:
             raise UsageError(f"fork_depths must be comma-separated integers, got {self.fork_depths!r}") from None
-        return TreeConfig(n_roots=self.tree_roots, fork_at=self.fork_at, fork_depths=depths,
-                          forks_per_point=self.forks_per_point,
-                          points_per_parent=self.fork_points_per_parent or None,
-                          min_fork_depth=self.min_fork_depth, max_fork_depth=self.max_fork_depth or None)
+        return TreeConfig(
+            n_roots=self.tree_roots,
+            fork_at=self.fork_at,
+            fork_depths=depths,
+            forks_per_point=self.forks_per_point,
+            points_per_parent=self.fork_points_per_parent or None,
+            min_fork_depth=self.min_fork_depth,
+            max_fork_depth=self.max_fork_depth or None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -289,19 +405,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
         group = groups.setdefault(name, parser.add_argument_group(name))
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
-        bounds = ", ".join(f"{'>=' if k == 'ge' else '>' if k == 'gt' else '<=' if k == 'le' else '<'} "
-                           f"{f.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in f.metadata)
+        bounds = ", ".join(
+            f"{'>=' if k == 'ge' else '>' if k == 'gt' else '<=' if k == 'le' else '<'} {f.metadata[k]}"
+            for k in ("ge", "gt", "le", "lt")
+            if k in f.metadata
+        )
         help_text = f"{f.metadata['help']} (default: {default!r}{'; ' + bounds if bounds else ''})"
         kind = hints[f.name]
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif kind in (list[str], list[float]):
-            group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text,
-                               choices=f.metadata.get("choices"), type=str if kind == list[str] else float)
+            group.add_argument(
+                flag,
+                nargs="+",
+                default=argparse.SUPPRESS,
+                help=help_text,
+                choices=f.metadata.get("choices"),
+                type=str if kind == list[str] else float,
+            )
         else:
-            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text,
-                               choices=f.metadata.get("choices"))
+            group.add_argument(
+                flag, type=kind, default=argparse.SUPPRESS, help=help_text, choices=f.metadata.get("choices")
+            )
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

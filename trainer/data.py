@@ -30,7 +30,6 @@ from typing import Any
 
 from .config import UsageError
 
-
 Chat = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
 
 
@@ -113,12 +112,14 @@ def chain_examples(n: int, seed: int, k: int = 3) -> list[Example]:
 BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}
 
 
-def example_of(row: dict[str, Any], where: str, prompt_column: str = "prompt",
-               answer_column: str = "answer") -> Example:
+def example_of(
+    row: dict[str, Any], where: str, prompt_column: str = "prompt", answer_column: str = "answer"
+) -> Example:
     """One dataset row as an Example; UsageError naming the row when a column is missing or malformed."""
     if not isinstance(row, dict) or prompt_column not in row or answer_column not in row:
-        raise UsageError(f"{where}: each row needs {prompt_column!r} and {answer_column!r} fields "
-                         "(--prompt-column, --answer-column)")
+        raise UsageError(
+            f"{where}: each row needs {prompt_column!r} and {answer_column!r} fields (--prompt-column, --answer-column)"
+        )
     prompt = row[prompt_column]
     if isinstance(prompt, list):
         if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
@@ -157,8 +158,10 @@ def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "ans
     try:
         import datasets
     except ImportError:
-        raise UsageError(f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
-                         "package: pip install 'tempo-rl[train]'") from None
+        raise UsageError(
+            f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
+            "package: pip install 'tempo-rl[train]'"
+        ) from None
     if path.is_dir():
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
@@ -173,8 +176,9 @@ def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "ans
     return out
 
 
-def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0, prompt_column: str = "prompt",
-                 answer_column: str = "answer") -> list[Example]:
+def load_dataset(
+    name_or_path: str, *, n: int = 4096, seed: int = 0, prompt_column: str = "prompt", answer_column: str = "answer"
+) -> list[Example]:
     """A built-in task by name (n seeded examples), or a data file or saved dataset by path."""
     if name_or_path in BUILTIN_TASKS:
         return BUILTIN_TASKS[name_or_path](n, seed)
@@ -184,8 +188,10 @@ def load_dataset(name_or_path: str, *, n: int = 4096, seed: int = 0, prompt_colu
     if (path.is_file() and path.suffix in HF_FORMATS) or (path.is_dir() and any(path.iterdir())):
         return load_hf(path, prompt_column, answer_column)
     if path.is_file():
-        raise UsageError(f"dataset {name_or_path!r}: unknown format {path.suffix!r} (.jsonl, "
-                         f"{', '.join(HF_FORMATS)}, or a directory written by save_to_disk)")
+        raise UsageError(
+            f"dataset {name_or_path!r}: unknown format {path.suffix!r} (.jsonl, "
+            f"{', '.join(HF_FORMATS)}, or a directory written by save_to_disk)"
+        )
     if path.suffix or "/" in name_or_path:
         raise UsageError(f"dataset {name_or_path!r}: no such file or directory")
     raise UsageError(f"dataset {name_or_path!r}: neither a built-in task {sorted(BUILTIN_TASKS)} nor a file")
@@ -195,12 +201,10 @@ def hold_out(examples: list[Example], n_eval: int, seed: int) -> tuple[list[Exam
     """(train, eval): a seeded draw of min(n_eval, len // 10) rows (at least 1) held out for evaluation,
     the rest for training, so evaluation never scores prompts the policy trained on."""
     if len(examples) < 2:
-        raise UsageError(f"dataset: {len(examples)} example, too few to hold out an eval split; give "
-                         "--eval-dataset")
+        raise UsageError(f"dataset: {len(examples)} example, too few to hold out an eval split; give --eval-dataset")
     k = max(1, min(n_eval, len(examples) // 10))
     picked = set(random.Random(seed + 1).sample(range(len(examples)), k))
-    return ([e for i, e in enumerate(examples) if i not in picked],
-            [e for i, e in enumerate(examples) if i in picked])
+    return ([e for i, e in enumerate(examples) if i not in picked], [e for i, e in enumerate(examples) if i in picked])
 
 
 def batch_for_step(examples: list[Example], step: int, n_prompts: int, seed: int) -> list[Example]:

@@ -151,8 +151,10 @@ def load_reward(spec: str) -> RewardFn:
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     if ":" not in spec:
-        raise UsageError(f"reward {spec!r}: expected one of {sorted(BUILTIN_REWARDS)}, 'module:function' "
-                         "or 'path/to/file.py:function'")
+        raise UsageError(
+            f"reward {spec!r}: expected one of {sorted(BUILTIN_REWARDS)}, 'module:function' "
+            "or 'path/to/file.py:function'"
+        )
     try:
         fn = load_target(spec)
     except (ValueError, FileNotFoundError, ImportError, AttributeError) as e:
@@ -189,8 +191,10 @@ def check_reward_arguments(functions: list[RewardFunction], columns: list[str]) 
         for p in inspect.signature(f.fn).parameters.values():
             required = p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
             if required and p.name not in given:
-                raise UsageError(f"reward {f.name}: needs argument {p.name!r}, which is not a dataset column "
-                                 f"(columns: {', '.join(columns)})")
+                raise UsageError(
+                    f"reward {f.name}: needs argument {p.name!r}, which is not a dataset column "
+                    f"(columns: {', '.join(columns)})"
+                )
 
 
 class _Timeout(BaseException):  # BaseException: a reward's own `except Exception` cannot swallow it
@@ -276,8 +280,14 @@ class RewardBatch:
         return self.calls > 0 and self.failures == self.calls
 
 
-def _call_batched(f: RewardFunction, prompts: list[str], completions: list[str], columns: dict[str, list],
-                  completion_ids: list[list[int]] | None, time_limit: float) -> tuple[list, list[str | None]]:
+def _call_batched(
+    f: RewardFunction,
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list],
+    completion_ids: list[list[int]] | None,
+    time_limit: float,
+) -> tuple[list, list[str | None]]:
     """One call of a TRL-style reward: its values and, per sample, why it failed (None: it did not)."""
     n = len(completions)
     kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **columns}
@@ -297,8 +307,9 @@ def _call_batched(f: RewardFunction, prompts: list[str], completions: list[str],
     return [v for v, _ in checked], [w for _, w in checked]
 
 
-def _call_per_sample(f: RewardFunction, completions: list[str], answers: list[str],
-                     time_limit: float) -> tuple[list, list[str | None]]:
+def _call_per_sample(
+    f: RewardFunction, completions: list[str], answers: list[str], time_limit: float
+) -> tuple[list, list[str | None]]:
     values, whys = [], []
     for c, a in zip(completions, answers):
         v, why = _guarded_call(f.fn, (c, a), {}, time_limit)
@@ -309,9 +320,16 @@ def _call_per_sample(f: RewardFunction, completions: list[str], answers: list[st
     return values, whys
 
 
-def score_batch(functions: list[RewardFunction], prompts: list[str], completions: list[str],
-                columns: dict[str, list], *, completion_ids: list[list[int]] | None = None,
-                time_limit: float = 5.0, where: str = "") -> RewardBatch:
+def score_batch(
+    functions: list[RewardFunction],
+    prompts: list[str],
+    completions: list[str],
+    columns: dict[str, list],
+    *,
+    completion_ids: list[list[int]] | None = None,
+    time_limit: float = 5.0,
+    where: str = "",
+) -> RewardBatch:
     """Score n completions with every function; failed samples score 0 from that function.
 
     prompts, completions: (n,); columns: dataset column -> (n,) values (`answer` at least);
@@ -331,8 +349,16 @@ def score_batch(functions: list[RewardFunction], prompts: list[str], completions
         result.failures += len(failed)
         if failed:
             i = failed[0]
-            log.warning("reward %s failed on %d of %d samples%s; they score 0 from it. First: sample %d "
-                        "(prompt %r): %s", f.name, len(failed), n, where, i, prompts[i][:60], whys[i])
+            log.warning(
+                "reward %s failed on %d of %d samples%s; they score 0 from it. First: sample %d (prompt %r): %s",
+                f.name,
+                len(failed),
+                n,
+                where,
+                i,
+                prompts[i][:60],
+                whys[i],
+            )
         result.per_function[f.name] = values
         for i, v in enumerate(values):
             if v is not None:

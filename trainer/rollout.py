@@ -28,15 +28,23 @@ class Rollout:
         return int(self.response_mask.sum())
 
     def select(self, rows: torch.Tensor) -> "Rollout":
-        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.responses[rows],
-                       self.response_mask[rows], self.group_ids[rows], [self.texts[i] for i in rows.tolist()],
-                       self.stats)
+        return Rollout(
+            self.prompt_ids[rows],
+            self.prompt_mask[rows],
+            self.responses[rows],
+            self.response_mask[rows],
+            self.group_ids[rows],
+            [self.texts[i] for i in rows.tolist()],
+            self.stats,
+        )
 
 
 def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool, device) -> dict[str, torch.Tensor]:
     if chat_template:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
     tokenizer.padding_side = "left"  # generation appends on the right
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat_template)
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
@@ -49,38 +57,88 @@ def response_mask_after_eos(responses: torch.Tensor, eos_id: int) -> torch.Tenso
     return before_first.long()
 
 
-def sample_groups(model, tokenizer, prompts: list[str], *, group_size: int, max_new_tokens: int,
-                  temperature: float, top_p: float, chat_template: bool = False,
-                  greedy: bool = False, autocast_dtype=None, tree=None) -> Rollout:
+def sample_groups(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    chat_template: bool = False,
+    greedy: bool = False,
+    autocast_dtype=None,
+    tree=None,
+) -> Rollout:
     """G samples of each prompt (greedy: argmax decoding, for evaluation). Generation runs under
     inference_mode; the returned tensors are ordinary ones (cloned), usable in autograd. With a
     `TreeConfig` as `tree`, each group is sampled as a prefix tree by `tree_rollout.sample_tree`
     instead of `generate` (same sampling rules, same global RNG)."""
-    roll = _sample(model, tokenizer, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, chat_template=chat_template, greedy=greedy,
-                   autocast_dtype=autocast_dtype, tree=tree)
-    return Rollout(roll.prompt_ids.clone(), roll.prompt_mask.clone(), roll.responses.clone(),
-                   roll.response_mask.clone(), roll.group_ids.clone(), roll.texts, roll.stats)
+    roll = _sample(
+        model,
+        tokenizer,
+        prompts,
+        group_size=group_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        chat_template=chat_template,
+        greedy=greedy,
+        autocast_dtype=autocast_dtype,
+        tree=tree,
+    )
+    return Rollout(
+        roll.prompt_ids.clone(),
+        roll.prompt_mask.clone(),
+        roll.responses.clone(),
+        roll.response_mask.clone(),
+        roll.group_ids.clone(),
+        roll.texts,
+        roll.stats,
+    )
 
 
 @torch.inference_mode()
-def _sample(model, tokenizer, prompts, *, group_size, max_new_tokens, temperature, top_p, chat_template,
-            greedy, autocast_dtype, tree=None) -> Rollout:
+def _sample(
+    model,
+    tokenizer,
+    prompts,
+    *,
+    group_size,
+    max_new_tokens,
+    temperature,
+    top_p,
+    chat_template,
+    greedy,
+    autocast_dtype,
+    tree=None,
+) -> Rollout:
     device = next(model.parameters()).device
     enc = encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
     g = group_size
     ids = enc["input_ids"].repeat_interleave(g, 0)  # (P*G, Lp)
     att = enc["attention_mask"].repeat_interleave(g, 0)
     if tree is not None and not greedy:
-        responses, mask, stats = _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree,
-                                              autocast_dtype)
+        responses, mask, stats = _sample_tree(
+            model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree, autocast_dtype
+        )
     else:
-        sampling = ({"do_sample": False} if greedy else
-                    {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0})
+        sampling = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        )
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
-        responses = out[:, ids.shape[1]:]  # (P*G, Lr)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=att,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        responses = out[:, ids.shape[1] :]  # (P*G, Lr)
         mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
         stats = {"tokens_generated": int(mask.sum())}
@@ -93,12 +151,18 @@ def _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, t
     """(responses (P*G, Lr), mask, sampler stats) of tree-sampled groups, group-major like `generate`."""
     from .tree_rollout import SamplingConfig, sample_tree_padded
 
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     device = enc["input_ids"].device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        out = sample_tree_padded(model, enc["input_ids"], enc["attention_mask"], group_size=g, sampling=sampling,
-                                 tree=tree)
+        out = sample_tree_padded(
+            model, enc["input_ids"], enc["attention_mask"], group_size=g, sampling=sampling, tree=tree
+        )
     return out.responses.to(device), out.response_mask.long().to(device), out.stats
 
 
@@ -111,12 +175,15 @@ def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     for knob in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         value = getattr(config, knob, None)
         if value not in (None, 1, 1.0):
-            raise ValueError(f"fused_loss: this model sets {knob}={value!r}, so its logits are not the LM head's "
-                             "output; set fused_loss = False")
+            raise ValueError(
+                f"fused_loss: this model sets {knob}={value!r}, so its logits are not the LM head's "
+                "output; set fused_loss = False"
+            )
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"fused_loss: the output embedding is a {type(head).__name__}, not nn.Linear; "
-                         "set fused_loss = False")
+        raise ValueError(
+            f"fused_loss: the output embedding is a {type(head).__name__}, not nn.Linear; set fused_loss = False"
+        )
     return head.weight, head.bias
 
 

@@ -104,8 +104,19 @@ def warmup_batch(tokenizer, n: int, rng: random.Random, forget_carry: float, sli
     return ids, lab, att
 
 
-def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, forget_carry: float = 0.5,
-            slip: float = 0.1, seed: int = 0, log_every: int = 100, task: str = "add") -> None:
+def warm_up(
+    model,
+    tokenizer,
+    *,
+    steps: int,
+    batch: int = 64,
+    lr: float = 3e-3,
+    forget_carry: float = 0.5,
+    slip: float = 0.1,
+    seed: int = 0,
+    log_every: int = 100,
+    task: str = "add",
+) -> None:
     """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -123,12 +134,15 @@ def warm_up(model, tokenizer, *, steps: int, batch: int = 64, lr: float = 3e-3, 
         sched.step()
         opt.zero_grad(set_to_none=True)
         if log_every and (step + 1) % log_every == 0:
-            print(f"warm-up step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(
+                f"warm-up step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True
+            )
     model.eval()
 
 
-def make_base_model(path: str | Path, *, warmup_steps: int = 1500, seed: int = 0, hidden: int = 96,
-                    layers: int = 2, task: str = "add") -> Path:
+def make_base_model(
+    path: str | Path, *, warmup_steps: int = 1500, seed: int = 0, hidden: int = 96, layers: int = 2, task: str = "add"
+) -> Path:
     """Build, warm up on `task` and `save_pretrained` the demo policy at `path` (skipped if already
     there; a policy warmed up on another task is an error, not a silent reuse)."""
     path = Path(path)
@@ -136,8 +150,9 @@ def make_base_model(path: str | Path, *, warmup_steps: int = 1500, seed: int = 0
     if (path / "config.json").is_file():
         built = marker.read_text().strip() if marker.is_file() else "add"
         if built != task:
-            raise ValueError(f"{path} holds the tiny policy warmed up on {built!r}, not {task!r}; "
-                             "pass another --tiny-dir")
+            raise ValueError(
+                f"{path} holds the tiny policy warmed up on {built!r}, not {task!r}; pass another --tiny-dir"
+            )
         return path
     tokenizer = build_tokenizer()
     model = build_model(len(tokenizer), hidden=hidden, layers=layers, seed=seed)

@@ -35,8 +35,14 @@ from . import checkpoint
 from .config import INSTALL_TRAIN, TrainConfig, UsageError, add_config_arguments, config_from_args
 from .data import BUILTIN_TASKS, Example, batch_for_step, hold_out, load_dataset, prompt_text, reward_columns
 from .loss import policy_loss
-from .rewards import (RewardBatch, RewardFunction, TrainingStopped, check_reward_arguments,
-                      load_reward_functions, score_batch)
+from .rewards import (
+    RewardBatch,
+    RewardFunction,
+    TrainingStopped,
+    check_reward_arguments,
+    load_reward_functions,
+    score_batch,
+)
 from .rollout import Rollout, forward_hidden, forward_logprobs, lm_head, sample_groups
 
 log = logging.getLogger("tempo_rl.trainer")
@@ -54,8 +60,10 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
-            raise UsageError(f"device {name!r}: this torch ({torch.__version__}, {build}) has no CUDA device; "
-                             "use --device cpu, or install a CUDA build of torch on a GPU machine")
+            raise UsageError(
+                f"device {name!r}: this torch ({torch.__version__}, {build}) has no CUDA device; "
+                "use --device cpu, or install a CUDA build of torch on a GPU machine"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif device.type != "cpu":
@@ -79,12 +87,13 @@ def check_model_dir(cfg: TrainConfig) -> None:
         return
     path = Path(cfg.model)
     if not path.is_dir():
-        raise UsageError(f"model {cfg.model!r}: no such directory (the trainer loads a local directory written "
-                         "by save_pretrained; download a hub model first, e.g. `hf download Qwen/Qwen3-1.7B "
-                         "--local-dir models/Qwen3-1.7B`)")
+        raise UsageError(
+            f"model {cfg.model!r}: no such directory (the trainer loads a local directory written "
+            "by save_pretrained; download a hub model first, e.g. `hf download Qwen/Qwen3-1.7B "
+            "--local-dir models/Qwen3-1.7B`)"
+        )
     if not (path / "config.json").is_file():
-        raise UsageError(f"model {cfg.model!r}: no config.json in it; expected a directory written by "
-                         "save_pretrained")
+        raise UsageError(f"model {cfg.model!r}: no config.json in it; expected a directory written by save_pretrained")
 
 
 def load_policy(path: str | Path, device: torch.device, gradient_checkpointing: bool = False):
@@ -104,9 +113,7 @@ def load_policy(path: str | Path, device: torch.device, gradient_checkpointing: 
 def model_path(cfg: TrainConfig) -> str:
     if cfg.model != "tiny":
         return cfg.model
-    from .tiny import make_base_model
-
-    from .tiny import WARMUP_FORGET_CARRY
+    from .tiny import WARMUP_FORGET_CARRY, make_base_model
 
     task = cfg.dataset if cfg.dataset in WARMUP_FORGET_CARRY else "add"
     return str(make_base_model(cfg.tiny_dir, warmup_steps=cfg.tiny_warmup_steps, task=task))
@@ -147,7 +154,7 @@ def prompts_for(tokenizer, batch: list[Example], cfg: TrainConfig) -> tuple[list
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         bos = tokenizer.bos_token
         if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
-            text = text[len(bos):]  # the tokenizer adds it again
+            text = text[len(bos) :]  # the tokenizer adds it again
         texts.append(text)
     return texts, False
 
@@ -163,9 +170,14 @@ def compute_advantages(roll: Rollout, rewards: torch.Tensor, cfg: TrainConfig) -
     """(B, Lr) token advantages of the configured estimator and the batch's tree statistics, from
     one pass over the tokens (GRPO and Dr. GRPO are TEMPO with td_coef = 0, bitwise)."""
     return tempo_rl.tempo_advantages_with_stats(
-        roll.responses, roll.response_mask, rewards, roll.group_ids,
-        norm_by_std=cfg.estimator != "dr_grpo", td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
-        backend=cfg.backend)
+        roll.responses,
+        roll.response_mask,
+        rewards,
+        roll.group_ids,
+        norm_by_std=cfg.estimator != "dr_grpo",
+        td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
+        backend=cfg.backend,
+    )
 
 
 def trust_check(adv: torch.Tensor, roll: Rollout, rewards: torch.Tensor, cfg: TrainConfig, step: int) -> bool:
@@ -176,12 +188,22 @@ def trust_check(adv: torch.Tensor, roll: Rollout, rewards: torch.Tensor, cfg: Tr
         return False
     try:
         check_against_reference(
-            adv, roll.responses, roll.response_mask, rewards, roll.group_ids,
-            norm_by_std=cfg.estimator != "dr_grpo", td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
-            atol=cfg.trust_atol, max_groups=cfg.trust_groups, seed=cfg.seed + step)
+            adv,
+            roll.responses,
+            roll.response_mask,
+            rewards,
+            roll.group_ids,
+            norm_by_std=cfg.estimator != "dr_grpo",
+            td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
+            atol=cfg.trust_atol,
+            max_groups=cfg.trust_groups,
+            seed=cfg.seed + step,
+        )
     except AdvantageMismatch as e:
-        raise AdvantageMismatch(f"step {step}: backend {resolve_backend(cfg.backend, adv.device)!r}: {e}; rerun "
-                                "with --backend reference and report the batch") from None
+        raise AdvantageMismatch(
+            f"step {step}: backend {resolve_backend(cfg.backend, adv.device)!r}: {e}; rerun "
+            "with --backend reference and report the batch"
+        ) from None
     return True
 
 
@@ -204,8 +226,9 @@ def minibatch_order(n: int, cfg: TrainConfig, step: int, epoch: int) -> torch.Te
     return torch.randperm(n, generator=gen)
 
 
-def ppo_update(model, ref_model, opt, sched, roll: Rollout, adv: torch.Tensor, cfg: TrainConfig, step: int,
-               autocast_dtype) -> dict[str, float]:
+def ppo_update(
+    model, ref_model, opt, sched, roll: Rollout, adv: torch.Tensor, cfg: TrainConfig, step: int, autocast_dtype
+) -> dict[str, float]:
     """ppo_epochs x mini_batches optimizer updates on one rollout batch."""
     n_updates = cfg.ppo_epochs * cfg.mini_batches
     old_logp = ref_logp = None
@@ -247,21 +270,35 @@ def score_logprobs(model, roll: Rollout, cfg: TrainConfig, autocast_dtype) -> to
     return fused_logprobs(hidden, weight, roll.responses, bias=bias)
 
 
-def micro_loss_unfused(model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float,
-                       autocast_dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def micro_loss_unfused(
+    model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float, autocast_dtype
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The reference path: full (B, Lr, V) logits, trainer/loss.py. Returns (loss to backward, metrics)."""
     logp, ent = forward_logprobs(model, part, with_entropy=True, autocast_dtype=autocast_dtype)
     out = policy_loss(
-        logp, logp.detach() if old_logp is None else old_logp, adv, part.response_mask,
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation,
-        ref_logp=ref_logp, kl_coef=cfg.kl_coef, denom=denom)
+        logp,
+        logp.detach() if old_logp is None else old_logp,
+        adv,
+        part.response_mask,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        aggregation=cfg.aggregation,
+        ref_logp=ref_logp,
+        kl_coef=cfg.kl_coef,
+        denom=denom,
+    )
     m = part.response_mask.float()
-    return out.loss, {"clip_fraction": out.clip_fraction, "approx_kl": out.approx_kl, "kl_ref": out.kl,
-                      "entropy": (ent * m).sum() / m.sum().clamp(min=1)}
+    return out.loss, {
+        "clip_fraction": out.clip_fraction,
+        "approx_kl": out.approx_kl,
+        "kl_ref": out.kl,
+        "entropy": (ent * m).sum() / m.sum().clamp(min=1),
+    }
 
 
-def micro_loss_fused(model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float,
-                     autocast_dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def micro_loss_fused(
+    model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float, autocast_dtype
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The same loss through `tempo_rl.fused_policy_loss` (chunks of tokens, no (B, Lr, V) logits).
 
     The op divides by the micro-batch's own token (or response) count; rescaling by count / denom
@@ -271,32 +308,58 @@ def micro_loss_fused(model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainCo
     if old_logp is None:  # single update: old = current, detached (ratio exactly 1)
         old_logp = fused_logprobs(hidden.detach(), weight.detach(), part.responses, bias=bias)
     loss, metrics = tempo_rl.fused_policy_loss(
-        hidden, weight, part.responses, old_logp, adv, part.response_mask, bias=bias, ref_logp=ref_logp,
-        kl_coef=cfg.kl_coef, clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation)
+        hidden,
+        weight,
+        part.responses,
+        old_logp,
+        adv,
+        part.response_mask,
+        bias=bias,
+        ref_logp=ref_logp,
+        kl_coef=cfg.kl_coef,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        aggregation=cfg.aggregation,
+    )
     count = max(part.n_tokens, 1) if cfg.aggregation == "token-mean" else part.responses.shape[0]
     scale = count / denom
-    return loss * scale, {"clip_fraction": metrics["clip_fraction"], "approx_kl": metrics["approx_kl"],
-                          "kl_ref": metrics["kl"] * scale, "entropy": metrics["entropy"]}
+    return loss * scale, {
+        "clip_fraction": metrics["clip_fraction"],
+        "approx_kl": metrics["approx_kl"],
+        "kl_ref": metrics["kl"] * scale,
+        "entropy": metrics["entropy"],
+    }
 
 
 # ----------------------------------------------------------------------------- metrics
-def score_rollout(roll: Rollout, batch: list[Example], cfg: TrainConfig, rewards: list[RewardFunction],
-                  where: str = "") -> RewardBatch:
+def score_rollout(
+    roll: Rollout, batch: list[Example], cfg: TrainConfig, rewards: list[RewardFunction], where: str = ""
+) -> RewardBatch:
     """Every reward function on every response of the rollout, with its prompt's dataset columns."""
     rows = [batch[g] for g in roll.group_ids.tolist()]
     ids = [roll.responses[i, : int(n)].tolist() for i, n in enumerate(roll.response_mask.sum(-1))]
-    return score_batch(rewards, [e.prompt for e in rows], roll.texts, reward_columns(rows), completion_ids=ids,
-                       time_limit=cfg.reward_time_limit, where=where)
+    return score_batch(
+        rewards,
+        [e.prompt for e in rows],
+        roll.texts,
+        reward_columns(rows),
+        completion_ids=ids,
+        time_limit=cfg.reward_time_limit,
+        where=where,
+    )
 
 
-def score(roll: Rollout, batch: list[Example], cfg: TrainConfig, rewards: list[RewardFunction],
-          step: int | None = None) -> torch.Tensor:
+def score(
+    roll: Rollout, batch: list[Example], cfg: TrainConfig, rewards: list[RewardFunction], step: int | None = None
+) -> torch.Tensor:
     """(B,) float32 total rewards; TrainingStopped when every reward call of the batch failed."""
     where = "" if step is None else f" at step {step}"
     scored = score_rollout(roll, batch, cfg, rewards, where)
     if scored.all_failed:
-        raise TrainingStopped(f"every reward call failed{where} ({', '.join(f.name for f in rewards)}); see the "
-                              "warnings above. Fix the reward function(s) and rerun")
+        raise TrainingStopped(
+            f"every reward call failed{where} ({', '.join(f.name for f in rewards)}); see the "
+            "warnings above. Fix the reward function(s) and rerun"
+        )
     return torch.tensor(scored.total, dtype=torch.float32, device=roll.responses.device)
 
 
@@ -310,8 +373,9 @@ def all_groups_flat(rewards: torch.Tensor, group_ids: torch.Tensor) -> bool:
     return True
 
 
-def rollout_metrics(roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tree: TreeStats,
-                    threshold: float = 1.0) -> dict[str, Any]:
+def rollout_metrics(
+    roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tree: TreeStats, threshold: float = 1.0
+) -> dict[str, Any]:
     m = roll.response_mask.bool()
     a = adv[m]
     return {
@@ -327,8 +391,9 @@ def rollout_metrics(roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tre
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, examples: list[Example], cfg: TrainConfig, rewards: list[RewardFunction],
-             autocast_dtype) -> float:
+def evaluate(
+    model, tokenizer, examples: list[Example], cfg: TrainConfig, rewards: list[RewardFunction], autocast_dtype
+) -> float:
     """Accuracy (total reward >= accuracy_threshold) of one response per eval prompt, sampled at the
     training temperature (greedy with --eval-greedy). The sampling RNG is forked and seeded, so
     evaluating neither disturbs training (resume stays exact) nor varies between runs of one seed."""
@@ -338,9 +403,18 @@ def evaluate(model, tokenizer, examples: list[Example], cfg: TrainConfig, reward
         for i in range(0, len(examples), 64):
             chunk = examples[i : i + 64]
             prompts, chat = prompts_for(tokenizer, chunk, cfg)
-            roll = sample_groups(model, tokenizer, prompts, group_size=1, greedy=cfg.eval_greedy,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 chat_template=chat, autocast_dtype=autocast_dtype)
+            roll = sample_groups(
+                model,
+                tokenizer,
+                prompts,
+                group_size=1,
+                greedy=cfg.eval_greedy,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                chat_template=chat,
+                autocast_dtype=autocast_dtype,
+            )
             scored = score_rollout(roll, chunk, cfg, rewards, " in evaluation")
             hits += sum(t >= cfg.accuracy_threshold for t in scored.total)
     return hits / max(1, len(examples))
@@ -409,19 +483,51 @@ def dump_groups(path: Path, roll: Rollout, rewards: torch.Tensor, batch: list[Ex
     with open(path, "a") as f:
         for i, g in enumerate(roll.group_ids.tolist()):
             n = int(roll.response_mask[i].sum())
-            f.write(json.dumps({"step": step, "group_id": g, "prompt": prompt_text(batch[g].prompt),
-                                "response": roll.responses[i, :n].tolist(), "text": roll.texts[i],
-                                "reward": float(rewards[i])}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "group_id": g,
+                        "prompt": prompt_text(batch[g].prompt),
+                        "response": roll.responses[i, :n].tolist(),
+                        "text": roll.texts[i],
+                        "reward": float(rewards[i]),
+                    }
+                )
+                + "\n"
+            )
 
 
 # ----------------------------------------------------------------------------- before anything loads
 # Options that may differ when a run resumes; a difference in any other option is refused unless
 # --force-resume, since the continued run would no longer be the run the checkpoint belongs to.
-MAY_CHANGE_ON_RESUME = frozenset({
-    "steps", "output_dir", "overwrite", "resume", "force_resume", "save_every", "keep_checkpoints", "save_final",
-    "eval_every", "eval_greedy", "dump_rollouts_every", "device", "threads", "progress", "report_to",
-    "tensorboard", "reward_time_limit", "trust_batches", "trust_atol", "backend", "accuracy_threshold",
-    "max_zero_variance_steps", "tiny_dir"})
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "steps",
+        "output_dir",
+        "overwrite",
+        "resume",
+        "force_resume",
+        "save_every",
+        "keep_checkpoints",
+        "save_final",
+        "eval_every",
+        "eval_greedy",
+        "dump_rollouts_every",
+        "device",
+        "threads",
+        "progress",
+        "report_to",
+        "tensorboard",
+        "reward_time_limit",
+        "trust_batches",
+        "trust_atol",
+        "backend",
+        "accuracy_threshold",
+        "max_zero_variance_steps",
+        "tiny_dir",
+    }
+)
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "checkpoints", "tb", "wandb")
 
 
@@ -440,13 +546,18 @@ class Setup:
 def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """Refuse to continue a checkpoint under options that change what the run is."""
     now = cfg.to_dict()
-    diffs = [k for k, v in state.get("config", {}).items() if k not in MAY_CHANGE_ON_RESUME and k in now
-             and json.loads(json.dumps(now[k])) != v]
+    diffs = [
+        k
+        for k, v in state.get("config", {}).items()
+        if k not in MAY_CHANGE_ON_RESUME and k in now and json.loads(json.dumps(now[k])) != v
+    ]
     if diffs and not cfg.force_resume:
         was = ", ".join(f"{k}={state['config'][k]!r}" for k in diffs)
         now_ = ", ".join(f"{k}={now[k]!r}" for k in diffs)
-        raise UsageError(f"--resume {path}: the checkpoint's run has {was}, this command {now_}; resume with the "
-                         "same options, or pass --force-resume to continue under the new ones")
+        raise UsageError(
+            f"--resume {path}: the checkpoint's run has {was}, this command {now_}; resume with the "
+            "same options, or pass --force-resume to continue under the new ones"
+        )
     if diffs:
         log.warning("resuming %s with changed options: %s", path, ", ".join(diffs))
 
@@ -459,9 +570,11 @@ def check_output_dir(cfg: TrainConfig) -> None:
     held = sorted(p.name for p in out.iterdir())
     if held:
         listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise UsageError(f"output_dir {str(out)!r} is not empty ({listed}); "
-                         "continue that run with --resume latest, replace it with --overwrite, or choose "
-                         "another --output-dir")
+        raise UsageError(
+            f"output_dir {str(out)!r} is not empty ({listed}); "
+            "continue that run with --resume latest, replace it with --overwrite, or choose "
+            "another --output-dir"
+        )
 
 
 def prepare(cfg: TrainConfig) -> Setup:
@@ -544,22 +657,40 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
-               desc=f"train {cfg.estimator}", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        disable=not cfg.progress,
+        desc=f"train {cfg.estimator}",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     tree = cfg.tree_config()  # None: independent samples through `generate`
     try:
         for step in bar:
             t0 = time.perf_counter()
             batch = batch_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
             prompts, chat = prompts_for(tokenizer, batch, cfg)
-            roll = sample_groups(model, tokenizer, prompts, group_size=cfg.group_size,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 chat_template=chat, autocast_dtype=autocast_dtype, tree=tree)
+            roll = sample_groups(
+                model,
+                tokenizer,
+                prompts,
+                group_size=cfg.group_size,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                chat_template=chat,
+                autocast_dtype=autocast_dtype,
+                tree=tree,
+            )
             t_gen = time.perf_counter()
             scored = score_rollout(roll, batch, cfg, rewards, f" at step {step + 1}")
             if scored.all_failed:
-                raise TrainingStopped(f"every reward call failed at step {step + 1} "
-                                      f"({', '.join(f.name for f in rewards)}); see the warnings above")
+                raise TrainingStopped(
+                    f"every reward call failed at step {step + 1} "
+                    f"({', '.join(f.name for f in rewards)}); see the warnings above"
+                )
             rewards_t = torch.tensor(scored.total, dtype=torch.float32, device=roll.responses.device)
             t_adv0 = time.perf_counter()
             adv, tree_stats = compute_advantages(roll, rewards_t, cfg)
@@ -569,10 +700,18 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
                 checked += 1
             upd = ppo_update(model, ref_model, opt, sched, roll, adv, cfg, step, autocast_dtype)
             t_step = time.perf_counter() - t0
-            row = {"step": step + 1, **rollout_metrics(roll, rewards_t, adv, tree_stats, cfg.accuracy_threshold),
-                   **reward_means(scored), **upd, "lr": sched.get_last_lr()[0],
-                   "time_step_s": t_step, "time_generate_s": t_gen - t0, "time_advantage_s": t_adv,
-                   "advantage_time_fraction": t_adv / t_step, "tokens_per_s": roll.n_tokens / t_step}
+            row = {
+                "step": step + 1,
+                **rollout_metrics(roll, rewards_t, adv, tree_stats, cfg.accuracy_threshold),
+                **reward_means(scored),
+                **upd,
+                "lr": sched.get_last_lr()[0],
+                "time_step_s": t_step,
+                "time_generate_s": t_gen - t0,
+                "time_advantage_s": t_adv,
+                "advantage_time_fraction": t_adv / t_step,
+                "tokens_per_s": roll.n_tokens / t_step,
+            }
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
                 row["eval_accuracy"] = evaluate(model, tokenizer, evals, cfg, rewards, autocast_dtype)
             if cfg.dump_rollouts_every and (step + 1) % cfg.dump_rollouts_every == 0:
@@ -582,15 +721,24 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", eval=row.get("eval_accuracy", ""))
             last = step + 1 == cfg.steps
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or (last and cfg.save_final):
-                checkpoint.save(out_dir / "checkpoints", step + 1, model=model, tokenizer=tokenizer, optimizer=opt,
-                                scheduler=sched, config=cfg.to_dict(), keep=cfg.keep_checkpoints)
+                checkpoint.save(
+                    out_dir / "checkpoints",
+                    step + 1,
+                    model=model,
+                    tokenizer=tokenizer,
+                    optimizer=opt,
+                    scheduler=sched,
+                    config=cfg.to_dict(),
+                    keep=cfg.keep_checkpoints,
+                )
             flat_steps = flat_steps + 1 if all_groups_flat(rewards_t, roll.group_ids) else 0
             if cfg.max_zero_variance_steps and flat_steps >= cfg.max_zero_variance_steps:
                 raise TrainingStopped(
                     f"for {flat_steps} steps in a row (to step {step + 1}) every group's rewards were all equal "
                     f"(mean reward {row['reward_mean']:.3g}), so every advantage was 0 and nothing was learned; "
                     "check the reward function against a few completions, or raise --temperature / "
-                    "--group-size (--max-zero-variance-steps 0 turns this check off)")
+                    "--group-size (--max-zero-variance-steps 0 turns this check off)"
+                )
     finally:
         bar.close()
         metrics.close()
@@ -629,15 +777,21 @@ def run(args) -> int:
     history = [r for r in history if "reward_mean" in r]
     if history:
         first, last = history[0], history[-1]
-        print(f"reward_mean: step {first['step']} {first['reward_mean']:.3f} -> step {last['step']} "
-              f"{last['reward_mean']:.3f}")
+        print(
+            f"reward_mean: step {first['step']} {first['reward_mean']:.3f} -> step {last['step']} "
+            f"{last['reward_mean']:.3f}"
+        )
         width = max(1, len(history) // 10)
         chunks = [history[i : i + width] for i in range(0, len(history), width)]
-        print(f"reward_mean per {width} steps: " + " ".join(
-            f"{sum(r['reward_mean'] for r in c) / len(c):.2f}" for c in chunks))
+        print(
+            f"reward_mean per {width} steps: "
+            + " ".join(f"{sum(r['reward_mean'] for r in c) / len(c):.2f}" for c in chunks)
+        )
         if evals:
             kind = "greedy" if cfg.eval_greedy else "sampled"
-            print(f"eval accuracy ({kind}, reward >= {cfg.accuracy_threshold:g}): "
-                  + ", ".join(f"step {s}: {a:.3f}" for s, a in evals))
+            print(
+                f"eval accuracy ({kind}, reward >= {cfg.accuracy_threshold:g}): "
+                + ", ".join(f"step {s}: {a:.3f}" for s, a in evals)
+            )
     print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
     return 0

@@ -82,8 +82,9 @@ class TreeConfig:
         if self.points_per_parent is not None and self.points_per_parent < 1:
             raise ValueError(f"points_per_parent must be >= 1 or None, got {self.points_per_parent}")
         if self.min_fork_depth < 0 or (self.max_fork_depth is not None and self.max_fork_depth < self.min_fork_depth):
-            raise ValueError(f"need 0 <= min_fork_depth <= max_fork_depth, "
-                             f"got {self.min_fork_depth}, {self.max_fork_depth}")
+            raise ValueError(
+                f"need 0 <= min_fork_depth <= max_fork_depth, got {self.min_fork_depth}, {self.max_fork_depth}"
+            )
 
 
 @dataclass
@@ -195,8 +196,10 @@ def sample_tree_padded(
     prompt_ids: (P, Lp) int; prompt_mask: (P, Lp), 1 on each prompt's own tokens. Positions count
     from each prompt's first real token, as `generate` counts them under left padding."""
     if prompt_ids.shape != prompt_mask.shape or prompt_ids.dim() != 2:
-        raise ValueError(f"prompt_ids and prompt_mask must both be (P, Lp), got {tuple(prompt_ids.shape)} "
-                         f"and {tuple(prompt_mask.shape)}")
+        raise ValueError(
+            f"prompt_ids and prompt_mask must both be (P, Lp), got {tuple(prompt_ids.shape)} "
+            f"and {tuple(prompt_mask.shape)}"
+        )
     prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
     return sample_tree(model, prompts, group_size=group_size, sampling=sampling, tree=tree, generator=generator)
 
@@ -306,8 +309,9 @@ def _cache_keyword(cls) -> str:
 def _forward(model, ids, attention_mask, position_ids, cache) -> torch.Tensor:
     """One cached forward; the cache keyword is `cache` in recent transformers, `past_key_values` before."""
     name = _cache_keyword(type(model))
-    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                **{name: cache})
+    out = model(
+        input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **{name: cache}
+    )
     return out.logits
 
 

@@ -102,8 +102,9 @@ class Browser:
         os.close(to_browser_r)
         os.close(from_browser_w)
         target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                 session=False)["sessionId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable")
         return self
@@ -161,8 +162,10 @@ class Browser:
     # -- pages ------------------------------------------------------------------------------
     def open(self, path: str | Path, *, width: int = 1280, height: int = 900) -> PageReport:
         """Load a local file, wait for its load event, and report its errors and requests."""
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         self._events.clear()
         self.call("Page.navigate", {"url": Path(path).resolve().as_uri()})
         self._wait_for("Page.loadEventFired")
@@ -190,8 +193,7 @@ class Browser:
 
     def evaluate(self, expression: str) -> Any:
         """Value of a JavaScript expression in the page (promises are awaited)."""
-        result = self.call("Runtime.evaluate",
-                           {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
         if "exceptionDetails" in result:
             raise RuntimeError(f"evaluate failed: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")

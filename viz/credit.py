@@ -104,11 +104,20 @@ def collapse(tree: PrefixTree) -> tuple[list[dict[str, Any]], dict[int, int]]:
         index = len(nodes)
         for n in run:
             owner[id(n)] = index
-        nodes.append({
-            "id": index, "parent": parent, "edge": edge, "depth": end.depth,
-            "count": end.count, "value": float(end.value), "value_exact": fraction_text(end.value),
-            "branch": end.is_branch, "ways": end.n_continuations, "ends": [],
-        })
+        nodes.append(
+            {
+                "id": index,
+                "parent": parent,
+                "edge": edge,
+                "depth": end.depth,
+                "count": end.count,
+                "value": float(end.value),
+                "value_exact": fraction_text(end.value),
+                "branch": end.is_branch,
+                "ways": end.n_continuations,
+                "ends": [],
+            }
+        )
         for token, child in reversed(list(end.children.items())):
             stack.append((child, index, [token]))
     return nodes, owner
@@ -155,23 +164,35 @@ def group_view(members: list[Rollout], tempo: list[list[float]], grpo: list[list
         path = tree.path(k)
         nodes[owner[id(path[-1])]]["ends"].append(k)
         tds = tree.td(k)
-        responses.append({
-            "index": k, "line": r.line, "reward": r.reward, "text": r.text, "prompt": r.prompt,
-            "ids": r.ids, "tokens": r.pieces,
-            "v_parent": [float(p.value) for p in path[:-1]],
-            "v_child": [float(c.value) for c in path[1:]],
-            "td": [float(td) for td in tds],
-            "td_exact": [fraction_text(td) for td in tds],
-            "branch": tree.is_branch_token(k),
-            "node": [owner[id(c)] for c in path[1:]],
-            "tempo": tempo[k], "grpo": grpo[k],
-        })
+        responses.append(
+            {
+                "index": k,
+                "line": r.line,
+                "reward": r.reward,
+                "text": r.text,
+                "prompt": r.prompt,
+                "ids": r.ids,
+                "tokens": r.pieces,
+                "v_parent": [float(p.value) for p in path[:-1]],
+                "v_child": [float(c.value) for c in path[1:]],
+                "td": [float(td) for td in tds],
+                "td_exact": [fraction_text(td) for td in tds],
+                "branch": tree.is_branch_token(k),
+                "node": [owner[id(c)] for c in path[1:]],
+                "tempo": tempo[k],
+                "grpo": grpo[k],
+            }
+        )
     step, group_id = members[0].group_key
     return {
-        "step": step, "group_id": group_id, "size": len(members),
-        "mean": float(moments.mean), "std": moments.std,
+        "step": step,
+        "group_id": group_id,
+        "size": len(members),
+        "mean": float(moments.mean),
+        "std": moments.std,
         "rewards": [r.reward for r in members],
-        "nodes": nodes, "responses": responses,
+        "nodes": nodes,
+        "responses": responses,
     }
 
 

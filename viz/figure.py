@@ -63,11 +63,18 @@ def draw_tree_png(view: dict[str, Any], path: str | Path, *, dpi: int = 160) -> 
             px, py = xs[p["level"]], -p["row"]
             xm = px + 1.2
             ax.plot([px, xm, xm, x], [py, py, y, y], color="#8c959f", lw=1.1, zorder=1)
-            ax.text(xm + 1.0, y + 0.12, n["label"], family="monospace", fontsize=9, va="bottom", ha="left",
-                    parse_math=False)  # token text is text: '$x$' must not become mathtext
-        ax.scatter([x], [y], s=110 if n["branch"] else 70, c=[cmap(norm(n["value"]))],
-                   edgecolors=BRANCH if n["branch"] else "#57606a", linewidths=2.4 if n["branch"] else 0.8,
-                   zorder=3)
+            ax.text(
+                xm + 1.0, y + 0.12, n["label"], family="monospace", fontsize=9, va="bottom", ha="left", parse_math=False
+            )  # token text is text: '$x$' must not become mathtext
+        ax.scatter(
+            [x],
+            [y],
+            s=110 if n["branch"] else 70,
+            c=[cmap(norm(n["value"]))],
+            edgecolors=BRANCH if n["branch"] else "#57606a",
+            linewidths=2.4 if n["branch"] else 0.8,
+            zorder=3,
+        )
         leaf = n["id"] not in has_kids
         text = _node_text(view, n, leaf)
         if leaf:
@@ -78,8 +85,12 @@ def draw_tree_png(view: dict[str, Any], path: str | Path, *, dpi: int = 160) -> 
     ax.set_xlim(-9, xs[-1] + 30)
     ax.set_ylim(-(rows - 1) - 0.6, 0.6)
     ax.axis("off")
-    ax.set_title(f"TEMPO prefix tree, {group_title(view)} (G={view['size']}; ringed = branch node)",
-                 fontsize=10, loc="left", parse_math=False)
+    ax.set_title(
+        f"TEMPO prefix tree, {group_title(view)} (G={view['size']}; ringed = branch node)",
+        fontsize=10,
+        loc="left",
+        parse_math=False,
+    )
     path = Path(path)
     # "tight" grows the canvas to every label and the title, so nothing is clipped at the edges.
     fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.15)

@@ -294,10 +294,17 @@ def render_html(views: list[dict[str, Any]], settings: Settings, source: str) ->
     data = data.replace("<", "\\u003c")  # no "</script>" or "<!--" from a token can end the block
     norm = f"/ (std + {settings.eps:g})" if settings.norm_by_std else "unnormalised (Dr. GRPO form)"
     td = "TD" if settings.td_coef == 1 else f"{settings.td_coef:g} * TD"
-    subtitle = (f"{len(views)} group(s) from {source}; A = (R - mean + {td}) {norm}; "
-                f"backend {settings.backend}; TD = V(child) - V(parent) from the exact prefix tree")
-    return _HTML.format(title=html.escape(f"TEMPO credit: {Path(source).name}"), subtitle=html.escape(subtitle),
-                        css=_CSS, js=_JS, data=data)
+    subtitle = (
+        f"{len(views)} group(s) from {source}; A = (R - mean + {td}) {norm}; "
+        f"backend {settings.backend}; TD = V(child) - V(parent) from the exact prefix tree"
+    )
+    return _HTML.format(
+        title=html.escape(f"TEMPO credit: {Path(source).name}"),
+        subtitle=html.escape(subtitle),
+        css=_CSS,
+        js=_JS,
+        data=data,
+    )
 
 
 def write_html(path: str | Path, views: list[dict[str, Any]], settings: Settings, source: str) -> Path:

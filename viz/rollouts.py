@@ -175,15 +175,17 @@ def read_rollouts(path: str | Path, tokenizer: Tokenizer | None = None) -> list[
             if text is not None and not isinstance(text, str):
                 raise RolloutError(f"{where}: text must be a string")
             prompt = record.get("prompt")
-            rollouts.append(Rollout(
-                line=line_no,
-                group_id=_group_id(_field(record, "group_id", where), where),
-                step=_step(record.get("step"), where),
-                ids=response if kind == "ids" else (tokenizer or vocab).encode(response),
-                reward=_reward(_field(record, "reward", where), where),
-                text=text if text is not None else (response if kind == "text" else None),
-                prompt=prompt if isinstance(prompt, str) else None,
-            ))
+            rollouts.append(
+                Rollout(
+                    line=line_no,
+                    group_id=_group_id(_field(record, "group_id", where), where),
+                    step=_step(record.get("step"), where),
+                    ids=response if kind == "ids" else (tokenizer or vocab).encode(response),
+                    reward=_reward(_field(record, "reward", where), where),
+                    text=text if text is not None else (response if kind == "text" else None),
+                    prompt=prompt if isinstance(prompt, str) else None,
+                )
+            )
     if not rollouts:
         raise RolloutError(f"{path}: no rollouts (the file is empty)")
     decoder = tokenizer or vocab

@@ -1,6 +1,6 @@
 """The README screenshot: the worked example's page, TEMPO and GRPO side by side, one token hovered.
 
-    .venv/bin/python -m tempo_rl.viz.screenshot [docs/inspect.png]
+.venv/bin/python -m tempo_rl.viz.screenshot [docs/inspect.png]
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def screenshot(out: Path, source: Path = ROOT / "examples" / "worked_example.jso
         if report.errors:
             raise RuntimeError(f"the page logged errors: {report.errors}")
         height = browser.evaluate(HOVER)
-        browser.call("Emulation.setDeviceMetricsOverride",
-                     {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": False})
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": False},
+        )
         browser.evaluate(HOVER)  # hover again at the new size so the tooltip stays on its token
         return browser.screenshot(out, full_page=False)
 

@@ -33,13 +33,17 @@ def _tree_lines(view: dict[str, Any]) -> list[str]:
 def _top_tokens(view: dict[str, Any], k: int) -> list[str]:
     moves = [
         (abs(r["tempo"][t] - r["grpo"][t]), r, t)
-        for r in view["responses"] for t in range(len(r["tokens"])) if r["tempo"][t] != r["grpo"][t]
+        for r in view["responses"]
+        for t in range(len(r["tokens"]))
+        if r["tempo"][t] != r["grpo"][t]
     ]
     moves.sort(key=lambda m: -m[0])
     out = []
     for _, r, t in moves[:k]:
-        out.append(f"    y{r['index'] + 1} t={t:<3} {r['tokens'][t]!r:<12} TD={r['td_exact'][t]:>7}"
-                   f"  A_tempo={r['tempo'][t]:+.4f}  A_grpo={r['grpo'][t]:+.4f}")
+        out.append(
+            f"    y{r['index'] + 1} t={t:<3} {r['tokens'][t]!r:<12} TD={r['td_exact'][t]:>7}"
+            f"  A_tempo={r['tempo'][t]:+.4f}  A_grpo={r['grpo'][t]:+.4f}"
+        )
     return out
 
 
@@ -51,8 +55,7 @@ def summarize(views: list[dict[str, Any]], *, top: int = 5) -> str:
         rewards = " ".join(f"{r:g}" for r in view["rewards"])
         out += [
             f"{group_title(view)}: G={view['size']}, rewards [{rewards}], mean {view['mean']:.4f}, std {view['std']:.4f}",
-            f"  {branch} of {tokens} tokens are branch tokens; "
-            f"{sum(n['branch'] for n in view['nodes'])} branch nodes",
+            f"  {branch} of {tokens} tokens are branch tokens; {sum(n['branch'] for n in view['nodes'])} branch nodes",
             *("  " + line for line in _tree_lines(view)),
         ]
         moved = _top_tokens(view, top)

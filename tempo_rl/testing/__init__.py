@@ -20,8 +20,7 @@ try:
     import hypothesis  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(
-        "tempo_rl.testing needs hypothesis, which the core install does not include: "
-        "pip install 'tempo-rl[testing]'"
+        "tempo_rl.testing needs hypothesis, which the core install does not include: pip install 'tempo-rl[testing]'"
     ) from e
 
 from .adapters import OPTIONS, Implementation, per_row, plain, verl_estimator

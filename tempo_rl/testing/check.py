@@ -144,8 +144,15 @@ def _rtol(dtype: torch.dtype) -> float:
 def _reference(case: Case, run: _Run) -> torch.Tensor:
     """(B, L) float64: the exact advantages rounded once."""
     loss = case.loss_mask if "loss_mask" in run.impl.supports else None
-    return tempo_rl.tempo_advantages(case.responses, case.response_mask, case.rewards.double(), case.group_list,
-                                     loss_mask=loss, backend="reference", **run.options)
+    return tempo_rl.tempo_advantages(
+        case.responses,
+        case.response_mask,
+        case.rewards.double(),
+        case.group_list,
+        loss_mask=loss,
+        backend="reference",
+        **run.options,
+    )
 
 
 def _degenerate_rows(case: Case) -> torch.Tensor:
@@ -180,8 +187,10 @@ def _fmt(x: float) -> str:
 
 def _matrix(t: torch.Tensor, limit: int = 24) -> str:
     rows = t.tolist()
-    shown = [f"  {i:>3}  [" + ", ".join(_fmt(v) for v in row[:16]) + (", ..." if len(row) > 16 else "") + "]"
-             for i, row in enumerate(rows[:limit])]
+    shown = [
+        f"  {i:>3}  [" + ", ".join(_fmt(v) for v in row[:16]) + (", ..." if len(row) > 16 else "") + "]"
+        for i, row in enumerate(rows[:limit])
+    ]
     if len(rows) > limit:
         shown.append(f"  ... {len(rows) - limit} more rows")
     return "\n".join(shown) if shown else "  (no rows)"
@@ -247,8 +256,11 @@ def _fail(
         show = (lambda v: f"{v!r}  ({float(v).hex()})") if bitwise else repr
         lines += [f"    expected  {show(e)}", f"    returned  {show(r)}"]
     lines.append(f"counterexample batch, B = {B}, L = {L}")
-    how = "contiguous tensors" if trial.presentation is None else trial.presentation.describe(
-        with_loss=case.loss_mask is not None)
+    how = (
+        "contiguous tensors"
+        if trial.presentation is None
+        else trial.presentation.describe(with_loss=case.loss_mask is not None)
+    )
     lines.append(f"  handed over as: {how}")
     lines.append(_batch_table(case))
     if expected is not None:
@@ -319,8 +331,15 @@ def _check_degenerate(trial: Trial, run: _Run, out: torch.Tensor, ref: torch.Ten
     rows = _degenerate_rows(trial.case)
     bad = (out != 0) & rows[:, None]
     if bad.any():
-        _fail("degenerate", trial, run, at=_first(bad), expected=ref, returned=out,
-              detail=f"row {_first(bad)[0]}'s group has one member or equal rewards: every advantage is 0")
+        _fail(
+            "degenerate",
+            trial,
+            run,
+            at=_first(bad),
+            expected=ref,
+            returned=out,
+            detail=f"row {_first(bad)[0]}'s group has one member or equal rewards: every advantage is 0",
+        )
 
 
 def _check_grpo(trial: Trial, run: _Run, out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -338,32 +357,61 @@ def _check_grpo(trial: Trial, run: _Run, out: torch.Tensor, ref: torch.Tensor) -
         row, token = _first(bad)
         expected = out.clone()
         expected[row, token] = out[row, first[row]]
-        _fail("grpo", trial, run, at=(row, token), expected=expected, returned=out, bitwise=True,
-              detail=f"non-branch tokens of a row must hold the same bits (row {row}: token {first[row].item()} "
-                     f"and token {token} are both non-branch); expected shows the row's value")
+        _fail(
+            "grpo",
+            trial,
+            run,
+            at=(row, token),
+            expected=expected,
+            returned=out,
+            bitwise=True,
+            detail=f"non-branch tokens of a row must hold the same bits (row {row}: token {first[row].item()} "
+            f"and token {token} are both non-branch); expected shows the row's value",
+        )
     if "td_coef" in run.impl.supports and run.options["td_coef"] != 0.0:
         grpo = _call(trial, run, trial.handed_over, td_coef=0.0)
         if grpo.dtype != out.dtype:
-            _fail("grpo", trial, run, detail=f"td_coef=0 returns dtype {grpo.dtype}, td_coef={run.options['td_coef']} "
-                                             f"returns {out.dtype}: they cannot be equal bitwise")
+            _fail(
+                "grpo",
+                trial,
+                run,
+                detail=f"td_coef=0 returns dtype {grpo.dtype}, td_coef={run.options['td_coef']} "
+                f"returns {out.dtype}: they cannot be equal bitwise",
+            )
         bad = nb & (_bits(grpo) != _bits(out))
         if bad.any():
-            _fail("grpo", trial, run, at=_first(bad), expected=grpo, returned=out, bitwise=True,
-                  detail="at non-branch tokens the output must equal its own td_coef=0 output bitwise "
-                         "(expected: the function's td_coef=0 output)")
+            _fail(
+                "grpo",
+                trial,
+                run,
+                at=_first(bad),
+                expected=grpo,
+                returned=out,
+                bitwise=True,
+                detail="at non-branch tokens the output must equal its own td_coef=0 output bitwise "
+                "(expected: the function's td_coef=0 output)",
+            )
 
 
-def _check_close(trial: Trial, run: _Run, out: torch.Tensor, ref: torch.Tensor, where: torch.Tensor,
-                 prop: str, detail: str) -> None:
+def _check_close(
+    trial: Trial, run: _Run, out: torch.Tensor, ref: torch.Tensor, where: torch.Tensor, prop: str, detail: str
+) -> None:
     atol = allowed_error(trial.case, out.dtype, norm_by_std=run.options["norm_by_std"], eps=run.options["eps"])
     err = (out.double() - ref).abs()
     bound = _rtol(out.dtype) * ref.abs() + atol  # (B, L)
     bad = where & ~(err <= bound)
     if bad.any():
         row, token = _first(bad)
-        _fail(prop, trial, run, at=(row, token), expected=ref, returned=out,
-              detail=f"{detail}; |returned - expected| = {err[row, token].item():.3g} > "
-                     f"tolerance {bound[row, token].item():.3g} there")
+        _fail(
+            prop,
+            trial,
+            run,
+            at=(row, token),
+            expected=ref,
+            returned=out,
+            detail=f"{detail}; |returned - expected| = {err[row, token].item():.3g} > "
+            f"tolerance {bound[row, token].item():.3g} there",
+        )
 
 
 def _bits(x: torch.Tensor) -> torch.Tensor:
@@ -376,9 +424,15 @@ def _check_invariance(trial: Trial, run: _Run, out: torch.Tensor) -> None:
     B = case.responses.shape[0]
     if B >= 2 and not torch.equal(trial.order, torch.arange(B)):
         moved = _call(trial, run, take(case, trial.order))[torch.argsort(trial.order)]
-        _compare_bits(trial, run, out, moved, torch.ones(B, dtype=torch.bool),
-                      f"the same rows in the order {trial.order.tolist()} (groups interleaved otherwise, "
-                      f"members in their order) give other bits; expected: the batch as handed over")
+        _compare_bits(
+            trial,
+            run,
+            out,
+            moved,
+            torch.ones(B, dtype=torch.bool),
+            f"the same rows in the order {trial.order.tolist()} (groups interleaved otherwise, "
+            f"members in their order) give other bits; expected: the batch as handed over",
+        )
     groups = list(group_rows(case.group_list).values())
     if len(groups) >= 2:
         rows = torch.tensor(groups[0], dtype=torch.long)
@@ -387,13 +441,20 @@ def _check_invariance(trial: Trial, run: _Run, out: torch.Tensor) -> None:
         alone[rows] = part
         keep = torch.zeros(B, dtype=torch.bool)
         keep[rows] = True
-        _compare_bits(trial, run, out, alone, keep,
-                      f"the group of rows {groups[0]} alone (contiguous) gives other bits than among the "
-                      f"other groups; expected: the batch as handed over")
+        _compare_bits(
+            trial,
+            run,
+            out,
+            alone,
+            keep,
+            f"the group of rows {groups[0]} alone (contiguous) gives other bits than among the "
+            f"other groups; expected: the batch as handed over",
+        )
 
 
-def _compare_bits(trial: Trial, run: _Run, out: torch.Tensor, other: torch.Tensor, rows: torch.Tensor,
-                  detail: str) -> None:
+def _compare_bits(
+    trial: Trial, run: _Run, out: torch.Tensor, other: torch.Tensor, rows: torch.Tensor, detail: str
+) -> None:
     if other.dtype != out.dtype:
         _fail("invariance", trial, run, detail=f"{detail} (dtype {other.dtype} instead of {out.dtype})")
     bad = (_bits(out) != _bits(other)) & rows[:, None]
@@ -411,8 +472,18 @@ def _check_one(trial: Trial, run: _Run, stop_after: str | None = None) -> None:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("degenerate", lambda: _check_degenerate(trial, run, out, ref)),
         ("grpo", lambda: _check_grpo(trial, run, out, ref)),
-        ("reference", lambda: _check_close(trial, run, out, ref, everywhere, "reference",
-                                           "expected: tempo_rl.tempo_advantages(..., backend='reference')")),
+        (
+            "reference",
+            lambda: _check_close(
+                trial,
+                run,
+                out,
+                ref,
+                everywhere,
+                "reference",
+                "expected: tempo_rl.tempo_advantages(..., backend='reference')",
+            ),
+        ),
         ("invariance", lambda: _check_invariance(trial, run, out) if run.batch_invariant else None),
     ]
     for name, step in steps:
@@ -429,8 +500,12 @@ def _check_one(trial: Trial, run: _Run, stop_after: str | None = None) -> None:
 @st.composite
 def _trials(draw, impl: Implementation) -> Trial:
     loss = None if "loss_mask" in impl.supports else False
-    case = draw(st.one_of(cases(max_batch=12, max_len=10, max_group=6, with_loss_mask=loss),
-                          cases(max_batch=80, max_len=5, max_group=64, with_loss_mask=loss)))
+    case = draw(
+        st.one_of(
+            cases(max_batch=12, max_len=10, max_group=6, with_loss_mask=loss),
+            cases(max_batch=80, max_len=5, max_group=64, with_loss_mask=loss),
+        )
+    )
     presentation = draw(layouts_of(case)) if impl.layouts else None
     order = interleave(case.group_list, draw(st.permutations(range(len(case.group_list)))))
     return Trial(case, presentation, order)
@@ -506,16 +581,26 @@ def check_implementation(
     """
     _check_arguments(norm_by_std, td_coef, eps, max_examples)
     impl = fn if isinstance(fn, Implementation) else plain(fn)
-    run = _Run(impl, {"norm_by_std": norm_by_std, "eps": float(eps), "td_coef": float(td_coef)},
-               exact_non_branch, batch_invariant)
+    run = _Run(
+        impl,
+        {"norm_by_std": norm_by_std, "eps": float(eps), "td_coef": float(td_coef)},
+        exact_non_branch,
+        batch_invariant,
+    )
     count = [0]
 
     def check(trial: Trial) -> None:
         count[0] += 1
         _check_one(trial, run)
 
-    base: dict[str, Any] = dict(deadline=None, database=None, report_multiple_bugs=False, print_blob=False,
-                                suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet)
+    base: dict[str, Any] = dict(
+        deadline=None,
+        database=None,
+        report_multiple_bugs=False,
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+    )
     # Random batches first, then the pinned edge cases. Hypothesis only finds a failure; `minimise`
     # shrinks it (rows, columns, tokens, rewards, layouts) to a small batch failing the same way.
     drawn = settings(max_examples=max_examples, phases=(Phase.generate,), **base)(given(trial=_trials(impl))(check))

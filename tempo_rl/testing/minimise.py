@@ -25,8 +25,9 @@ def _keep_rows(trial: Any, keep: list[int]) -> Any:
     """The trial restricted to rows `keep` (in order); its second row order restricted alike."""
     rank = {old: new for new, old in enumerate(keep)}
     order = [rank[r] for r in trial.order.tolist() if r in rank]
-    return replace(trial, case=take(trial.case, torch.tensor(keep, dtype=torch.long)),
-                   order=torch.tensor(order, dtype=torch.long))
+    return replace(
+        trial, case=take(trial.case, torch.tensor(keep, dtype=torch.long)), order=torch.tensor(order, dtype=torch.long)
+    )
 
 
 def _with_case(trial: Any, **fields: Any) -> Any:
@@ -55,8 +56,12 @@ def _narrower(trial: Any) -> Iterator[Any]:
     for width in (0, L // 2, L - 1):
         if 0 <= width < L:
             cut = lambda t: None if t is None else t[:, :width].clone()  # noqa: E731
-            yield _with_case(trial, responses=cut(case.responses), response_mask=cut(case.response_mask),
-                             loss_mask=cut(case.loss_mask))
+            yield _with_case(
+                trial,
+                responses=cut(case.responses),
+                response_mask=cut(case.response_mask),
+                loss_mask=cut(case.loss_mask),
+            )
 
 
 def _shorter(trial: Any) -> Iterator[Any]:
@@ -76,7 +81,7 @@ def _simpler_rewards(trial: Any) -> Iterator[Any]:
         if now == 0.0 and math.copysign(1.0, now) < 0:  # -0.0 reads as 0.0 but prints as -0.0
             now = -1.0
         for value in (0.0, 1.0):
-            if now != value and now not in (0.0, 1.0)[:int(value) + 1]:  # 0 is simpler than 1: no cycles
+            if now != value and now not in (0.0, 1.0)[: int(value) + 1]:  # 0 is simpler than 1: no cycles
                 new = rewards.clone()
                 new[row] = value
                 yield _with_case(trial, rewards=new)
@@ -91,7 +96,7 @@ def _simpler_tokens(trial: Any) -> Iterator[Any]:
     for row, col in torch.nonzero(real & (case.responses != 0)).tolist():
         now = case.responses[row, col].item()
         for value in (0, 1):
-            if now != value and now not in (0, 1)[:value + 1]:  # 0 is simpler than 1: no cycles
+            if now != value and now not in (0, 1)[: value + 1]:  # 0 is simpler than 1: no cycles
                 new = case.responses.clone()
                 new[row, col] = value
                 yield _with_case(trial, responses=new)
@@ -124,8 +129,7 @@ def _plainer_order_and_loss(trial: Any) -> Iterator[Any]:
         yield _with_case(trial, loss_mask=None)
 
 
-STEPS = (_plainer_layout, _plainer_order_and_loss, _simpler_ids, _narrower, _shorter, _simpler_rewards,
-         _simpler_tokens)
+STEPS = (_plainer_layout, _plainer_order_and_loss, _simpler_ids, _narrower, _shorter, _simpler_rewards, _simpler_tokens)
 
 
 class _Budget:
@@ -153,8 +157,9 @@ def _valid(trial: Any) -> bool:
     return True
 
 
-def _greedy(trial: Any, step: Callable[[Any], Iterator[Any]], still_fails: Callable[[Any], bool],
-            budget: _Budget) -> tuple[Any, bool]:
+def _greedy(
+    trial: Any, step: Callable[[Any], Iterator[Any]], still_fails: Callable[[Any], bool], budget: _Budget
+) -> tuple[Any, bool]:
     """Apply `step`'s first failing candidate until none fails; returns (trial, changed)."""
     changed = True
     any_change = False

@@ -187,8 +187,7 @@ def cases(
     vocab = VOCAB_MAX if big_vocab else draw(st.integers(1, max_vocab or 3))
     L = draw(st.integers(0, max_len))
     group_names = draw(
-        st.lists(st.one_of(st.integers(-5, 50), st.text(max_size=3)), min_size=n_groups,
-                 max_size=n_groups, unique=True)
+        st.lists(st.one_of(st.integers(-5, 50), st.text(max_size=3)), min_size=n_groups, max_size=n_groups, unique=True)
     )
     rows: list[tuple[Hashable, list[int], float]] = []
     for name, size in zip(group_names, sizes):
@@ -237,7 +236,9 @@ def widen(case: Case, L: int, tag: Hashable) -> Case:
     B, L0 = case.responses.shape
     grow = lambda t, fill: torch.cat([t, torch.full((B, L - L0), fill, dtype=t.dtype)], 1)  # noqa: E731
     return Case(
-        grow(case.responses, 0), grow(case.response_mask, False), case.rewards,
+        grow(case.responses, 0),
+        grow(case.response_mask, False),
+        case.rewards,
         [(tag, g) for g in case.group_list],
         None if case.loss_mask is None else grow(case.loss_mask, False),
     )
@@ -249,8 +250,11 @@ def concat(parts: list[Case]) -> Case:
     if any(p.loss_mask is not None for p in parts):
         loss = torch.cat([p.loss_mask if p.loss_mask is not None else p.response_mask for p in parts])
     return Case(
-        torch.cat([p.responses for p in parts]), torch.cat([p.response_mask for p in parts]),
-        torch.cat([p.rewards for p in parts]), sum((p.group_list for p in parts), []), loss,
+        torch.cat([p.responses for p in parts]),
+        torch.cat([p.response_mask for p in parts]),
+        torch.cat([p.rewards for p in parts]),
+        sum((p.group_list for p in parts), []),
+        loss,
     )
 
 
@@ -258,7 +262,9 @@ def take(case: Case, rows: torch.Tensor) -> Case:
     """The batch's rows in the order `rows` (a 1-D int64 tensor) gives."""
     ids = case.group_list
     return Case(
-        case.responses[rows], case.response_mask[rows], case.rewards[rows],
+        case.responses[rows],
+        case.response_mask[rows],
+        case.rewards[rows],
         [ids[i] for i in rows.tolist()],
         None if case.loss_mask is None else case.loss_mask[rows],
     )
@@ -338,8 +344,10 @@ def relayout(tensor: torch.Tensor, how: str) -> torch.Tensor:
     if how not in LAYOUTS:
         raise ValueError(f"relayout: how must be one of {LAYOUTS}, got {how!r}")
     if how not in layouts_for(tensor):
-        raise ValueError(f"relayout: {how!r} does not apply to a tensor of shape {tuple(tensor.shape)}"
-                         + (" whose values do not repeat" if how == "expanded" else ""))
+        raise ValueError(
+            f"relayout: {how!r} does not apply to a tensor of shape {tuple(tensor.shape)}"
+            + (" whose values do not repeat" if how == "expanded" else "")
+        )
 
     def full(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.full(shape, _poison(tensor.dtype), dtype=tensor.dtype, device=tensor.device)
@@ -407,16 +415,25 @@ class Presentation:
     def apply(self, case: Case) -> Case:
         cast = lambda t, spec: relayout(t.to(spec[0]), spec[1])  # noqa: E731
         loss = None if case.loss_mask is None else cast(case.loss_mask, self.loss_mask)
-        return Case(cast(case.responses, self.responses), cast(case.response_mask, self.response_mask),
-                    relayout(case.rewards, self.rewards), _group_ids_as(case.group_list, self.group_ids), loss,
-                    layout=self.describe(with_loss=loss is not None))
+        return Case(
+            cast(case.responses, self.responses),
+            cast(case.response_mask, self.response_mask),
+            relayout(case.rewards, self.rewards),
+            _group_ids_as(case.group_list, self.group_ids),
+            loss,
+            layout=self.describe(with_loss=loss is not None),
+        )
 
     def describe(self, *, with_loss: bool = True) -> str:
         """E.g. "responses int32 column_major, response_mask uint8 expanded, rewards column_of_wider,
         group_ids list_str"."""
         spec = lambda name, t: f"{name} {_dtype_name(t[0])} {t[1]}"  # noqa: E731
-        parts = [spec("responses", self.responses), spec("response_mask", self.response_mask),
-                 f"rewards {self.rewards}", f"group_ids {self.group_ids}"]
+        parts = [
+            spec("responses", self.responses),
+            spec("response_mask", self.response_mask),
+            f"rewards {self.rewards}",
+            f"group_ids {self.group_ids}",
+        ]
         return ", ".join(parts + ([spec("loss_mask", self.loss_mask)] if with_loss else []))
 
 
@@ -433,6 +450,7 @@ def layouts_of(
     it, masks in one of `mask_dtypes`, ids in one of `id_dtypes` (every id drawn by `cases` fits
     int32), group ids in one of `group_id_forms` (same groups, other names). Rewards keep their
     dtype. Shrinks towards contiguous int64 / bool / the ids as drawn."""
+
     def spec(t: torch.Tensor, dtypes: Sequence[torch.dtype]) -> st.SearchStrategy[tuple[torch.dtype, str]]:
         return st.tuples(st.sampled_from(list(dtypes)), st.sampled_from(layouts_for(t)))
 

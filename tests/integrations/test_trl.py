@@ -238,9 +238,25 @@ def test_trl_example_script_trains_on_a_tiny_model(tmp_path):
     spec = importlib.util.spec_from_file_location("trl_tempo_grpo", ROOT / "examples" / "trl_tempo_grpo.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    args = example.parse_args(["--model", str(model_dir), "--output-dir", str(tmp_path / "run"), "--cpu",
-                               "--num-generations", "3", "--per-device-batch", "6", "--max-completion-length", "6",
-                               "--max-steps", "2", "--learning-rate", "1e-2"])
+    args = example.parse_args(
+        [
+            "--model",
+            str(model_dir),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--cpu",
+            "--num-generations",
+            "3",
+            "--per-device-batch",
+            "6",
+            "--max-completion-length",
+            "6",
+            "--max-steps",
+            "2",
+            "--learning-rate",
+            "1e-2",
+        ]
+    )
     trainer = example.build_trainer(args, save_strategy="no")
     assert type(trainer).__name__ == "TempoGRPOTrainer"
     assert [f.__name__ for f in trainer.reward_funcs] == ["correct", "boxed"]

@@ -119,11 +119,17 @@ def test_the_estimator_passes_the_contract_check(norm, td_coef):
     estimator = core_algos.get_adv_estimator_fn("tempo")
 
     def as_verl(token_level_rewards, response_mask, index, config, **tokens):
-        return estimator(token_level_rewards=token_level_rewards, response_mask=response_mask, index=index,
-                         config=OmegaConf.create(config), **tokens)
+        return estimator(
+            token_level_rewards=token_level_rewards,
+            response_mask=response_mask,
+            index=index,
+            config=OmegaConf.create(config),
+            **tokens,
+        )
 
-    report = tt.check_implementation(tt.verl_estimator(as_verl, name="verl estimator 'tempo'"), norm_by_std=norm,
-                                     td_coef=td_coef, max_examples=60)
+    report = tt.check_implementation(
+        tt.verl_estimator(as_verl, name="verl estimator 'tempo'"), norm_by_std=norm, td_coef=td_coef, max_examples=60
+    )
     assert report.examples >= 60
 
 
@@ -192,8 +198,13 @@ EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples
 def _script_overrides(tmp_path, **env) -> list[str]:
     import os
 
-    done = subprocess.run(["bash", str(EXAMPLES / "verl_tempo_qwen3_1.7b.sh")], capture_output=True, text=True,
-                          env={**os.environ, "DRY_RUN": "1", "DATA_DIR": str(tmp_path / "data"), **env}, check=True)
+    done = subprocess.run(
+        ["bash", str(EXAMPLES / "verl_tempo_qwen3_1.7b.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DRY_RUN": "1", "DATA_DIR": str(tmp_path / "data"), **env},
+        check=True,
+    )
     return done.stdout.split()
 
 
@@ -227,8 +238,11 @@ def test_verl_example_data_and_reward(tmp_path):
     import pandas as pd
 
     script = EXAMPLES / "verl_prepare_data.py"
-    subprocess.run([sys.executable, str(script), str(EXAMPLES / "data" / "arithmetic.jsonl"), str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(script), str(EXAMPLES / "data" / "arithmetic.jsonl"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     train, test = pd.read_parquet(tmp_path / "train.parquet"), pd.read_parquet(tmp_path / "test.parquet")
     assert len(train) + len(test) == 48 and len(test) == 4
     row = train.iloc[0]

@@ -51,8 +51,9 @@ def main(out: Path) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = tiny.build_tokenizer(Path(tmp) / "tok")
-        args = tiny.trl_config(Path(tmp) / "run", group=GROUP, per_device_batch=GLOBAL_BATCH // world,
-                               max_completion_length=8, data_seed=0)
+        args = tiny.trl_config(
+            Path(tmp) / "run", group=GROUP, per_device_batch=GLOBAL_BATCH // world, max_completion_length=8, data_seed=0
+        )
         trainer = Recording(
             model=tiny.build_model(),
             reward_funcs=tiny.REWARD_FUNCS,
