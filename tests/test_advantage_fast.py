@@ -7,7 +7,7 @@ under TRITON_INTERPRET=1, which tests/conftest.py switches on). The oracle is al
 Tolerance (STYLE.md, measured): the fast paths compute in float64 and round once to the output
 dtype, the reference rounds its exact value once. So a float32 output may differ by one float32
 rounding (relative 2^-23), and both may carry float64 rounding of the centring, O(2^-52 * max|R|)
-before division by sigma + eps; `_tolerance` allows 4x that. Exact where the contract says exact:
+before division by sigma + eps; `tempo_rl.testing.check.allowed_error` allows 4x that. Exact where the contract says exact:
 non-branch tokens == GRPO, td_coef = 0 == GRPO, batch invariance (all bitwise), degenerate
 groups == 0.
 """
@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 import tempo_rl
 from tempo_rl.reference import PrefixTree, group_rows
+from tempo_rl.testing.check import EDGE as CHECK_EDGE
+from tempo_rl.testing.check import allowed_error
 
 from .strategies import Case, case_from, cases, concat, interleave, take, widen
 
@@ -63,17 +65,6 @@ def _reference(case: Case, **kw) -> torch.Tensor:
     return tempo_rl.tempo_advantages(*case.args(), **case.kwargs(), backend="reference", **kw)
 
 
-def _tolerance(case: Case, out_dtype: torch.dtype, norm_by_std: bool, eps: float) -> torch.Tensor:
-    """(B, 1) absolute tolerance per row: float64 rounding of the centring, scaled like A."""
-    r = case.rewards.double().cpu()
-    tol = torch.zeros(len(case.group_ids), 1, dtype=torch.float64)
-    for rows in group_rows(case.group_ids).values():
-        g = r[rows]
-        denom = (g.std().item() if len(rows) > 1 else 0.0) + eps if norm_by_std else 1.0
-        tol[rows] = 4 * 64 * 2.0**-52 * (g.abs().max().item() + 1.0) / max(denom, 1e-300)
-    return tol
-
-
 def assert_matches_reference(
     fast: torch.Tensor, ref: torch.Tensor, case: Case, *, norm_by_std: bool, eps: float = 1e-6
 ) -> None:
@@ -81,7 +72,7 @@ def assert_matches_reference(
     assert torch.isfinite(fast).all()
     rtol = 2.0**-23 if fast.dtype == torch.float32 else 4 * 2.0**-52
     err = (fast.double() - ref.double()).abs()
-    bound = rtol * ref.double().abs() + _tolerance(case, fast.dtype, norm_by_std, eps)
+    bound = rtol * ref.double().abs() + allowed_error(case, fast.dtype, norm_by_std=norm_by_std, eps=eps)
     assert (err <= bound).all(), f"max error {err.max().item()} (bound at argmax {bound.flatten()[err.argmax()]})"
 
 
@@ -89,18 +80,9 @@ def _bits(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.int64 if x.dtype == torch.float64 else torch.int32)
 
 
-# Pinned edge cases: group of one, equal rewards, empty responses, one token, identical
-# responses, an empty batch, a response ending where another continues, |R| >> sigma.
-EDGE = [
-    case_from([[3, 1]], [1.0], ["a"]),
-    case_from([[1, 2], [1, 3], [2]], [0.5, 0.5, 0.5], [0, 0, 0]),
-    case_from([[], [], [5]], [1.0, 0.0, 2.0], [0, 0, 0]),
-    case_from([[4], [4]], [1.0, 0.0], [0, 0]),
-    case_from([[1, 2, 3], [1, 2, 3], [1, 2, 3]], [1.0, 0.0, 2.0], ["q"] * 3),
-    case_from([], [], []),
-    case_from([[1], [1, 2], [1, 2, 0]], [0.0, 1.0, 3.0], [7, 7, 7]),
-    case_from([[1, 2], [1, 3], [1, 3]], [1e8, 1e8 + 0.5, 1e8 + 1.0], [0, 0, 0]),
-]
+# Pinned edge cases (group of one, equal rewards, empty responses, one token, identical responses,
+# an empty batch, a response ending where another continues, |R| >> sigma): the checker's own.
+EDGE = list(CHECK_EDGE)
 
 
 def edge_examples(test):
