@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -195,7 +196,11 @@ def run_fixed_rollouts(out: Path, nproc: int) -> list[dict[str, torch.Tensor]]:
         cmd = [sys.executable, script, str(out)]
     else:
         torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-        cmd = [torchrun, "--nproc_per_node", str(nproc), "--master_port", "29517", script, str(out)]
+        # A port the OS just handed out, not a fixed one another process on the machine may hold.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        cmd = [torchrun, "--nproc_per_node", str(nproc), "--master_port", str(port), script, str(out)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(nproc)]
