@@ -71,3 +71,14 @@ def group_scale(rewards: torch.Tensor, group_index: torch.Tensor, n_groups: int,
             torch.frexp(torch.tensor(eps, dtype=torch.float64)).exponent.item() - 1 - _EPS_HEADROOM
         )
     return _power_of_two(exponent.clamp(-1074, 1023))
+
+
+def check_finite(values: torch.Tensor, name: str) -> None:
+    """Finite rewards can still give an advantage past the output dtype's range (Dr. GRPO on
+    rewards near its limit, a huge td_coef): refuse, naming the argument, rather than return inf.
+    values: advantages already in the output dtype."""
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"{name} too large: the advantages overflow {values.dtype} (largest finite is "
+            f"{torch.finfo(values.dtype).max:.3g}); rescale it"
+        )

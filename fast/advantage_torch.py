@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._groups import GroupLayout, group_scale
+from ._groups import GroupLayout, check_finite, group_scale
 from .stats_torch import STAT_COLUMNS, stats_from_lcp
 
 # Rows whose tokens one step compares at once; bounds temporaries to a few tens of MB.
@@ -188,16 +188,6 @@ def _branch_points(
     return rows[where[0], where[1]], lcp[where], value[where]
 
 
-def _check_finite(values: torch.Tensor, dtype: torch.dtype, name: str) -> None:
-    """Finite rewards can still give an advantage past the output dtype's range (Dr. GRPO on
-    rewards near its limit, a huge td_coef): refuse rather than return inf."""
-    if values.numel() and not bool(torch.isfinite(values.to(dtype)).all()):
-        raise ValueError(
-            f"{name} too large: the advantages overflow {dtype} (largest finite is "
-            f"{torch.finfo(dtype).max:.3g}); rescale it"
-        )
-
-
 def advantages_and_stats(
     responses: torch.Tensor,
     lengths: torch.Tensor,
@@ -245,43 +235,17 @@ def advantages_and_stats(
             stats[groups] = stats_from_lcp(lcp, lengths[rows])
         if td_coef != 0.0:
             points.append(_branch_points(lcp, rows, lengths, moments, td_coef=td_coef))
-    _check_finite(row_value, dtype, "rewards")
+    check_finite(row_value.to(dtype), "rewards")
     keep = torch.arange(length, device=device) < lengths[:, None]  # (B, L)
     if loss_mask is not None:
         keep &= loss_mask
     out = torch.where(keep, row_value.to(dtype)[:, None], 0.0)  # (B, L) GRPO everywhere
     if points:
         row, t, value = (torch.cat(parts) for parts in zip(*points))
-        _check_finite(value, dtype, "td_coef")
+        check_finite(value.to(dtype), "td_coef")
         value = torch.where(keep[row, t], value.to(dtype), 0.0)
         out[row, t] = value  # branch tokens only; repeated (row, t) carry identical values
     return out, stats
-
-
-def advantages(
-    responses: torch.Tensor,
-    lengths: torch.Tensor,
-    rewards: torch.Tensor,
-    group_index: torch.Tensor,
-    loss_mask: torch.Tensor | None = None,
-    *,
-    norm_by_std: bool,
-    eps: float,
-    td_coef: float,
-) -> torch.Tensor:
-    """TEMPO advantages (B, L) in rewards.dtype; arguments as `advantages_and_stats`."""
-    out, _ = advantages_and_stats(
-        responses,
-        lengths,
-        rewards,
-        group_index,
-        loss_mask,
-        norm_by_std=norm_by_std,
-        eps=eps,
-        td_coef=td_coef,
-        with_stats=False,
-    )
-    return out
 
 
 def tree_stats(responses: torch.Tensor, lengths: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._groups import GroupLayout, group_scale
+from ._groups import GroupLayout, check_finite, group_scale
 from .stats_torch import STAT_COLUMNS, stats_from_lcp
 
 _NO_LCP = 2**30  # "no mismatch seen yet"; larger than any length
@@ -224,14 +224,6 @@ def _device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _check_finite(values: torch.Tensor, name: str) -> None:
-    if values.numel() and not bool(torch.isfinite(values).all()):
-        raise ValueError(
-            f"{name} too large: the advantages overflow {values.dtype} (largest finite is "
-            f"{torch.finfo(values.dtype).max:.3g}); rescale it"
-        )
-
-
 def _launch(
     responses: torch.Tensor,
     lengths: torch.Tensor,
@@ -288,9 +280,9 @@ def _launch(
             num_warps=_num_warps(block_g),
             enable_fp_fusion=False,  # td_coef * td then +, rounded as in the torch path
         )
-        _check_finite(row_value, "rewards")
+        check_finite(row_value, "rewards")
         if with_td:
-            _check_finite(branch_value[branch_pos >= 0], "td_coef")
+            check_finite(branch_value[branch_pos >= 0], "td_coef")
         if write and length > 0:
             fill_l = 1024
             _fill_kernel[(b, triton.cdiv(length, fill_l))](
@@ -357,32 +349,6 @@ def advantages_and_stats(
         td_coef=td_coef,
         with_stats=with_stats,
     )
-
-
-def advantages(
-    responses: torch.Tensor,
-    lengths: torch.Tensor,
-    rewards: torch.Tensor,
-    group_index: torch.Tensor,
-    loss_mask: torch.Tensor | None = None,
-    *,
-    norm_by_std: bool,
-    eps: float,
-    td_coef: float,
-) -> torch.Tensor:
-    """TEMPO advantages (B, L) in rewards.dtype; td_coef = 0 gives GRPO bitwise."""
-    out, _ = _launch(
-        responses,
-        lengths,
-        rewards,
-        group_index,
-        loss_mask,
-        norm_by_std=norm_by_std,
-        eps=eps,
-        td_coef=td_coef,
-        with_stats=False,
-    )
-    return out
 
 
 def tree_stats(responses: torch.Tensor, lengths: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:

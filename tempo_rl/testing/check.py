@@ -131,8 +131,16 @@ def allowed_error(case: Case, dtype: torch.dtype, *, norm_by_std: bool, eps: flo
     tol = torch.zeros(r.shape[0], 1, dtype=torch.float64)
     for rows in group_rows(case.group_list).values():
         g = r[rows]
-        denom = (g.std().item() if len(rows) > 1 else 0.0) + eps if norm_by_std else 1.0
-        tol[rows] = 4 * 64 * 2.0**-52 * (g.abs().max().item() + 1.0) / max(denom, 1e-300)
+        top = g.abs().max().item()
+        if norm_by_std:
+            sigma = g.std().item() if len(rows) > 1 else 0.0
+            if math.isfinite(sigma):
+                ratio = (top + 1.0) / max(sigma + eps, 1e-300)
+            else:  # rewards near 1e308: sigma^2 overflows; the same ratio on g / top
+                ratio = (1.0 + 1.0 / top) / ((g / top).std().item() + eps / top)
+        else:
+            ratio = top + 1.0
+        tol[rows] = 4 * 64 * 2.0**-52 * ratio
     return tol
 
 
