@@ -96,6 +96,8 @@ def test_any_magnitude_matches_the_reference(backend):
     @example(exponent=200, mantissas=[1.0, -1.0, 0.0], norm=True, eps=1e-6)
     @example(exponent=308, mantissas=[1.0, -1.0], norm=True, eps=1e-6)
     @example(exponent=-320, mantissas=[0.0, 1.0], norm=True, eps=0.0)
+    @example(exponent=242, mantissas=[-0.5, -0.5625], norm=True, eps=0.0)  # sigma^2 of R overflows
+    @example(exponent=296, mantissas=[0.0, 0.25, 1.0], norm=True, eps=0.0)
     def check(exponent, mantissas, norm, eps):
         rewards = [m * 10.0**exponent if math.isfinite(m * 10.0**exponent) else m for m in mantissas]
         try:
