@@ -172,7 +172,7 @@ def gradient_agreement(
     policy gradients (same samples, ratio 1, the configured aggregation). Each row also carries the
     mean cosine of its gradients with the other batches' (per estimator): a scale-free
     signal-to-noise measure, since independent noise averages to cosine 0."""
-    from .train import compute_advantages, load_policy, model_path, score
+    from .train import chance_token, compute_advantages, load_policy, model_path, score
 
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
@@ -194,12 +194,13 @@ def gradient_agreement(
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             tree=cfg.tree_config(),
+            chance=chance_token(tokenizer, cfg),
         )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
             adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
             logp, _ = forward_logprobs(model, roll)
-            loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=cfg.aggregation).loss
+            loss = policy_loss(logp, logp.detach(), adv, roll.loss_mask, aggregation=cfg.aggregation).loss
             grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
         t, g = grads["tempo"][-1], grads["grpo"][-1]
         out.append(
