@@ -68,3 +68,19 @@ def test_gradient_agreement_on_a_tiny_model(tmp_path):
     assert len(rows) == 1
     # a random policy almost never answers right: equal rewards give zero gradients, reported as 0/0 -> 0
     assert all(math.isfinite(v) for v in rows[0].values())
+
+
+def test_gradient_snr_from_cosines_between_batches():
+    grad = [
+        {"rollout": "tree", "cos_other_batches_grpo": 0.2, "cos_other_batches_tempo": 0.5},
+        {"rollout": "tree", "cos_other_batches_grpo": 0.4, "cos_other_batches_tempo": 0.5},
+        {"rollout": "independent", "cos_other_batches_grpo": 0.5, "cos_other_batches_tempo": 0.5},
+    ]
+    snr = compare.gradient_snr(grad)
+    assert list(snr) == ["tree", "independent"]
+    assert math.isclose(snr["tree"]["cos_grpo"], 0.3)
+    assert math.isclose(snr["tree"]["snr_grpo"], 0.3 / 0.7) and math.isclose(snr["tree"]["snr_tempo"], 1.0)
+    assert math.isclose(snr["tree"]["snr_ratio"], 0.7 / 0.3)
+    assert snr["independent"]["snr_ratio"] == 1.0
+    rows = [{"x": 1.0}, {}, {"x": 3.0}]
+    assert compare._mean_of(rows, "x") == 2.0 and compare._mean_of(rows, "y") is None

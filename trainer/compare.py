@@ -161,8 +161,35 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
             "tokens_per_step": statistics.mean(r.get("tokens_generated", 0) for r in rows),
             "mean_branch_depth": statistics.mean(r.get("mean_branch_depth") or 0.0 for r in rows),
             "first_branch_depth": statistics.mean(r.get("first_branch_depth") or 0.0 for r in rows),
+            "branch_r_unbiased": _mean_of(rows, "branch_r_unbiased"),
+            "branch_node_mean_m": _mean_of(rows, "branch_node_mean_m"),
         }
     return {"sweep": sweep, "best_lr": best, "timing": timing}
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of a metric over the rows that log it (it is left out where undefined); None if none do."""
+    got = [r[key] for r in rows if key in r]
+    return statistics.mean(got) if got else None
+
+
+def gradient_snr(grad: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per rollout: each estimator's mean cosine c between gradients of different batches, the SNR it
+    implies, c / (1 - c) (for g_i = mean + independent noise of equal size, E cos = SNR / (1 + SNR)),
+    and the TEMPO/GRPO ratio of those SNRs."""
+    out = {}
+    for r in dict.fromkeys(g.get("rollout", "independent") for g in grad):
+        rows = [g for g in grad if g.get("rollout", "independent") == r and "cos_other_batches_tempo" in g]
+        if not rows:
+            continue
+        row: dict[str, float] = {}
+        for est in ("grpo", "tempo"):
+            c = statistics.mean(g[f"cos_other_batches_{est}"] for g in rows)
+            row[f"cos_{est}"] = c
+            row[f"snr_{est}"] = c / (1 - c)
+        row["snr_ratio"] = row["snr_tempo"] / row["snr_grpo"] if row["snr_grpo"] > 0 else float("nan")
+        out[r] = row
+    return out
 
 
 def gradient_agreement(
@@ -319,8 +346,9 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             f"## Generated tokens to eval accuracy >= {target:g}, and the trees (best lr)",
             "",
             "| arm | group size | tokens generated / step | tokens to target (median; per seed) | "
-            "mean first-branch depth | mean branch depth |",
-            "|---|---|---|---|---|---|",
+            "mean first-branch depth | mean branch depth | branch-token fraction | unbiased r (nodes m < G) | "
+            "mean node size m |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for e in estimators:
             lr = summary["best_lr"][e]
@@ -331,7 +359,8 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             lines.append(
                 f"| {e} | {summary['group_size'][e]} | {t['tokens_per_step']:.0f} | "
                 f"{'not reached' if med == float('inf') else f'{med:.0f}'} ({shown}) | "
-                f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} |"
+                f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} | {t['branch_token_fraction']:.3f} | "
+                f"{_fmt(t.get('branch_r_unbiased'))} | {_fmt(t.get('branch_node_mean_m'))} |"
             )
     if grad:
         lines += [
@@ -352,7 +381,23 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             f"{g.get('cos_other_batches_tempo', nan):.4f} |"
             for i, g in enumerate(grad)
         ]
+        lines += [
+            "",
+            "Gradient SNR implied by the mean cosine c between batches, c / (1 - c):",
+            "",
+            "| rollout | cos GRPO | cos TEMPO | SNR GRPO | SNR TEMPO | SNR ratio TEMPO/GRPO |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r} | {v['cos_grpo']:.4f} | {v['cos_tempo']:.4f} | {v['snr_grpo']:.3f} | {v['snr_tempo']:.3f} | "
+            f"{v['snr_ratio']:.2f} |"
+            for r, v in gradient_snr(grad).items()
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def add_arguments(parser) -> None:
@@ -451,6 +496,7 @@ def run(args) -> int:
                 "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
                 "summary": summary,
                 "gradient_agreement": grad,
+                "gradient_snr": gradient_snr(grad),
                 "eval_curves": curves,
                 "train_reward": rewards,
                 "torch": torch.__version__,
