@@ -84,3 +84,10 @@ def test_gradient_snr_from_cosines_between_batches():
     assert snr["independent"]["snr_ratio"] == 1.0
     rows = [{"x": 1.0}, {}, {"x": 3.0}]
     assert compare._mean_of(rows, "x") == 2.0 and compare._mean_of(rows, "y") is None
+
+
+def test_seconds_to_target_sums_step_times_up_to_the_hit():
+    history = _history([0.6, 0.8, 0.9])  # steps 5, 10, 15; 0.2 s each
+    assert math.isclose(compare.seconds_to(history, 0.8), 0.4)
+    assert compare.seconds_to(history, 0.95) is None
+    assert compare._median_or_dash([1.0, None, 3.0]) == "3.0" and compare._median_or_dash([None, None, 1.0]) == "-"

@@ -130,6 +130,13 @@ def tokens_to(history: list[dict[str, Any]], target: float) -> int | None:
     return None if step is None else sum(r.get("tokens_generated", 0) for r in history if r["step"] <= step)
 
 
+def seconds_to(history: list[dict[str, Any]], target: float) -> float | None:
+    """Training wall-clock (sum of step times, evaluations excluded) up to and including the first eval
+    step that reaches the target; None if never."""
+    step = steps_to(history, target)
+    return None if step is None else sum(r.get("time_step_s", 0.0) for r in history if r["step"] <= step)
+
+
 def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
     sweep: dict[str, dict[str, Any]] = {}
     best: dict[str, float] = {}
@@ -141,11 +148,13 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
             final = statistics.mean(c[-1] for c in curves)
             hits = [steps_to(results[(e, lr, s)], target) for s in seeds]
             tokens = [tokens_to(results[(e, lr, s)], target) for s in seeds]
+            seconds = [seconds_to(results[(e, lr, s)], target) for s in seeds]
             sweep[e][f"{lr:g}"] = {
                 "mean_eval_accuracy": auc,
                 "final_eval_accuracy": final,
                 "steps_to_target": hits,
                 "tokens_to_target": tokens,
+                "seconds_to_target": seconds,
             }
         best[e] = max(lrs, key=lambda lr: sweep[e][f"{lr:g}"]["mean_eval_accuracy"])
     timing = {}
@@ -346,9 +355,10 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             f"## Generated tokens to eval accuracy >= {target:g}, and the trees (best lr)",
             "",
             "| arm | group size | tokens generated / step | tokens to target (median; per seed) | "
+            "training seconds to target (median) | "
             "mean first-branch depth | mean branch depth | branch-token fraction | unbiased r (nodes m < G) | "
             "mean node size m |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in estimators:
             lr = summary["best_lr"][e]
@@ -359,6 +369,7 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             lines.append(
                 f"| {e} | {summary['group_size'][e]} | {t['tokens_per_step']:.0f} | "
                 f"{'not reached' if med == float('inf') else f'{med:.0f}'} ({shown}) | "
+                f"{_median_or_dash(summary['sweep'][e][f'{lr:g}'].get('seconds_to_target', []))} | "
                 f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} | {t['branch_token_fraction']:.3f} | "
                 f"{_fmt(t.get('branch_r_unbiased'))} | {_fmt(t.get('branch_node_mean_m'))} |"
             )
@@ -394,6 +405,14 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             for r, v in gradient_snr(grad).items()
         ]
     return "\n".join(lines) + "\n"
+
+
+def _median_or_dash(xs: list[float | None]) -> str:
+    """Median with the misses counted as infinite; '-' when at most half reached it."""
+    if not xs:
+        return "-"
+    med = statistics.median([x if x is not None else float("inf") for x in xs])
+    return "-" if med == float("inf") else f"{med:.1f}"
 
 
 def _fmt(x: float | None) -> str:
