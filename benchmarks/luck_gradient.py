@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="benchmarks/configs/luck.yaml")
     parser.add_argument("--batches", type=int, default=12, help="batches of prompts_per_step groups per arm")
     parser.add_argument("--tree-group-size", type=int, default=44)
+    parser.add_argument("--rewards", nargs="+", default=["luck", "numeric"], choices=sorted(PREDICTED))
     parser.add_argument("--out", default="benchmarks/results/luck_gradient.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     base = TrainConfig(**load_file(args.config)).validate()
     out = {}
-    for reward in ("luck", "numeric"):
+    for reward in args.rewards:
         cfg = replace(base, reward=[reward])
         grad = [
             {"rollout": r, **row}
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         out[reward] = {"rows": grad, "snr": compare.gradient_snr(grad), "predicted_ratio": PREDICTED[reward]}
         for r, v in out[reward]["snr"].items():
             print(
-                f"reward {reward:8s} {r:12s} cos GRPO {v['cos_grpo']:.4f} TEMPO {v['cos_tempo']:.4f} "
-                f"SNR ratio {v['snr_ratio']:.2f} (predicted {PREDICTED[reward]})",
+                f"reward {reward:8s} {r:12s} cos GRPO {v['cos_grpo']:.4f} TEMPO {v['cos_tempo']:.4f}; direct SNR "
+                f"GRPO {v['direct_snr_grpo']:.3f} TEMPO {v['direct_snr_tempo']:.3f} ratio {v['direct_snr_ratio']:.2f} "
+                f"(predicted {PREDICTED[reward]})",
                 flush=True,
             )
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -91,3 +91,16 @@ def test_seconds_to_target_sums_step_times_up_to_the_hit():
     assert math.isclose(compare.seconds_to(history, 0.8), 0.4)
     assert compare.seconds_to(history, 0.95) is None
     assert compare._median_or_dash([1.0, None, 3.0]) == "3.0" and compare._median_or_dash([None, None, 1.0]) == "-"
+
+
+def test_batch_snr_sees_noise_in_the_size_along_one_direction():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.tensor([3.0, 4.0]) / 5
+    scale = 1.0 + 0.5 * torch.randn(20_000, generator=gen)  # mean 1, sd 0.5: SNR = 1 / 0.25 = 4
+    snr = compare.batch_snr(scale[:, None] * direction)
+    assert abs(snr - 4.0) < 0.2
+    grad = [{"rollout": "independent", "cos_other_batches_grpo": 0.5, "cos_other_batches_tempo": 0.5,
+             "direct_snr_grpo": 2.0, "direct_snr_tempo": 5.0}]  # fmt: skip
+    assert compare.gradient_snr(grad)["independent"]["direct_snr_ratio"] == 2.5

@@ -184,8 +184,9 @@ def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
 
 def gradient_snr(grad: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per rollout: each estimator's mean cosine c between gradients of different batches, the SNR it
-    implies, c / (1 - c) (for g_i = mean + independent noise of equal size, E cos = SNR / (1 + SNR)),
-    and the TEMPO/GRPO ratio of those SNRs."""
+    implies, c / (1 - c) (for g_i = mean + isotropic independent noise, E cos ~ SNR / (1 + SNR)), and the
+    TEMPO/GRPO ratio of those SNRs; and, where the rows carry it, the direct SNR over the batches
+    (`batch_snr`) and its ratio."""
     out = {}
     for r in dict.fromkeys(g.get("rollout", "independent") for g in grad):
         rows = [g for g in grad if g.get("rollout", "independent") == r and "cos_other_batches_tempo" in g]
@@ -197,6 +198,10 @@ def gradient_snr(grad: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             row[f"cos_{est}"] = c
             row[f"snr_{est}"] = c / (1 - c)
         row["snr_ratio"] = row["snr_tempo"] / row["snr_grpo"] if row["snr_grpo"] > 0 else float("nan")
+        if "direct_snr_tempo" in rows[0]:
+            row["direct_snr_grpo"], row["direct_snr_tempo"] = rows[0]["direct_snr_grpo"], rows[0]["direct_snr_tempo"]
+            d = row["direct_snr_grpo"]
+            row["direct_snr_ratio"] = row["direct_snr_tempo"] / d if d > 0 else float("nan")
         out[r] = row
     return out
 
@@ -251,7 +256,22 @@ def gradient_agreement(
         for i, row in enumerate(out):
             if len(gs) > 1:
                 row[f"cos_other_batches_{est}"] = statistics.mean(_cos(gs[i], h) for j, h in enumerate(gs) if j != i)
+                row[f"direct_snr_{est}"] = batch_snr(torch.stack(gs))
     return out
+
+
+def batch_snr(grads: torch.Tensor) -> float:
+    """|E g|^2 / E|g - E g|^2 of one batch's gradient, from n >= 2 batches' gradients (n, P): the
+    trace of the covariance with divisor n - 1, and |mean|^2 less its share of it (tr Cov / n), so
+    numerator and denominator are both unbiased. Unlike a cosine between batches it also sees noise
+    in the gradient's size along a fixed direction (a single binary decision's gradient has one
+    direction whatever the sample)."""
+    n = grads.shape[0]
+    g = grads.double()
+    mean = g.mean(0)
+    var = float(((g - mean) ** 2).sum() / (n - 1))
+    signal = float(mean.dot(mean)) - var / n
+    return signal / var if var > 0 else float("inf")
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -394,14 +414,19 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
         ]
         lines += [
             "",
-            "Gradient SNR implied by the mean cosine c between batches, c / (1 - c):",
+            "Gradient SNR of one batch: implied by the mean cosine c between batches, c / (1 - c) (blind to "
+            "noise in the gradient's size along a fixed direction), and direct, |mean|^2 / trace Cov over the "
+            "batches (both unbiased; `batch_snr`):",
             "",
-            "| rollout | cos GRPO | cos TEMPO | SNR GRPO | SNR TEMPO | SNR ratio TEMPO/GRPO |",
-            "|---|---|---|---|---|---|",
+            "| rollout | cos GRPO | cos TEMPO | c/(1-c) GRPO | c/(1-c) TEMPO | ratio | direct SNR GRPO | "
+            "direct SNR TEMPO | direct ratio TEMPO/GRPO |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+        nan = float("nan")
         lines += [
             f"| {r} | {v['cos_grpo']:.4f} | {v['cos_tempo']:.4f} | {v['snr_grpo']:.3f} | {v['snr_tempo']:.3f} | "
-            f"{v['snr_ratio']:.2f} |"
+            f"{v['snr_ratio']:.2f} | {v.get('direct_snr_grpo', nan):.3f} | {v.get('direct_snr_tempo', nan):.3f} | "
+            f"{v.get('direct_snr_ratio', nan):.2f} |"
             for r, v in gradient_snr(grad).items()
         ]
     return "\n".join(lines) + "\n"
