@@ -68,3 +68,39 @@ def test_gradient_agreement_on_a_tiny_model(tmp_path):
     assert len(rows) == 1
     # a random policy almost never answers right: equal rewards give zero gradients, reported as 0/0 -> 0
     assert all(math.isfinite(v) for v in rows[0].values())
+
+
+def test_gradient_snr_from_cosines_between_batches():
+    grad = [
+        {"rollout": "tree", "cos_other_batches_grpo": 0.2, "cos_other_batches_tempo": 0.5},
+        {"rollout": "tree", "cos_other_batches_grpo": 0.4, "cos_other_batches_tempo": 0.5},
+        {"rollout": "independent", "cos_other_batches_grpo": 0.5, "cos_other_batches_tempo": 0.5},
+    ]
+    snr = compare.gradient_snr(grad)
+    assert list(snr) == ["tree", "independent"]
+    assert math.isclose(snr["tree"]["cos_grpo"], 0.3)
+    assert math.isclose(snr["tree"]["snr_grpo"], 0.3 / 0.7) and math.isclose(snr["tree"]["snr_tempo"], 1.0)
+    assert math.isclose(snr["tree"]["snr_ratio"], 0.7 / 0.3)
+    assert snr["independent"]["snr_ratio"] == 1.0
+    rows = [{"x": 1.0}, {}, {"x": 3.0}]
+    assert compare._mean_of(rows, "x") == 2.0 and compare._mean_of(rows, "y") is None
+
+
+def test_seconds_to_target_sums_step_times_up_to_the_hit():
+    history = _history([0.6, 0.8, 0.9])  # steps 5, 10, 15; 0.2 s each
+    assert math.isclose(compare.seconds_to(history, 0.8), 0.4)
+    assert compare.seconds_to(history, 0.95) is None
+    assert compare._median_or_dash([1.0, None, 3.0]) == "3.0" and compare._median_or_dash([None, None, 1.0]) == "-"
+
+
+def test_batch_snr_sees_noise_in_the_size_along_one_direction():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.tensor([3.0, 4.0]) / 5
+    scale = 1.0 + 0.5 * torch.randn(20_000, generator=gen)  # mean 1, sd 0.5: SNR = 1 / 0.25 = 4
+    snr = compare.batch_snr(scale[:, None] * direction)
+    assert abs(snr - 4.0) < 0.2
+    grad = [{"rollout": "independent", "cos_other_batches_grpo": 0.5, "cos_other_batches_tempo": 0.5,
+             "direct_snr_grpo": 2.0, "direct_snr_tempo": 5.0}]  # fmt: skip
+    assert compare.gradient_snr(grad)["independent"]["direct_snr_ratio"] == 2.5

@@ -130,6 +130,13 @@ def tokens_to(history: list[dict[str, Any]], target: float) -> int | None:
     return None if step is None else sum(r.get("tokens_generated", 0) for r in history if r["step"] <= step)
 
 
+def seconds_to(history: list[dict[str, Any]], target: float) -> float | None:
+    """Training wall-clock (sum of step times, evaluations excluded) up to and including the first eval
+    step that reaches the target; None if never."""
+    step = steps_to(history, target)
+    return None if step is None else sum(r.get("time_step_s", 0.0) for r in history if r["step"] <= step)
+
+
 def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
     sweep: dict[str, dict[str, Any]] = {}
     best: dict[str, float] = {}
@@ -141,11 +148,13 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
             final = statistics.mean(c[-1] for c in curves)
             hits = [steps_to(results[(e, lr, s)], target) for s in seeds]
             tokens = [tokens_to(results[(e, lr, s)], target) for s in seeds]
+            seconds = [seconds_to(results[(e, lr, s)], target) for s in seeds]
             sweep[e][f"{lr:g}"] = {
                 "mean_eval_accuracy": auc,
                 "final_eval_accuracy": final,
                 "steps_to_target": hits,
                 "tokens_to_target": tokens,
+                "seconds_to_target": seconds,
             }
         best[e] = max(lrs, key=lambda lr: sweep[e][f"{lr:g}"]["mean_eval_accuracy"])
     timing = {}
@@ -161,8 +170,40 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
             "tokens_per_step": statistics.mean(r.get("tokens_generated", 0) for r in rows),
             "mean_branch_depth": statistics.mean(r.get("mean_branch_depth") or 0.0 for r in rows),
             "first_branch_depth": statistics.mean(r.get("first_branch_depth") or 0.0 for r in rows),
+            "branch_r_unbiased": _mean_of(rows, "branch_r_unbiased"),
+            "branch_node_mean_m": _mean_of(rows, "branch_node_mean_m"),
         }
     return {"sweep": sweep, "best_lr": best, "timing": timing}
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of a metric over the rows that log it (it is left out where undefined); None if none do."""
+    got = [r[key] for r in rows if key in r]
+    return statistics.mean(got) if got else None
+
+
+def gradient_snr(grad: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per rollout: each estimator's mean cosine c between gradients of different batches, the SNR it
+    implies, c / (1 - c) (for g_i = mean + isotropic independent noise, E cos ~ SNR / (1 + SNR)), and the
+    TEMPO/GRPO ratio of those SNRs; and, where the rows carry it, the direct SNR over the batches
+    (`batch_snr`) and its ratio."""
+    out = {}
+    for r in dict.fromkeys(g.get("rollout", "independent") for g in grad):
+        rows = [g for g in grad if g.get("rollout", "independent") == r and "cos_other_batches_tempo" in g]
+        if not rows:
+            continue
+        row: dict[str, float] = {}
+        for est in ("grpo", "tempo"):
+            c = statistics.mean(g[f"cos_other_batches_{est}"] for g in rows)
+            row[f"cos_{est}"] = c
+            row[f"snr_{est}"] = c / (1 - c)
+        row["snr_ratio"] = row["snr_tempo"] / row["snr_grpo"] if row["snr_grpo"] > 0 else float("nan")
+        if "direct_snr_tempo" in rows[0]:
+            row["direct_snr_grpo"], row["direct_snr_tempo"] = rows[0]["direct_snr_grpo"], rows[0]["direct_snr_tempo"]
+            d = row["direct_snr_grpo"]
+            row["direct_snr_ratio"] = row["direct_snr_tempo"] / d if d > 0 else float("nan")
+        out[r] = row
+    return out
 
 
 def gradient_agreement(
@@ -172,7 +213,7 @@ def gradient_agreement(
     policy gradients (same samples, ratio 1, the configured aggregation). Each row also carries the
     mean cosine of its gradients with the other batches' (per estimator): a scale-free
     signal-to-noise measure, since independent noise averages to cosine 0."""
-    from .train import compute_advantages, load_policy, model_path, score
+    from .train import chance_token, compute_advantages, load_policy, model_path, score
 
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
@@ -194,12 +235,13 @@ def gradient_agreement(
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             tree=cfg.tree_config(),
+            chance=chance_token(tokenizer, cfg),
         )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
             adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
             logp, _ = forward_logprobs(model, roll)
-            loss = policy_loss(logp, logp.detach(), adv, roll.response_mask, aggregation=cfg.aggregation).loss
+            loss = policy_loss(logp, logp.detach(), adv, roll.loss_mask, aggregation=cfg.aggregation).loss
             grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
         t, g = grads["tempo"][-1], grads["grpo"][-1]
         out.append(
@@ -214,7 +256,22 @@ def gradient_agreement(
         for i, row in enumerate(out):
             if len(gs) > 1:
                 row[f"cos_other_batches_{est}"] = statistics.mean(_cos(gs[i], h) for j, h in enumerate(gs) if j != i)
+                row[f"direct_snr_{est}"] = batch_snr(torch.stack(gs))
     return out
+
+
+def batch_snr(grads: torch.Tensor) -> float:
+    """|E g|^2 / E|g - E g|^2 of one batch's gradient, from n >= 2 batches' gradients (n, P): the
+    trace of the covariance with divisor n - 1, and |mean|^2 less its share of it (tr Cov / n), so
+    numerator and denominator are both unbiased. Unlike a cosine between batches it also sees noise
+    in the gradient's size along a fixed direction (a single binary decision's gradient has one
+    direction whatever the sample)."""
+    n = grads.shape[0]
+    g = grads.double()
+    mean = g.mean(0)
+    var = float(((g - mean) ** 2).sum() / (n - 1))
+    signal = float(mean.dot(mean)) - var / n
+    return signal / var if var > 0 else float("inf")
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -318,8 +375,10 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             f"## Generated tokens to eval accuracy >= {target:g}, and the trees (best lr)",
             "",
             "| arm | group size | tokens generated / step | tokens to target (median; per seed) | "
-            "mean first-branch depth | mean branch depth |",
-            "|---|---|---|---|---|---|",
+            "training seconds to target (median) | "
+            "mean first-branch depth | mean branch depth | branch-token fraction | unbiased r (nodes m < G) | "
+            "mean node size m |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in estimators:
             lr = summary["best_lr"][e]
@@ -330,7 +389,9 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             lines.append(
                 f"| {e} | {summary['group_size'][e]} | {t['tokens_per_step']:.0f} | "
                 f"{'not reached' if med == float('inf') else f'{med:.0f}'} ({shown}) | "
-                f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} |"
+                f"{_median_or_dash(summary['sweep'][e][f'{lr:g}'].get('seconds_to_target', []))} | "
+                f"{t['first_branch_depth']:.1f} | {t['mean_branch_depth']:.1f} | {t['branch_token_fraction']:.3f} | "
+                f"{_fmt(t.get('branch_r_unbiased'))} | {_fmt(t.get('branch_node_mean_m'))} |"
             )
     if grad:
         lines += [
@@ -351,7 +412,36 @@ def markdown(summary, grad, cfg: TrainConfig, estimators, lrs, seeds, target, co
             f"{g.get('cos_other_batches_tempo', nan):.4f} |"
             for i, g in enumerate(grad)
         ]
+        lines += [
+            "",
+            "Gradient SNR of one batch: implied by the mean cosine c between batches, c / (1 - c) (blind to "
+            "noise in the gradient's size along a fixed direction), and direct, |mean|^2 / trace Cov over the "
+            "batches (both unbiased; `batch_snr`):",
+            "",
+            "| rollout | cos GRPO | cos TEMPO | c/(1-c) GRPO | c/(1-c) TEMPO | ratio | direct SNR GRPO | "
+            "direct SNR TEMPO | direct ratio TEMPO/GRPO |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        nan = float("nan")
+        lines += [
+            f"| {r} | {v['cos_grpo']:.4f} | {v['cos_tempo']:.4f} | {v['snr_grpo']:.3f} | {v['snr_tempo']:.3f} | "
+            f"{v['snr_ratio']:.2f} | {v.get('direct_snr_grpo', nan):.3f} | {v.get('direct_snr_tempo', nan):.3f} | "
+            f"{v.get('direct_snr_ratio', nan):.2f} |"
+            for r, v in gradient_snr(grad).items()
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _median_or_dash(xs: list[float | None]) -> str:
+    """Median with the misses counted as infinite; '-' when at most half reached it."""
+    if not xs:
+        return "-"
+    med = statistics.median([x if x is not None else float("inf") for x in xs])
+    return "-" if med == float("inf") else f"{med:.1f}"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def add_arguments(parser) -> None:
@@ -450,6 +540,7 @@ def run(args) -> int:
                 "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
                 "summary": summary,
                 "gradient_agreement": grad,
+                "gradient_snr": gradient_snr(grad),
                 "eval_curves": curves,
                 "train_reward": rewards,
                 "torch": torch.__version__,

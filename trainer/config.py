@@ -46,7 +46,7 @@ class TrainConfig:
     )
     dataset: str = _f(
         "add",
-        "built-in task name ('add', 'chain'), a JSONL / JSON / CSV / Parquet file or a "
+        "built-in task name ('add', 'chain', 'luck'), a JSONL / JSON / CSV / Parquet file or a "
         "directory written by datasets' save_to_disk, with a prompt and an answer column (other "
         "columns reach batched reward functions as keyword arguments)",
         "model and data",
@@ -232,6 +232,12 @@ class TrainConfig:
     accuracy_threshold: float = _f(
         1.0, "a response counts as correct (accuracy, eval_accuracy) when its total reward is at least this", "run"
     )
+    eval_reward: list[str] = _f(
+        [],
+        "reward functions (same forms as reward, weights 1) that score evaluation; [] uses the training "
+        "reward. E.g. 'numeric' on the 'luck' task, whose training reward also pays for a coin",
+        "run",
+    )
     max_zero_variance_steps: int = _f(
         20,
         "stop with an error after this many steps in a row in which every "
@@ -266,7 +272,7 @@ class TrainConfig:
     tensorboard: bool = _f(False, "same as --report-to tensorboard (kept for old command lines)", "run")
 
     def __post_init__(self) -> None:
-        for name in ("reward", "reward_weights", "report_to"):  # one value where a list is expected
+        for name in ("reward", "reward_weights", "report_to", "eval_reward"):  # one value where a list is expected
             setattr(self, name, _as_list(getattr(self, name)))
 
     def validate(self) -> "TrainConfig":

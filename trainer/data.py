@@ -18,6 +18,14 @@ The built-in `chain` task puts the decisions deeper: a prompt adds three two-dig
 "8+7=15,7+8+1=16;165 5+7=12,16+9+1=26;262" (40 tokens). Every step carries, so each step has its
 own carry decision, the second one about 30 tokens into the response, and a forgotten carry makes
 every later total wrong: correctness hinges on a chain of decisions, the last of them deep.
+
+The built-in `luck` task is `add` behind a coin: the response opens with "coin toss:", the
+environment writes H or T (probability 1/2 each; `CHANCE_TOKENS`, a token the policy does not choose
+and that carries no loss), and the policy then works the sum, "coin toss:H 7+8=15,4+3+1=8;85". Its
+reward (`rewards.luck_reward`) is [H] + 0.5 [answer right]: the coin moves the value of the prefix a
+lot before the one decision the policy controls, the carry. That is the offset term of
+proofs_notes/tree-rollouts.md, section 5, which predicts TEMPO's gain from it; scored with `numeric`
+alone the same task is its control.
 """
 
 from __future__ import annotations
@@ -109,7 +117,18 @@ def chain_examples(n: int, seed: int, k: int = 3) -> list[Example]:
     return [Example(prompt="+".join(map(str, t)) + "=", answer=str(sum(t))) for t in chains]
 
 
-BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples}
+LUCK_PREAMBLE = "coin toss:"
+LUCK_COIN = ("H", "T")
+# task -> (text before the environment's token, the texts it draws from uniformly)
+CHANCE_TOKENS = {"luck": (LUCK_PREAMBLE, LUCK_COIN)}
+
+
+def luck_solution(a: int, b: int, coin: str) -> str:
+    """The worked `luck` response: the preamble, the coin, a space, the `add` working."""
+    return f"{LUCK_PREAMBLE}{coin} {add_solution(a, b)}"
+
+
+BUILTIN_TASKS = {"add": add_examples, "chain": chain_examples, "luck": add_examples}
 
 
 def example_of(

@@ -116,7 +116,16 @@ def choice_match(completion: str, answer: str) -> float:
     return float(bool(letters) and letters[-1].upper() == want)
 
 
-BUILTIN_REWARDS: dict[str, RewardFn] = {"numeric": numeric_match, "choice": choice_match}
+def luck_reward(completion: str, answer: str) -> float:
+    """The `luck` task's reward: 1 when the environment's coin (right after "coin toss:") is H, plus 0.5
+    when the final answer is right (`numeric_match`)."""
+    from .data import LUCK_COIN, LUCK_PREAMBLE
+
+    heads = completion.startswith(LUCK_PREAMBLE + LUCK_COIN[0])
+    return float(heads) + 0.5 * numeric_match(completion, answer)
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {"numeric": numeric_match, "choice": choice_match, "luck": luck_reward}
 
 # A combined reward must survive float32, the dtype the advantages are computed in.
 MAX_ABS_REWARD = 3.0e38

@@ -2,6 +2,12 @@
 
 A rollout holds the left-padded prompts (P*G, Lp), the responses (P*G, Lr) right-padded after the
 first EOS (which belongs to the response: the policy must learn when to stop), and the mask.
+
+Environment tokens. A task may write one token of each response itself (`ChanceToken`: a coin, a
+tool's output): at that response position the sampler replaces the policy's token by a uniform draw
+from the task's choices, and the rollout's `loss_mask` is 0 there. The token stays in the response:
+later tokens condition on it, and the group's prefix tree (hence TEMPO's TD) reads it like any other;
+only its own advantage and loss are zero.
 """
 
 from __future__ import annotations
@@ -11,6 +17,22 @@ from dataclasses import dataclass, field
 import torch
 
 from .loss import entropy_from_logits, token_logprobs
+from .tree_rollout import ChanceToken
+
+
+class ChanceLogits:
+    """A `generate` logits processor that forces the chance token: at response position
+    `chance.position` only a fresh uniform draw per row keeps a finite logit."""
+
+    def __init__(self, chance: ChanceToken, prompt_len: int):
+        self.chance, self.prompt_len = chance, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] - self.prompt_len != self.chance.position:
+            return scores
+        token = self.chance.draw(scores.shape[0], scores.device)  # (N,)
+        forced = torch.full_like(scores, float("-inf"))
+        return forced.scatter(1, token[:, None], 0.0)
 
 
 @dataclass
@@ -22,10 +44,20 @@ class Rollout:
     group_ids: torch.Tensor  # (B,) index of the prompt in the step's batch
     texts: list[str]  # decoded responses, special tokens dropped
     stats: dict = field(default_factory=dict)  # sampler counters: tokens_generated, ...
+    env_mask: torch.Tensor | None = None  # (B, Lr) 1 where a token carries loss; None: response_mask
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """(B, Lr) 0/1: the response tokens the policy chose (environment tokens are 0)."""
+        return self.response_mask if self.env_mask is None else self.env_mask
 
     @property
     def n_tokens(self) -> int:
         return int(self.response_mask.sum())
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
 
     def select(self, rows: torch.Tensor) -> "Rollout":
         return Rollout(
@@ -36,6 +68,7 @@ class Rollout:
             self.group_ids[rows],
             [self.texts[i] for i in rows.tolist()],
             self.stats,
+            None if self.env_mask is None else self.env_mask[rows],
         )
 
 
@@ -70,11 +103,13 @@ def sample_groups(
     greedy: bool = False,
     autocast_dtype=None,
     tree=None,
+    chance: ChanceToken | None = None,
 ) -> Rollout:
     """G samples of each prompt (greedy: argmax decoding, for evaluation). Generation runs under
     inference_mode; the returned tensors are ordinary ones (cloned), usable in autograd. With a
     `TreeConfig` as `tree`, each group is sampled as a prefix tree by `tree_rollout.sample_tree`
-    instead of `generate` (same sampling rules, same global RNG)."""
+    instead of `generate` (same sampling rules, same global RNG). With a `ChanceToken`, its
+    position holds an environment draw (greedy decoding too) and `loss_mask` is 0 there."""
     roll = _sample(
         model,
         tokenizer,
@@ -87,6 +122,7 @@ def sample_groups(
         greedy=greedy,
         autocast_dtype=autocast_dtype,
         tree=tree,
+        chance=chance,
     )
     return Rollout(
         roll.prompt_ids.clone(),
@@ -96,6 +132,7 @@ def sample_groups(
         roll.group_ids.clone(),
         roll.texts,
         roll.stats,
+        None if chance is None else chance.loss_mask(roll.response_mask).clone(),
     )
 
 
@@ -113,6 +150,7 @@ def _sample(
     greedy,
     autocast_dtype,
     tree=None,
+    chance=None,
 ) -> Rollout:
     device = next(model.parameters()).device
     enc = encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
@@ -121,7 +159,7 @@ def _sample(
     att = enc["attention_mask"].repeat_interleave(g, 0)
     if tree is not None and not greedy:
         responses, mask, stats = _sample_tree(
-            model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree, autocast_dtype
+            model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree, autocast_dtype, chance
         )
     else:
         sampling = (
@@ -136,6 +174,7 @@ def _sample(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
+                logits_processor=None if chance is None else [ChanceLogits(chance, ids.shape[1])],
                 **sampling,
             )
         responses = out[:, ids.shape[1] :]  # (P*G, Lr)
@@ -147,7 +186,7 @@ def _sample(
     return Rollout(ids, att, responses, mask, groups, texts, stats)
 
 
-def _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree, autocast_dtype):
+def _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, tree, autocast_dtype, chance=None):
     """(responses (P*G, Lr), mask, sampler stats) of tree-sampled groups, group-major like `generate`."""
     from .tree_rollout import SamplingConfig, sample_tree_padded
 
@@ -157,6 +196,7 @@ def _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, t
         top_p=top_p,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        chance=chance,
     )
     device = enc["input_ids"].device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -6,7 +6,9 @@ short and on imperfect demonstrations: half of them forget the carry (a systemat
 student makes) and a few slip one digit of the ones sum, so RL starts from a policy that knows the
 format and is right a bit under half of the time; the reward then has something to teach. For the
 `chain` task (`task="chain"`) each of its steps forgets the carry with probability 0.3, so about
-half of the warmed-up policy's chains are right; it is stored with a `tiny_task.txt` marker.
+half of the warmed-up policy's chains are right; it is stored with a `tiny_task.txt` marker. For
+`luck` the demonstrations write a fair coin after "coin toss:" and forget the carry half of the
+time, with no slips: the carry is the one decision left to learn.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .data import carry_pair, chain_solution, chain_terms
+from .data import LUCK_COIN, LUCK_PREAMBLE, carry_pair, chain_solution, chain_terms
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 # Characters enough for arithmetic, \boxed{...}, and short words; anything else maps to <unk>.
@@ -79,11 +81,14 @@ def _noisy_demo(task: str, rng: random.Random, forget_carry: float, slip: float)
         carries = [0 if rng.random() < forget_carry else 1 for _ in terms[1:]]
         return "+".join(map(str, terms)) + "=", chain_solution(terms, carries)
     a, b = carry_pair(rng)
+    if task == "luck":  # the coin, then `add` working whose only uncertain decision is the carry
+        coin = LUCK_COIN[rng.random() < 0.5]
+        return f"{a}+{b}=", f"{LUCK_PREAMBLE}{coin} {_noisy_solution(a, b, rng, forget_carry, 0.0)}"
     return f"{a}+{b}=", _noisy_solution(a, b, rng, forget_carry, slip)
 
 
 # Carry-forgetting rate of the demonstrations: about half of the warmed-up policy's answers are right.
-WARMUP_FORGET_CARRY = {"add": 0.5, "chain": 0.3}
+WARMUP_FORGET_CARRY = {"add": 0.5, "chain": 0.3, "luck": 0.5}
 
 
 def warmup_batch(tokenizer, n: int, rng: random.Random, forget_carry: float, slip: float, task: str = "add"):

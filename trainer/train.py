@@ -33,7 +33,16 @@ from tempo_rl.policy_loss import fused_logprobs
 
 from . import checkpoint
 from .config import INSTALL_TRAIN, TrainConfig, UsageError, add_config_arguments, config_from_args
-from .data import BUILTIN_TASKS, Example, batch_for_step, hold_out, load_dataset, prompt_text, reward_columns
+from .data import (
+    BUILTIN_TASKS,
+    CHANCE_TOKENS,
+    Example,
+    batch_for_step,
+    hold_out,
+    load_dataset,
+    prompt_text,
+    reward_columns,
+)
 from .loss import policy_loss
 from .rewards import (
     RewardBatch,
@@ -43,7 +52,7 @@ from .rewards import (
     load_reward_functions,
     score_batch,
 )
-from .rollout import Rollout, forward_hidden, forward_logprobs, lm_head, sample_groups
+from .rollout import ChanceToken, Rollout, forward_hidden, forward_logprobs, lm_head, sample_groups
 
 log = logging.getLogger("tempo_rl.trainer")
 
@@ -140,6 +149,20 @@ def train_and_eval_examples(cfg: TrainConfig) -> tuple[list[Example], list[Examp
     return hold_out(examples, cfg.eval_prompts, cfg.seed)
 
 
+def chance_token(tokenizer, cfg: TrainConfig) -> ChanceToken | None:
+    """The environment token of a built-in task that has one (`data.CHANCE_TOKENS`), in this
+    tokenizer's ids: its response position is the preamble's token count, each choice one token.
+    UsageError when the tokenizer cannot express it so."""
+    if cfg.dataset not in CHANCE_TOKENS:
+        return None
+    preamble, choices = CHANCE_TOKENS[cfg.dataset]
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    if any(len(i) != 1 for i in ids):
+        raise UsageError(f"dataset {cfg.dataset!r}: each of {choices} must be one token of this tokenizer")
+    position = len(tokenizer(preamble, add_special_tokens=False)["input_ids"])
+    return ChanceToken(position=position, token_ids=tuple(i[0] for i in ids))
+
+
 def prompts_for(tokenizer, batch: list[Example], cfg: TrainConfig) -> tuple[list[str], bool]:
     """(prompt strings, whether the sampler should apply the chat template). Text prompts go as they
     are (the sampler wraps them as a user turn with --chat-template); a batch holding chat prompts
@@ -174,6 +197,7 @@ def compute_advantages(roll: Rollout, rewards: torch.Tensor, cfg: TrainConfig) -
         roll.response_mask,
         rewards,
         roll.group_ids,
+        loss_mask=roll.env_mask,
         norm_by_std=cfg.estimator != "dr_grpo",
         td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
         backend=cfg.backend,
@@ -193,6 +217,7 @@ def trust_check(adv: torch.Tensor, roll: Rollout, rewards: torch.Tensor, cfg: Tr
             roll.response_mask,
             rewards,
             roll.group_ids,
+            loss_mask=roll.env_mask,
             norm_by_std=cfg.estimator != "dr_grpo",
             td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
             atol=cfg.trust_atol,
@@ -242,7 +267,7 @@ def ppo_update(
     for epoch in range(cfg.ppo_epochs):
         order = minibatch_order(n, cfg, step, epoch).to(adv.device)
         for mb in order.chunk(cfg.mini_batches):
-            denom = float(roll.response_mask[mb].sum()) if cfg.aggregation == "token-mean" else float(len(mb))
+            denom = float(roll.loss_mask[mb].sum()) if cfg.aggregation == "token-mean" else float(len(mb))
             for micro in mb.chunk(cfg.grad_accum):
                 part = roll.select(micro)
                 old = None if old_logp is None else old_logp[micro]
@@ -279,7 +304,7 @@ def micro_loss_unfused(
         logp,
         logp.detach() if old_logp is None else old_logp,
         adv,
-        part.response_mask,
+        part.loss_mask,
         clip_low=cfg.clip_low,
         clip_high=cfg.clip_high,
         aggregation=cfg.aggregation,
@@ -287,7 +312,7 @@ def micro_loss_unfused(
         kl_coef=cfg.kl_coef,
         denom=denom,
     )
-    m = part.response_mask.float()
+    m = part.loss_mask.float()
     return out.loss, {
         "clip_fraction": out.clip_fraction,
         "approx_kl": out.approx_kl,
@@ -313,7 +338,7 @@ def micro_loss_fused(
         part.responses,
         old_logp,
         adv,
-        part.response_mask,
+        part.loss_mask,
         bias=bias,
         ref_logp=ref_logp,
         kl_coef=cfg.kl_coef,
@@ -321,7 +346,7 @@ def micro_loss_fused(
         clip_high=cfg.clip_high,
         aggregation=cfg.aggregation,
     )
-    count = max(part.n_tokens, 1) if cfg.aggregation == "token-mean" else part.responses.shape[0]
+    count = max(part.n_loss_tokens, 1) if cfg.aggregation == "token-mean" else part.responses.shape[0]
     scale = count / denom
     return loss * scale, {
         "clip_fraction": metrics["clip_fraction"],
@@ -376,13 +401,18 @@ def all_groups_flat(rewards: torch.Tensor, group_ids: torch.Tensor) -> bool:
 def rollout_metrics(
     roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tree: TreeStats, threshold: float = 1.0
 ) -> dict[str, Any]:
-    m = roll.response_mask.bool()
+    """The step's rollout numbers: rewards, lengths, tree shape, the branch-node diagnostic of
+    proofs_notes/tree-rollouts.md section 1.3 (node count, mean m, pooled unbiased r = delta^2 / sigma^2,
+    left out when undefined) and advantage moments over the tokens that carry loss."""
+    m = roll.loss_mask.bool()
     a = adv[m]
+    snr = tempo_rl.branch_snr_stats(roll.responses, roll.response_mask, rewards, roll.group_ids)
     return {
         "reward_mean": float(rewards.mean()),
         "accuracy": float((rewards >= threshold).float().mean()),
         "response_length": float(roll.response_mask.sum(-1).float().mean()),
         **tree.as_metrics(prefix=""),
+        **snr.as_metrics(prefix=""),
         "tokens_generated": roll.stats.get("tokens_generated", roll.n_tokens),
         "adv_mean": float(a.mean()) if a.numel() else 0.0,
         "adv_std": float(a.std()) if a.numel() > 1 else 0.0,
@@ -394,8 +424,8 @@ def rollout_metrics(
 def evaluate(
     model, tokenizer, examples: list[Example], cfg: TrainConfig, rewards: list[RewardFunction], autocast_dtype
 ) -> float:
-    """Accuracy (total reward >= accuracy_threshold) of one response per eval prompt, sampled at the
-    training temperature (greedy with --eval-greedy). The sampling RNG is forked and seeded, so
+    """Accuracy (total reward >= accuracy_threshold, under `eval_reward` when set) of one response per
+    eval prompt, sampled at the training temperature (greedy with --eval-greedy). The sampling RNG is forked and seeded, so
     evaluating neither disturbs training (resume stays exact) nor varies between runs of one seed."""
     hits = 0
     with torch.random.fork_rng(devices=[]):
@@ -414,6 +444,7 @@ def evaluate(
                 top_p=cfg.top_p,
                 chat_template=chat,
                 autocast_dtype=autocast_dtype,
+                chance=chance_token(tokenizer, cfg),
             )
             scored = score_rollout(roll, chunk, cfg, rewards, " in evaluation")
             hits += sum(t >= cfg.accuracy_threshold for t in scored.total)
@@ -539,6 +570,7 @@ class Setup:
     examples: list[Example]
     evals: list[Example]
     rewards: list[RewardFunction]
+    eval_rewards: list[RewardFunction]
     resume_from: Path | None = None
     state: dict[str, Any] | None = None
 
@@ -589,7 +621,8 @@ def prepare(cfg: TrainConfig) -> Setup:
     examples, evals = train_and_eval_examples(cfg)
     rewards = load_reward_functions(cfg.reward, cfg.reward_weights)
     check_reward_arguments(rewards, list(reward_columns(examples[:1000])))
-    setup = Setup(device, examples, evals if cfg.eval_every else [], rewards)
+    eval_rewards = load_reward_functions(cfg.eval_reward) if cfg.eval_reward else rewards
+    setup = Setup(device, examples, evals if cfg.eval_every else [], rewards, eval_rewards)
     if cfg.resume:
         try:
             setup.resume_from = checkpoint.resolve(cfg.resume, Path(cfg.output_dir) / "checkpoints")
@@ -643,7 +676,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
         start = setup.state["step"]
         log.info("resumed from %s at step %d", setup.resume_from, start)
 
-    examples, evals, rewards = setup.examples, setup.evals, setup.rewards
+    examples, evals, rewards, eval_rewards = setup.examples, setup.evals, setup.rewards, setup.eval_rewards
     for log_file in ("metrics.jsonl", "rollouts.jsonl"):
         keep_rows_up_to(out_dir / log_file, start)
     metrics = MetricLog(out_dir, cfg)
@@ -651,7 +684,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
     checked = flat_steps = 0
     if cfg.eval_every and start == 0:  # where the policy starts, for the curve
-        row = {"step": 0, "eval_accuracy": evaluate(model, tokenizer, evals, cfg, rewards, autocast_dtype)}
+        row = {"step": 0, "eval_accuracy": evaluate(model, tokenizer, evals, cfg, eval_rewards, autocast_dtype)}
         metrics.write(row)
         history.append(row)
 
@@ -667,6 +700,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
         mininterval=1.0,
     )
     tree = cfg.tree_config()  # None: independent samples through `generate`
+    chance = chance_token(tokenizer, cfg)  # an environment token inside each response, or None
     try:
         for step in bar:
             t0 = time.perf_counter()
@@ -683,6 +717,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
                 chat_template=chat,
                 autocast_dtype=autocast_dtype,
                 tree=tree,
+                chance=chance,
             )
             t_gen = time.perf_counter()
             scored = score_rollout(roll, batch, cfg, rewards, f" at step {step + 1}")
@@ -713,7 +748,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
                 "tokens_per_s": roll.n_tokens / t_step,
             }
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                row["eval_accuracy"] = evaluate(model, tokenizer, evals, cfg, rewards, autocast_dtype)
+                row["eval_accuracy"] = evaluate(model, tokenizer, evals, cfg, eval_rewards, autocast_dtype)
             if cfg.dump_rollouts_every and (step + 1) % cfg.dump_rollouts_every == 0:
                 dump_groups(out_dir / "rollouts.jsonl", roll, rewards_t, batch, step + 1)
             metrics.write(row)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -39,6 +40,33 @@ from typing import Literal, Sequence
 import torch
 
 FORK_AT = ("fixed", "random", "entropy")
+
+
+@dataclass(frozen=True)
+class ChanceToken:
+    """An environment draw inside every response: response position `position` holds one of
+    `token_ids`, drawn uniformly by the sampler (not by the policy), and carries no loss."""
+
+    position: int  # 0-based response position
+    token_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.position < 0:
+            raise ValueError(f"ChanceToken.position must be >= 0, got {self.position}")
+        if not self.token_ids:
+            raise ValueError("ChanceToken.token_ids must name at least one token")
+
+    def draw(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n,) long: n independent uniform draws from token_ids."""
+        pick = torch.randint(len(self.token_ids), (n,), generator=generator)
+        return torch.tensor(self.token_ids, dtype=torch.long)[pick].to(device)
+
+    def loss_mask(self, response_mask: torch.Tensor) -> torch.Tensor:
+        """response_mask (B, L) with the chance position zeroed (where the response reaches it)."""
+        out = response_mask.clone()
+        if self.position < out.shape[1]:
+            out[:, self.position] = 0
+        return out
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,7 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus sampling; 1.0 samples from the full tempered distribution
     eos_token_id: int | tuple[int, ...] | None = None  # sampled EOS ends the response and is part of it
     pad_token_id: int = 0  # fills responses past their end (mask 0)
+    chance: ChanceToken | None = None  # an environment draw at one response position (no loss there)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -222,16 +251,17 @@ def _root_forks(group: int, prompt: Sequence[int], n: int, sampling: SamplingCon
     ]
 
 
-def _candidate_depths(leaf: _Leaf, tree: TreeConfig, generator: torch.Generator | None) -> list[int]:
+def _candidate_depths(leaf: _Leaf, tree: TreeConfig, generator: torch.Generator | None, after: int = -1) -> list[int]:
     """Fork depths of `leaf` in order of preference, within the depth budget and not yet used.
 
     A depth d resamples the parent's token d, so d <= n - 1 (a fork at the parent's EOS decides
-    whether to stop)."""
+    whether to stop). Depths at or before `after` (an environment token's position) are never
+    chosen: forks share the environment's draw and branch after it."""
     hi = len(leaf.tokens) - 1
     if tree.max_fork_depth is not None:
         hi = min(hi, tree.max_fork_depth)
     # a child forked at or above its own fork depth would be a sibling from its parent's point
-    lo = max(tree.min_fork_depth, leaf.depth + 1 if leaf.parent >= 0 else 0)
+    lo = max(tree.min_fork_depth, leaf.depth + 1 if leaf.parent >= 0 else 0, after + 1)
     free = [d for d in range(lo, hi + 1) if d not in leaf.used_depths]
     if tree.fork_at == "fixed":
         return [d for d in tree.fork_depths if d in free]
@@ -261,7 +291,8 @@ def _plan_forks(
     for pool, cap in ((newest, tree.points_per_parent), (older, 1)):
         if forks:
             break
-        cands = {i: _candidate_depths(leaves[i], tree, generator) for i in pool}
+        after = -1 if sampling.chance is None else sampling.chance.position
+        cands = {i: _candidate_depths(leaves[i], tree, generator, after) for i in pool}
         taken = {i: 0 for i in pool}
         progress = True
         while need > 0 and progress:
@@ -397,6 +428,19 @@ def _sample(logits: torch.Tensor, sampling: SamplingConfig, generator):
     return token, logp.gather(-1, token[:, None])[:, 0], entropy
 
 
+def _apply_chance(token, lp, ent, depth, chance: ChanceToken, generator):
+    """Rows about to write response position `chance.position` get the environment's uniform draw
+    instead of the policy's token; log-prob and entropy are then the environment's (-log k, log k).
+    token, lp, ent, depth: (N,)."""
+    at = depth == chance.position
+    if not bool(at.any()):
+        return token, lp, ent
+    k = len(chance.token_ids)
+    draw = chance.draw(token.shape[0], token.device, generator)
+    log_k = torch.full_like(lp, math.log(k))
+    return torch.where(at, draw, token), torch.where(at, -log_k, lp), torch.where(at, log_k, ent)
+
+
 def _is_eos(token: torch.Tensor, eos) -> torch.Tensor:
     if eos is None:
         return torch.zeros_like(token, dtype=torch.bool)
@@ -425,6 +469,9 @@ def _decode_wave(model, forks, prompt_store, stores, sampling, generator, device
         slot_pos = torch.cat([slot_pos, torch.where(active, pos, -1)[:, None]], dim=1)  # (N, T + 1)
         logits = _forward(model, feed[:, None], (slot_pos >= 0).long(), pos[:, None], cache)[:, -1]  # (N, V)
         token, lp, ent = _sample(logits, sampling, generator)
+        if sampling.chance is not None:
+            depth = torch.tensor([len(forks[f].leaf.tokens) for f in rows], device=device)  # (N,)
+            token, lp, ent = _apply_chance(token, lp, ent, depth, sampling.chance, generator)
         n_active = int(active.sum())
         counters["forward_tokens"] += n_active
         counters["tokens_generated"] += n_active
