@@ -82,6 +82,14 @@ class TempoGRPOConfig(GRPOConfig):
         },
     )
     tempo_trust_groups: int = field(default=4, metadata={"help": "Groups checked per step by tempo_trust_check."})
+    tempo_log_branch_snr: bool = field(
+        default=False,
+        metadata={
+            "help": "Log the per-node diagnostic of tempo_rl.branch_snr_stats (tempo/branch_nodes, "
+            "tempo/branch_node_mean_m, tempo/branch_r_unbiased: where TEMPO is expected to pay, "
+            "proofs_notes/tree-rollouts.md). Costs about 2x the advantages (0.5 s at 3584 x 8192 on one CPU core)."
+        },
+    )
 
 
 class TempoGRPOTrainer(GRPOTrainer):
@@ -103,6 +111,7 @@ class TempoGRPOTrainer(GRPOTrainer):
         self.tempo_log_tree_stats = bool(getattr(self.args, "tempo_log_tree_stats", True))
         self.tempo_trust_check = bool(getattr(self.args, "tempo_trust_check", False))
         self.tempo_trust_groups = int(getattr(self.args, "tempo_trust_groups", 4))
+        self.tempo_log_branch_snr = bool(getattr(self.args, "tempo_log_branch_snr", False))
         self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -159,6 +168,17 @@ class TempoGRPOTrainer(GRPOTrainer):
         if scale == "batch":
             adv = adv / (_batch_std(rewards, group_ids) + self.tempo_eps)
         self._log_tempo(mode, batch, adv, stats.select(lambda gid: gid >= 0))  # unscored rows: ids < 0
+        if self.tempo_log_branch_snr:
+            scored = group_ids >= 0
+            snr = tempo_rl.branch_snr_stats(
+                batch["responses"][scored],
+                batch["response_mask"][scored],
+                rewards[scored],
+                group_ids[scored],
+                backend=self.tempo_backend,
+            )
+            for key, value in snr.as_metrics(prefix="tempo/").items():
+                self._metrics[mode][key].append(value)
         start = self.accelerator.process_index * n_local
         return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
 

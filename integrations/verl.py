@@ -24,7 +24,9 @@ Options read from `algorithm`: `norm_adv_by_std_in_grpo` (True -> norm_by_std) a
 Hydra's `+algorithm.tempo_td_coef=0.5`, `tempo_td_coef` (default 1.0), `tempo_eps` (default 1e-6,
 verl's GRPO epsilon), `tempo_backend` (default "auto"), and `tempo_trust_check` (default False:
 True recomputes `tempo_trust_groups` sampled groups, default 4, with the exact reference each step
-and raises `tempo_rl.AdvantageMismatch` on a difference; its cost does not grow with the batch).
+and raises `tempo_rl.AdvantageMismatch` on a difference; its cost does not grow with the batch), and
+`tempo_log_branch_snr` (default False: True adds the per-node diagnostic of
+`tempo_rl.branch_snr_stats` to the tempo/* metrics, at about 2x the advantages' cost).
 
 The tree covers each response's tokens (its length in the TransferQueue); verl's
 `response_mask`, which is 0 on tool output inside a multi-turn response, is the loss mask and
@@ -163,6 +165,9 @@ def compute_tempo_outcome_advantage(
             )
     if call is not None:
         call.stats.update(stats.as_metrics(prefix="tempo/"))
+        if bool(_option(config, "tempo_log_branch_snr", False)):  # about 2x the advantages' cost
+            snr = tempo_rl.branch_snr_stats(responses, tree_mask, scores, group_ids, backend=backend)
+            call.stats.update(snr.as_metrics(prefix="tempo/"))
     return advantages, advantages
 
 

@@ -269,3 +269,27 @@ def test_trl_example_script_trains_on_a_tiny_model(tmp_path):
     assert trainer.state.global_step == 2
     logged = [row for row in trainer.state.log_history if "loss" in row]
     assert len(logged) == 2 and all(math.isfinite(row["loss"]) for row in logged)
+
+
+def test_branch_snr_diagnostic_is_logged_when_asked():
+    """tempo_log_branch_snr=True adds tempo_rl.branch_snr_stats's metrics over the scored rows."""
+    import types
+    from collections import defaultdict, deque
+
+    ids = [[5, 6, 7], [5, 6, 8], [5, 9], [4, 4], [4, 4, 1], [3]]
+    width = max(map(len, ids))
+    completion_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    rewards = torch.tensor([[1.0], [0.0], [0.5], [2.0], [0.0], [1.0]])  # (B, 1): one reward function
+    fake = types.SimpleNamespace(
+        model=types.SimpleNamespace(training=True), num_generations=GROUP, num_generations_eval=GROUP,
+        accelerator=types.SimpleNamespace(num_processes=1, process_index=0), reward_weights=torch.ones(1),
+        scale_rewards="group", tempo_eps=1e-4, tempo_td_coef=1.0, tempo_backend="torch", tempo_log_tree_stats=True,
+        tempo_trust_check=True, tempo_trust_groups=2, tempo_log_branch_snr=True,
+        _metrics=defaultdict(lambda: defaultdict(list)), _logs={"advantages": deque(maxlen=64)},
+    )  # fmt: skip
+    fake._log_tempo = types.MethodType(TempoGRPOTrainer._log_tempo, fake)
+    TempoGRPOTrainer._tempo_advantages(fake, {"completion_ids": completion_ids}, ids, rewards)
+    mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in ids])[:, None]
+    want = tempo_rl.branch_snr_stats(completion_ids, mask, rewards[:, 0], torch.arange(6) // GROUP).as_metrics("tempo/")
+    assert want["tempo/branch_nodes"] > 0
+    assert {k: v[0] for k, v in fake._metrics["train"].items() if k in want} == want

@@ -253,3 +253,18 @@ def test_verl_example_data_and_reward(tmp_path):
     truth = row["reward_model"]["ground_truth"]
     assert rewards.compute_score(row["data_source"], f"so \\boxed{{{truth}}}", truth) == 1.0
     assert rewards.compute_score(row["data_source"], "so \\boxed{-1}", truth) == 0.0
+
+
+def test_branch_snr_diagnostic_is_logged_when_asked():
+    """+algorithm.tempo_log_branch_snr=true adds tempo_rl.branch_snr_stats's metrics to tempo/*."""
+    config = OmegaConf.create({"norm_adv_by_std_in_grpo": True, "tempo_log_branch_snr": True})
+    with response_tokens(padded(RESPONSES), lengths()) as stats:
+        core_algos.get_adv_estimator_fn("tempo")(
+            token_level_rewards=token_level_rewards(),
+            response_mask=prefix_mask(),
+            index=np.array(UIDS, dtype=object),
+            config=config,
+        )
+    want = tempo_rl.branch_snr_stats(padded(RESPONSES), prefix_mask(), torch.tensor(REWARDS), UIDS).as_metrics("tempo/")
+    assert want["tempo/branch_nodes"] > 0
+    assert {k: stats[k] for k in want} == want
