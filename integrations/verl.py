@@ -149,10 +149,13 @@ def compute_tempo_outcome_advantage(
     )
     backend = str(_option(config, "tempo_backend", "auto"))
     with torch.no_grad():
-        # One pass over the tokens gives the advantages and, for the trainer's metrics, the tree statistics.
-        advantages, stats = tempo_rl.tempo_advantages_with_stats(
-            responses, tree_mask, scores, group_ids, backend=backend, **options
-        )
+        if call is None:  # no trainer mode to receive tree statistics: the advantages alone
+            advantages = tempo_rl.tempo_advantages(responses, tree_mask, scores, group_ids, backend=backend, **options)
+        else:  # one pass over the tokens gives the advantages and the trainer's tree statistics
+            advantages, stats = tempo_rl.tempo_advantages_with_stats(
+                responses, tree_mask, scores, group_ids, backend=backend, **options
+            )
+            call.stats.update(stats.as_metrics(prefix="tempo/"))
         if bool(_option(config, "tempo_trust_check", False)):
             tempo_rl.check_against_reference(
                 advantages,
@@ -163,11 +166,9 @@ def compute_tempo_outcome_advantage(
                 **options,
                 max_groups=int(_option(config, "tempo_trust_groups", 4)),
             )
-    if call is not None:
-        call.stats.update(stats.as_metrics(prefix="tempo/"))
-        if bool(_option(config, "tempo_log_branch_snr", False)):  # about 2x the advantages' cost
-            snr = tempo_rl.branch_snr_stats(responses, tree_mask, scores, group_ids, backend=backend)
-            call.stats.update(snr.as_metrics(prefix="tempo/"))
+    if call is not None and bool(_option(config, "tempo_log_branch_snr", False)):  # about 2x the advantages' cost
+        snr = tempo_rl.branch_snr_stats(responses, tree_mask, scores, group_ids, backend=backend)
+        call.stats.update(snr.as_metrics(prefix="tempo/"))
     return advantages, advantages
 
 

@@ -7,7 +7,7 @@ tests/test_stats.py) prove it equals the reference; the trainer re-checks a samp
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 
@@ -22,20 +22,33 @@ def _backend_for(batch: Batch, backend: str):
 
 
 def _run(
-    batch: Batch, backend: str, *, norm_by_std: bool, eps: float, td_coef: float, with_stats: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    fn = _backend_for(batch, backend).advantages_and_stats
-    return fn(
+    responses: Any,
+    response_mask: Any,
+    rewards: Any,
+    group_ids: Any,
+    loss_mask: Any,
+    *,
+    norm_by_std: Any,
+    eps: Any,
+    td_coef: Any,
+    backend: str,
+    with_stats: bool,
+) -> tuple[torch.Tensor, TreeStats | None]:
+    """Check the options and inputs once, run the backend, convert its statistics table."""
+    check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
+    batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
+    out, table = _backend_for(batch, backend).advantages_and_stats(
         batch.responses,
         batch.lengths,
         batch.rewards,
         batch.group_index,
         batch.loss_mask,
-        norm_by_std=norm_by_std,
-        eps=eps,
-        td_coef=td_coef,
+        norm_by_std=bool(norm_by_std),
+        eps=float(eps),
+        td_coef=float(td_coef),
         with_stats=with_stats,
     )
+    return out, None if table is None else stats_from_table(table, batch.group_keys)
 
 
 def stats_from_table(table: torch.Tensor, group_keys: Sequence[Hashable]) -> TreeStats:
@@ -89,10 +102,17 @@ def tempo_advantages(
     tensor([[ 0.5000,  1.0000],
             [-0.5000, -1.0000]])
     """
-    check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
-    batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
     out, _ = _run(
-        batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef), with_stats=False
+        responses,
+        response_mask,
+        rewards,
+        group_ids,
+        loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        backend=backend,
+        with_stats=False,
     )
     return out
 
@@ -113,13 +133,20 @@ def tempo_advantages_with_stats(
     pass over the tokens) is done once. Arguments as `tempo_advantages`; td_coef=0 gives GRPO
     advantages with the tree statistics.
     """
-    check_scalars(norm_by_std=norm_by_std, eps=eps, td_coef=td_coef)
-    batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    out, table = _run(
-        batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=float(td_coef), with_stats=True
+    out, stats = _run(
+        responses,
+        response_mask,
+        rewards,
+        group_ids,
+        loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        backend=backend,
+        with_stats=True,
     )
-    assert table is not None
-    return out, stats_from_table(table, batch.group_keys)
+    assert stats is not None
+    return out, stats
 
 
 def grpo_advantages(
@@ -138,9 +165,18 @@ def grpo_advantages(
     Same arguments, validation, dtype and zeros as `tempo_advantages`; equal to it with
     td_coef=0, bitwise, on every backend.
     """
-    check_scalars(norm_by_std=norm_by_std, eps=eps)
-    batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
-    out, _ = _run(batch, backend, norm_by_std=bool(norm_by_std), eps=float(eps), td_coef=0.0, with_stats=False)
+    out, _ = _run(
+        responses,
+        response_mask,
+        rewards,
+        group_ids,
+        loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=0.0,
+        backend=backend,
+        with_stats=False,
+    )
     return out
 
 

@@ -15,14 +15,11 @@ import torch
 
 from tempo_rl.fast import policy_loss_torch
 
-from .backends import BACKENDS, get_backend, resolve_backend
+from .backends import get_backend, resolve_backend
 
-__all__ = ["LOSS_BACKENDS", "fused_logprobs", "fused_policy_loss"]
+__all__ = ["fused_logprobs", "fused_policy_loss"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-LOSS_BACKENDS = BACKENDS
 
 
 def fused_policy_loss(
@@ -75,7 +72,7 @@ def fused_policy_loss(
     _check_scalars(kl_coef, clip_low, clip_high, temperature, aggregation)
     if kl_coef and ref_logp is None:
         raise ValueError("ref_logp is required when kl_coef > 0")
-    impl = get_backend(resolve_loss_backend(backend, hidden.device)).policy_loss
+    impl = get_backend(resolve_backend(backend, hidden.device)).policy_loss
     return impl(
         hidden,
         weight,
@@ -107,12 +104,6 @@ def fused_logprobs(
     _check_targets(targets, hidden.shape[:2], weight.shape[0])
     _check_number("temperature", temperature, lambda v: v > 0, "> 0")
     return policy_loss_torch.token_logprobs_chunked(hidden, weight, targets, bias=bias, temperature=temperature)
-
-
-def resolve_loss_backend(backend: str, device: torch.device) -> str:
-    """The implementation `backend` names for tensors on `device` (the one rule of
-    `tempo_rl.backends.resolve_backend`: Triton on CUDA when it imports, else chunked torch)."""
-    return resolve_backend(backend, device)
 
 
 # ----------------------------------------------------------------------------- validation
