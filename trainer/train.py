@@ -17,7 +17,6 @@ import importlib.util
 import json
 import logging
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from .rewards import (
     score_batch,
 )
 from .rollout import ChanceToken, Rollout, forward_hidden, forward_logprobs, lm_head, sample_groups
+from .run_dir import check_output_dir, check_resume, clear_run, keep_rows_up_to
 
 log = logging.getLogger("tempo_rl.trainer")
 
@@ -451,27 +451,6 @@ def evaluate(
     return hits / max(1, len(examples))
 
 
-def keep_rows_up_to(path: Path, step: int) -> None:
-    """Drop the rows of a JSONL log written after `step` (all of them for step 0), so a resumed run
-    never mixes in rows of a later, abandoned stretch. A torn last line (a kill mid-write) is dropped;
-    a torn line elsewhere is an error."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                log.warning("%s: dropping its torn last line", path)
-                continue
-            raise UsageError(f"{path}:{i + 1}: not JSON; the log is damaged") from None
-        if row.get("step", 0) <= step:
-            rows.append(line)
-    path.write_text("".join(line + "\n" for line in rows) if step > 0 else "")
-
-
 LOGGER_MODULES = {"tensorboard": ("tensorboard",), "wandb": ("wandb",)}
 
 
@@ -530,38 +509,6 @@ def dump_groups(path: Path, roll: Rollout, rewards: torch.Tensor, batch: list[Ex
 
 
 # ----------------------------------------------------------------------------- before anything loads
-# Options that may differ when a run resumes; a difference in any other option is refused unless
-# --force-resume, since the continued run would no longer be the run the checkpoint belongs to.
-MAY_CHANGE_ON_RESUME = frozenset(
-    {
-        "steps",
-        "output_dir",
-        "overwrite",
-        "resume",
-        "force_resume",
-        "save_every",
-        "keep_checkpoints",
-        "save_final",
-        "eval_every",
-        "eval_greedy",
-        "dump_rollouts_every",
-        "device",
-        "threads",
-        "progress",
-        "report_to",
-        "tensorboard",
-        "reward_time_limit",
-        "trust_batches",
-        "trust_atol",
-        "backend",
-        "accuracy_threshold",
-        "max_zero_variance_steps",
-        "tiny_dir",
-    }
-)
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "checkpoints", "tb", "wandb")
-
-
 @dataclass
 class Setup:
     """What train() needs, all checked before the model loads."""
@@ -573,40 +520,6 @@ class Setup:
     eval_rewards: list[RewardFunction]
     resume_from: Path | None = None
     state: dict[str, Any] | None = None
-
-
-def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    """Refuse to continue a checkpoint under options that change what the run is."""
-    now = cfg.to_dict()
-    diffs = [
-        k
-        for k, v in state.get("config", {}).items()
-        if k not in MAY_CHANGE_ON_RESUME and k in now and json.loads(json.dumps(now[k])) != v
-    ]
-    if diffs and not cfg.force_resume:
-        was = ", ".join(f"{k}={state['config'][k]!r}" for k in diffs)
-        now_ = ", ".join(f"{k}={now[k]!r}" for k in diffs)
-        raise UsageError(
-            f"--resume {path}: the checkpoint's run has {was}, this command {now_}; resume with the "
-            "same options, or pass --force-resume to continue under the new ones"
-        )
-    if diffs:
-        log.warning("resuming %s with changed options: %s", path, ", ".join(diffs))
-
-
-def check_output_dir(cfg: TrainConfig) -> None:
-    """A new run never writes into a directory that holds another run unless told to replace it."""
-    out = Path(cfg.output_dir)
-    if cfg.resume or cfg.overwrite or not out.is_dir():
-        return
-    held = sorted(p.name for p in out.iterdir())
-    if held:
-        listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise UsageError(
-            f"output_dir {str(out)!r} is not empty ({listed}); "
-            "continue that run with --resume latest, replace it with --overwrite, or choose "
-            "another --output-dir"
-        )
 
 
 def prepare(cfg: TrainConfig) -> Setup:
@@ -633,16 +546,6 @@ def prepare(cfg: TrainConfig) -> Setup:
     else:
         check_output_dir(cfg)
     return setup
-
-
-def clear_run(out_dir: Path) -> None:
-    """--overwrite: delete the files a run writes (and only those)."""
-    for name in RUN_FILES:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 # ----------------------------------------------------------------------------- the loop
