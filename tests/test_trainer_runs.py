@@ -214,8 +214,8 @@ def test_resume_with_a_different_model_is_refused(tiny_path, scratch, capsys, tm
 
 
 def test_rotation_follows_write_order_and_latest_is_the_last_written(tiny_path, scratch, capsys):
-    """Resuming from step 1 while step 2 exists: the new run's checkpoints are kept, not pruned for
-    having smaller step numbers than the abandoned one."""
+    """Resuming from step 1 while step 2 exists (--discard-later): the new run's checkpoints are kept,
+    not pruned for having smaller step numbers than the abandoned one."""
     assert _train(_args(tiny_path, "out", "--save-every", "1", "--keep-checkpoints", "3"), capsys)[0] == 0
     ckpts = scratch / "out" / "checkpoints"
     rc, _, err = _train(
@@ -253,7 +253,7 @@ def test_torn_last_metrics_line_does_not_block_resume(tiny_path, scratch, capsys
     metrics = scratch / "out" / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"step": 3, "reward_me')  # killed mid-write
     ckpt = scratch / "out" / "checkpoints" / "step_000001"
-    rc, _, err = _train(_args(tiny_path, "out", "--steps", "3", "--resume", str(ckpt)), capsys)
+    rc, _, err = _train(_args(tiny_path, "out", "--steps", "3", "--resume", str(ckpt), "--discard-later"), capsys)
     assert rc == 0, err
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
 

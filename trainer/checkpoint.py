@@ -7,6 +7,9 @@ each tensor goes back). No pickle is written or read. Everything is written into
 directory first and renamed into place, so a reader only ever sees complete checkpoints.
 `checkpoints/written.json` lists the checkpoints in the order they were written: rotation keeps the
 newest by that order and `--resume latest` takes the last, whatever the step numbers say.
+`trainer_state.json` also lists every other file of the checkpoint with its size, so that
+`check_complete` finds a truncated or missing file before anything is loaded. A save that fails
+(disk full, permission lost, a kill) removes its temporary directory at once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .run_dir import writing
 
 STATE_FILE = "trainer_state.json"
 TENSOR_FILE = "trainer_state.safetensors"
@@ -125,35 +130,124 @@ def _record(root: Path, name: str) -> None:
     tmp.replace(root / ORDER_FILE)
 
 
-def save(root: str | Path, step: int, *, model, tokenizer, optimizer, scheduler, config: dict, keep: int = 2) -> Path:
-    """Write checkpoint `root/step_{step:06d}` atomically; keep the `keep` written last (0: all)."""
+def save(
+    root: str | Path,
+    step: int,
+    *,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    config: dict,
+    keep: int = 2,
+    run_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint `root/step_{step:06d}` atomically; keep the `keep` written last (0: all).
+    `run_state` holds the loop's own counters, so a resumed run continues exactly."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
-    for stale in root.glob(".tmp-step_*"):  # left by a run killed mid-save (one writer per directory)
+    with writing(root, "the partial checkpoint was removed; "):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-step_*"):  # left by a run killed mid-save (one writer per directory)
+                shutil.rmtree(stale, ignore_errors=True)
+            _write(tmp, step, model, tokenizer, optimizer, scheduler, config, run_state or {})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if final.exists():  # re-saving a step: move the old one aside first, then drop it
+            old = root / f".old-step_{step:06d}-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)  # atomic on one filesystem
+        _record(root, final.name)
+    for stale in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, step: int, model, tokenizer, optimizer, scheduler, config: dict, run_state: dict) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
         "config": config,
+        "run": run_state,
+        "files": files,
     }
     write_state(tmp, state)
-    if final.exists():  # re-saving a step: move the old one aside first, then drop it
-        old = root / f".old-step_{step:06d}-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)  # atomic on one filesystem
-    _record(root, final.name)
-    for stale in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+
+
+# ----------------------------------------------------------------------------- completeness
+class DamagedCheckpoint(ValueError):
+    """A checkpoint with a missing, truncated or unreadable file; the message names both."""
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be complete (None when its header and size agree)."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"empty or truncated ({size} bytes, no safetensors header)"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if 8 + n > size:
+            return f"truncated ({size} bytes; its header alone says {8 + n})"
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return "not a safetensors file (unreadable header)"
+    if 8 + n + end > size:
+        return f"truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
+def check_complete(path: str | Path) -> None:
+    """DamagedCheckpoint naming the checkpoint and the file when any file of it is missing,
+    truncated or unreadable. Reads headers and sizes only."""
+    path = Path(path)
+
+    def damaged(name: str, why: str) -> DamagedCheckpoint:
+        return DamagedCheckpoint(f"checkpoint {path} is damaged: {name} {why}")
+
+    try:
+        image = json.loads((path / STATE_FILE).read_text())
+        files = decode(image["__dict__"].get("files", {}), {})
+    except FileNotFoundError:
+        raise damaged(STATE_FILE, "is missing") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged(STATE_FILE, "is not valid JSON (truncated?)") from None
+    if not files:  # written before the file list: the files every checkpoint has
+        files = {"config.json": None, "model.safetensors": None}
+    for name, size in {TENSOR_FILE: None, **files}.items():
+        file = path / name
+        if not file.is_file():
+            raise damaged(name, "is missing")
+        if size is not None and file.stat().st_size != size:
+            raise damaged(name, f"is {file.stat().st_size} bytes, {size} were written (truncated?)")
+        why = safetensors_problem(file) if name.endswith(".safetensors") else None
+        if why:
+            raise damaged(name, why)
+
+
+def newest_intact(root: str | Path, *, but: Path | None = None) -> Path | None:
+    """The checkpoint written last under root that passes check_complete (other than `but`)."""
+    for path in reversed(list_checkpoints(root)):
+        if but is not None and path.resolve() == but.resolve():
+            continue
+        try:
+            check_complete(path)
+        except DamagedCheckpoint:
+            continue
+        return path
+    return None
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

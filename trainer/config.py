@@ -217,6 +217,12 @@ class TrainConfig:
         "seed, group size, learning rate, ...) differ from the checkpoint's",
         "run",
     )
+    discard_later: bool = _f(
+        False,
+        "with --resume of an older checkpoint: delete the checkpoints of later steps (and their "
+        "metrics rows) and continue from it; without it such a resume is refused",
+        "run",
+    )
     save_every: int = _f(0, "checkpoint every N steps (0: only at the end)", "run", ge=0)
     keep_checkpoints: int = _f(2, "checkpoints kept, newest by write order (0: all)", "run", ge=0)
     save_final: bool = _f(True, "checkpoint after the last step", "run")
@@ -332,15 +338,29 @@ class TrainConfig:
 def load_file(path: str | Path) -> dict[str, Any]:
     """Overrides from a YAML or JSON file; unknown keys are an error."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--config {path}: a directory; give a YAML or JSON file")
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--config {path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UsageError(f"--config {path}: not valid YAML ({at}{problem})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--config {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
     known = {f.name for f in fields(TrainConfig)}
@@ -355,11 +375,17 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, (list, tuple)) else [value]
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
 @lru_cache(maxsize=None)
 def _validator():
     """A pydantic model with TrainConfig's fields, types, choices and bounds (built once)."""
     try:
-        from pydantic import ConfigDict, Field, create_model
+        from pydantic import BeforeValidator, ConfigDict, Field, create_model
     except ImportError:
         raise UsageError(f"tempo-rl train needs pydantic: {INSTALL_TRAIN}") from None
 
@@ -370,6 +396,8 @@ def _validator():
         bounds = {k: f.metadata[k] for k in ("ge", "gt", "le", "lt") if k in f.metadata}
         if kind is float:
             bounds["allow_inf_nan"] = False
+        if kind in (int, float):  # YAML's `steps: true` is a mistake, not the number 1
+            kind = Annotated[kind, BeforeValidator(_not_bool)]
         if choices:
             item = Literal[choices]  # type: ignore[valid-type]
             kind = list[item] if kind == list[str] else item

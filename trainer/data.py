@@ -141,28 +141,46 @@ def example_of(
         )
     prompt = row[prompt_column]
     if isinstance(prompt, list):
-        if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-            raise UsageError(f"{where}: a list prompt must be chat messages ({{'role': ..., 'content': ...}})")
-        prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
-    else:
-        prompt = str(prompt)
+        if not prompt or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+        ):
+            raise UsageError(f"{where}: a list prompt must be chat messages ({{'role': str, 'content': str}})")
+        prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        if not any(m["content"].strip() for m in prompt):
+            raise UsageError(f"{where}: {prompt_column!r} is a chat whose messages are all empty")
+    elif not isinstance(prompt, str):  # str(None) would train on the text "None"
+        raise UsageError(
+            f"{where}: {prompt_column!r} is {type(prompt).__name__} {_short(prompt)}; a prompt is text or chat messages"
+        )
+    elif not prompt.strip():
+        raise UsageError(f"{where}: {prompt_column!r} is empty")
+    if row[answer_column] is None:
+        raise UsageError(f"{where}: {answer_column!r} is null")
     extra = {k: v for k, v in row.items() if k not in (prompt_column, answer_column)}
     return Example(prompt=prompt, answer=str(row[answer_column]), columns=extra)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_jsonl(path: str | Path, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
     """Read `{"prompt": ..., "answer": ..., ...}` lines; a line without both fields is an error. Other
     fields are kept as the example's columns."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            out.append(example_of(row, f"{path}:{lineno}", prompt_column, answer_column))
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"dataset {str(path)!r}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+        out.append(example_of(row, f"{path}:{lineno}", prompt_column, answer_column))
     if not out:
         raise UsageError(f"{path}: no examples")
     return out
@@ -181,14 +199,24 @@ def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "ans
             f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
             "package: pip install 'tempo-rl[train]'"
         ) from None
-    if path.is_dir():
-        data = datasets.load_from_disk(str(path))
-        if isinstance(data, datasets.DatasetDict):
-            if "train" not in data:
-                raise UsageError(f"dataset {str(path)!r}: a DatasetDict without a 'train' split ({list(data)})")
-            data = data["train"]
-    else:
-        data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
+    try:
+        if path.is_dir():
+            data = datasets.load_from_disk(str(path))
+        else:
+            data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
+    except FileNotFoundError:
+        raise UsageError(f"dataset {str(path)!r}: not a directory written by save_to_disk (nor a data file)") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"dataset {str(path)!r}: not UTF-8 text; save it as UTF-8") from None
+    except Exception as e:  # the datasets library's parse errors have no common base class
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(
+            f"dataset {str(path)!r}: cannot be read as {path.suffix or 'a saved dataset'} ({first})"
+        ) from None
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise UsageError(f"dataset {str(path)!r}: a DatasetDict without a 'train' split ({list(data)})")
+        data = data["train"]
     out = [example_of(row, f"{path} row {i}", prompt_column, answer_column) for i, row in enumerate(data)]
     if not out:
         raise UsageError(f"{path}: no examples")

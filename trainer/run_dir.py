@@ -1,21 +1,55 @@
-"""The run directory: what a run writes into `output_dir`, and the checks before it writes.
+"""The run directory: what a run writes into `output_dir`, when, and what may ever delete it.
 
-A run owns metrics.jsonl, rollouts.jsonl, config.json, checkpoints/, tb/ and wandb/ (RUN_FILES).
-`--overwrite` deletes only those; `--resume` continues a checkpoint under the options it was saved
-with (MAY_CHANGE_ON_RESUME lists the ones that may differ) and truncates the logs to its step.
+What a run writes, and when:
+- `run_manifest.json`, first, before anything else: the names (below) this run writes. It is the
+  only list `--overwrite` deletes from.
+- `.tempo-rl.lock` and `.tempo-rl.lock.json` while it runs: a lock (filelock) that a second
+  `tempo-rl train` on the same directory meets and refuses on, and the pid, host and start time
+  of the holder, which the refusal names. A lock whose holder died is released by the operating
+  system; the next run takes it and says that the previous run did not end cleanly.
+- `config.json` (the run's options) and `metrics.jsonl` (one row per step) as training starts;
+  `rollouts.jsonl` with --dump-rollouts-every, `tb/` and `wandb/` with --report-to.
+- `checkpoints/step_NNNNNN/` at --save-every and after the last step, each written into a hidden
+  temporary directory and renamed into place (trainer/checkpoint.py); a failed save (disk full,
+  permission lost) removes its temporary directory at once and stops the run with one line.
+
+What may delete something:
+- `--overwrite` (a new run in a directory that holds one) deletes the names listed in the
+  directory's run_manifest.json, and nothing else. A directory holding run files that no manifest
+  lists is refused: delete them yourself. The output directory is never the model's directory or
+  inside it, and a model inside the output directory is refused when --overwrite would delete it.
+- `--resume CKPT` continues CKPT under the options it was saved with (MAY_CHANGE_ON_RESUME lists
+  the ones that may differ), drops the metrics and rollouts rows written after its step (they are
+  written again, identically), and refuses when checkpoints of later steps exist, since rotation
+  would delete them: `--discard-later` deletes those up front and continues.
+- Checkpoint rotation (--keep-checkpoints) deletes the oldest checkpoints by write order.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import logging
+import os
 import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import TrainConfig, UsageError
+from .rewards import TrainingStopped
 
 log = logging.getLogger("tempo_rl.trainer")
+
+MANIFEST = "run_manifest.json"
+LOCK_FILE = ".tempo-rl.lock"
+LOCK_INFO = ".tempo-rl.lock.json"
+# What the run itself keeps in the directory besides its outputs (never counted as "a run is here").
+BOOKKEEPING = (LOCK_FILE, LOCK_INFO)
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:
@@ -36,7 +70,8 @@ def keep_rows_up_to(path: Path, step: int) -> None:
             raise UsageError(f"{path}:{i + 1}: not JSON; the log is damaged") from None
         if row.get("step", 0) <= step:
             rows.append(line)
-    path.write_text("".join(line + "\n" for line in rows) if step > 0 else "")
+    with writing(path):
+        path.write_text("".join(line + "\n" for line in rows) if step > 0 else "")
 
 
 # Options that may differ when a run resumes; a difference in any other option is refused unless
@@ -48,6 +83,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "overwrite",
         "resume",
         "force_resume",
+        "discard_later",
         "save_every",
         "keep_checkpoints",
         "save_final",
@@ -68,7 +104,8 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "tiny_dir",
     }
 )
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "checkpoints", "tb", "wandb")
+# Every name a run may write (the manifest lists the ones a given run does write).
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "config.json", "checkpoints", "tb", "wandb", MANIFEST)
 
 
 def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
@@ -90,12 +127,139 @@ def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
         log.warning("resuming %s with changed options: %s", path, ", ".join(diffs))
 
 
+def check_checkpoint(cfg: TrainConfig, path: Path) -> None:
+    """A checkpoint is used only when complete; a damaged one is named with the file, and the
+    newest intact checkpoint of the run is offered instead."""
+    from .checkpoint import DamagedCheckpoint, check_complete, newest_intact
+
+    try:
+        check_complete(path)
+    except DamagedCheckpoint as e:
+        intact = newest_intact(path.parent, but=path)
+        offer = f"the newest intact one is {intact}: --resume {intact}" if intact else "no intact checkpoint is left"
+        raise UsageError(f"--resume {cfg.resume}: {e}; {offer}") from None
+
+
+def check_steps_left(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """A resumed run that has nothing left to train says so instead of exiting quietly."""
+    if state["step"] >= cfg.steps:
+        raise UsageError(
+            f"--resume {path}: the checkpoint is at step {state['step']} and --steps is {cfg.steps}, so "
+            f"there is nothing to train; raise --steps above {state['step']} to continue the run"
+        )
+
+
+def later_checkpoints(out_dir: Path, step: int) -> list[Path]:
+    """The checkpoints under out_dir/checkpoints of steps after `step`, by step."""
+    from .checkpoint import list_checkpoints
+
+    found = [p for p in list_checkpoints(out_dir / "checkpoints") if _step_of(p) > step]
+    return sorted(found, key=_step_of)
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.split("_")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def check_later_checkpoints(cfg: TrainConfig, path: Path, step: int) -> list[Path]:
+    """Resuming an older checkpoint abandons the steps after it: their checkpoints would fall to
+    rotation and their metrics rows be dropped. Refused unless --discard-later; returns what
+    `discard_later` then deletes."""
+    later = later_checkpoints(Path(cfg.output_dir), step)
+    if later and not cfg.discard_later:
+        names = later[0].name if len(later) == 1 else f"{later[0].name} ... {later[-1].name} ({len(later)} in all)"
+        raise UsageError(
+            f"--resume {path} (step {step}): continuing from it would delete the later checkpoints "
+            f"{names} and the metrics rows after step {step}; pass --discard-later to do so, or "
+            "resume the checkpoint written last with --resume latest"
+        )
+    return later
+
+
+def discard_later(later: list[Path]) -> None:
+    """--discard-later: delete the checkpoints of the abandoned steps now, saying which."""
+    if later:
+        log.warning("--discard-later: deleting %s", ", ".join(str(p) for p in later))
+    for path in later:
+        shutil.rmtree(path)
+
+
+# ----------------------------------------------------------------------------- what a run owns
+def run_names(cfg: TrainConfig) -> list[str]:
+    """The names this run writes into its output directory."""
+    names = [MANIFEST, "config.json", "metrics.jsonl", "checkpoints"]
+    if cfg.dump_rollouts_every:
+        names.append("rollouts.jsonl")
+    names += [{"tensorboard": "tb", "wandb": "wandb"}[name] for name in cfg.loggers]
+    return names
+
+
+def manifest_names(out_dir: Path) -> list[str]:
+    """The names the manifest of out_dir lists ([] without a manifest); only names a run writes
+    count, so an edited manifest cannot make --overwrite delete anything else."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        names = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{path}: not a run manifest (damaged); delete the run's files yourself") from None
+    return [n for n in names if n in RUN_FILES]
+
+
+def write_manifest(out_dir: Path, names: list[str]) -> None:
+    """Record (atomically) the names this run writes, added to those a resumed run wrote before."""
+    listed = list(dict.fromkeys(manifest_names(out_dir) + names))
+    tmp = out_dir / f".{MANIFEST}.{os.getpid()}"
+    with writing(tmp):
+        tmp.write_text(json.dumps({"files": listed}, indent=1))
+        tmp.replace(out_dir / MANIFEST)
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def check_model_location(cfg: TrainConfig) -> None:
+    """The run never writes into its model's directory, and --overwrite never deletes the model."""
+    model = Path(cfg.tiny_dir if cfg.model == "tiny" else cfg.model).resolve()
+    out = Path(cfg.output_dir).resolve()
+    flag = "--tiny-dir" if cfg.model == "tiny" else "--model"
+    if _inside(out, model):
+        where = "is the model directory" if out == model else "is inside the model directory"
+        raise UsageError(
+            f"--output-dir {cfg.output_dir!r} {where} ({flag} {str(model)!r}); the run would write its "
+            "files among the model's; choose another --output-dir"
+        )
+    if cfg.overwrite and not cfg.resume and _inside(model, out):
+        doomed = [n for n in manifest_names(out) if _inside(model, out / n)]
+        if doomed:
+            raise UsageError(
+                f"{flag} {str(model)!r} is inside {str(out / doomed[0])!r}, which --overwrite would delete; "
+                "copy the model out of the run directory first"
+            )
+
+
 def check_output_dir(cfg: TrainConfig) -> None:
-    """A new run never writes into a directory that holds another run unless told to replace it."""
+    """A new run never writes into a directory that holds another run unless told to replace it,
+    and --overwrite replaces only what a run's manifest lists."""
     out = Path(cfg.output_dir)
-    if cfg.resume or cfg.overwrite or not out.is_dir():
+    if cfg.resume or not out.is_dir():
         return
-    held = sorted(p.name for p in out.iterdir())
+    if cfg.overwrite:
+        listed = set(manifest_names(out))
+        unlisted = [n for n in RUN_FILES if (out / n).exists() and n not in listed]
+        if unlisted:
+            raise UsageError(
+                f"--overwrite: {str(out)!r} holds {', '.join(unlisted)}, which no run manifest "
+                f"({MANIFEST}) lists as written by a run, so they are not deleted; delete them "
+                "yourself or choose another --output-dir"
+            )
+        return
+    held = sorted(p.name for p in out.iterdir() if p.name not in BOOKKEEPING)
     if held:
         listed = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise UsageError(
@@ -106,10 +270,119 @@ def check_output_dir(cfg: TrainConfig) -> None:
 
 
 def clear_run(out_dir: Path) -> None:
-    """--overwrite: delete the files a run writes (and only those)."""
-    for name in RUN_FILES:
+    """--overwrite: delete what the directory's manifest lists (and only that)."""
+    names = manifest_names(out_dir)
+    for name in sorted(names, key=lambda n: n == MANIFEST):  # the manifest last, so a kill can resume it
         path = out_dir / name
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+# ----------------------------------------------------------------------------- one writer at a time
+def _lock_info(out_dir: Path) -> dict[str, Any]:
+    try:
+        info = json.loads((out_dir / LOCK_INFO).read_text())
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _holder(info: dict[str, Any]) -> str:
+    if not info:
+        return "holder unknown"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, since {since}"
+
+
+def lock_run(out_dir: Path):
+    """Take the run directory's lock (a FileLock); UsageError naming the holder when another run
+    has it. A lock-info file left by a run that died (the OS released its lock) is reported."""
+    try:
+        from filelock import FileLock, Timeout
+    except ImportError:
+        raise UsageError("tempo-rl train needs the filelock package: pip install 'tempo-rl[train]'") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out_dir / LOCK_FILE), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise UsageError(
+            f"output_dir {str(out_dir)!r}: another tempo-rl train is writing to it ({_holder(_lock_info(out_dir))}); "
+            "wait for it to finish, stop it, or choose another --output-dir"
+        ) from None
+    except OSError as e:
+        raise UsageError(f"output_dir {str(out_dir)!r}: cannot take its lock ({e.strerror or e})") from None
+    stale = _lock_info(out_dir)
+    if stale:
+        log.warning(
+            "%s: the previous run (%s) ended without releasing its lock; taking it over", out_dir, _holder(stale)
+        )
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    try:
+        (out_dir / LOCK_INFO).write_text(json.dumps(info))
+    except OSError as e:
+        lock.release()
+        raise UsageError(f"output_dir {str(out_dir)!r}: not writable ({e.strerror or e})") from None
+    return lock
+
+
+def unlock_run(lock, out_dir: Path) -> None:
+    """Release the lock; the info file goes first, so no one reads a released lock as held."""
+    try:
+        (out_dir / LOCK_INFO).unlink(missing_ok=True)
+    finally:
+        lock.release()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(train: F) -> F:
+    """Wrap train(cfg): check where the model is, hold the run directory's lock for the whole run,
+    and leave no empty directory behind when the run refused before writing anything."""
+
+    @functools.wraps(train)
+    def run(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
+        check_model_location(cfg)
+        out = Path(cfg.output_dir)
+        created = not out.exists()
+        lock = lock_run(out)
+        try:
+            return train(cfg, *args, **kwargs)
+        finally:
+            unlock_run(lock, out)
+            if created and all(p.name in BOOKKEEPING for p in out.iterdir()):
+                shutil.rmtree(out, ignore_errors=True)
+
+    return run  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- failed writes
+class WriteError(TrainingStopped):
+    """A write into the run directory failed for a reason the user must fix (disk full, permissions)."""
+
+
+WRITE_FIXES = {
+    errno.ENOSPC: "no space left on the device: free space on it (or choose another --output-dir)",
+    errno.EDQUOT: "disk quota exceeded: free space in your quota (or choose another --output-dir)",
+    errno.EACCES: "permission denied: make the directory writable again (chmod u+w) or choose another --output-dir",
+    errno.EPERM: "operation not permitted: make the directory writable again or choose another --output-dir",
+    errno.EROFS: "the file system is read-only: choose another --output-dir",
+}
+
+
+@contextmanager
+def writing(path: Path, done: str = "") -> Iterator[None]:
+    """Turn a disk-full or permission error while writing `path` into one line naming the path and
+    the fix (WriteError, a TrainingStopped: the run stops with exit status 1); `done` says what was
+    already cleaned up."""
+    try:
+        yield
+    except OSError as e:
+        fix = WRITE_FIXES.get(e.errno or 0)
+        if fix is None:
+            raise
+        where = e.filename or path
+        raise WriteError(f"cannot write {where}: {fix}; {done}then continue with --resume latest") from None

@@ -30,7 +30,7 @@ import tempo_rl
 from tempo_rl import AdvantageMismatch, TreeStats, check_against_reference, resolve_backend
 from tempo_rl.policy_loss import fused_logprobs
 
-from . import checkpoint
+from . import checkpoint, run_dir
 from .config import INSTALL_TRAIN, TrainConfig, UsageError, add_config_arguments, config_from_args
 from .data import (
     BUILTIN_TASKS,
@@ -471,7 +471,7 @@ class MetricLog:
             self.wandb = wandb.init(dir=str(out_dir), config=cfg.to_dict(), name=out_dir.name, resume="allow")
 
     def write(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
+        with run_dir.writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb:
@@ -539,16 +539,20 @@ def prepare(cfg: TrainConfig) -> Setup:
     if cfg.resume:
         try:
             setup.resume_from = checkpoint.resolve(cfg.resume, Path(cfg.output_dir) / "checkpoints")
+            run_dir.check_checkpoint(cfg, setup.resume_from)
             setup.state = checkpoint.load_state(setup.resume_from)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
         check_resume(setup.state, cfg, setup.resume_from)
+        run_dir.check_steps_left(setup.state, cfg, setup.resume_from)
+        run_dir.discard_later(run_dir.check_later_checkpoints(cfg, setup.resume_from, setup.state["step"]))
     else:
         check_output_dir(cfg)
     return setup
 
 
 # ----------------------------------------------------------------------------- the loop
+@run_dir.guarded  # one writer per output directory; the model's directory is never written
 def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Run `cfg.steps` steps (continuing a checkpoint if `cfg.resume`); returns the metric rows.
     Raises UsageError on bad input (before the model loads) and TrainingStopped when the run cannot
@@ -560,6 +564,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     if cfg.overwrite and not cfg.resume:
         clear_run(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.write_manifest(out_dir, run_dir.run_names(cfg))
     device = setup.device
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
 
@@ -583,9 +588,11 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     for log_file in ("metrics.jsonl", "rollouts.jsonl"):
         keep_rows_up_to(out_dir / log_file, start)
     metrics = MetricLog(out_dir, cfg)
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    with run_dir.writing(out_dir / "config.json"):
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     history: list[dict[str, Any]] = []
-    checked = flat_steps = 0
+    counters = (setup.state or {}).get("run", {})  # the loop's counters continue where the checkpoint left them
+    checked, flat_steps = counters.get("trust_checked", 0), counters.get("flat_steps", 0)
     if cfg.eval_every and start == 0:  # where the policy starts, for the curve
         row = {"step": 0, "eval_accuracy": evaluate(model, tokenizer, evals, cfg, eval_rewards, autocast_dtype)}
         metrics.write(row)
@@ -658,6 +665,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
             history.append(row)
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", eval=row.get("eval_accuracy", ""))
             last = step + 1 == cfg.steps
+            flat_steps = flat_steps + 1 if all_groups_flat(rewards_t, roll.group_ids) else 0
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or (last and cfg.save_final):
                 checkpoint.save(
                     out_dir / "checkpoints",
@@ -668,8 +676,8 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
                     scheduler=sched,
                     config=cfg.to_dict(),
                     keep=cfg.keep_checkpoints,
+                    run_state={"flat_steps": flat_steps, "trust_checked": checked},
                 )
-            flat_steps = flat_steps + 1 if all_groups_flat(rewards_t, roll.group_ids) else 0
             if cfg.max_zero_variance_steps and flat_steps >= cfg.max_zero_variance_steps:
                 raise TrainingStopped(
                     f"for {flat_steps} steps in a row (to step {step + 1}) every group's rewards were all equal "
