@@ -230,6 +230,7 @@ def test_rotation_follows_write_order_and_latest_is_the_last_written(tiny_path, 
             "1",
             "--keep-checkpoints",
             "1",
+            "--discard-later",
         ),
         capsys,
     )
