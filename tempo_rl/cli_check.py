@@ -1,6 +1,7 @@
 """`tempo-rl check module:function` (or `path/to/file.py:function`): check a TEMPO implementation
 against the exact reference with `tempo_rl.testing.check_implementation`; prints the report and
-exits 1 on a counterexample, 2 when the target cannot be loaded.
+exits 1 on a counterexample, 2 on a usage error (a bad flag, a device this machine lacks) or when
+the target cannot be loaded; usage errors are one line on stderr, reported before any check runs.
 
 The target is a function with the signature of `tempo_rl.tempo_advantages` (`--adapter plain`),
 a verl advantage estimator (`--adapter verl`), a loop over Python lists (`--adapter per-row`), or
@@ -10,8 +11,11 @@ an object made by `tempo_rl.testing.plain` / `verl_estimator` / `per_row` (used 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
+
+import torch
 
 from .targets import load_target
 
@@ -53,6 +57,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="move tensors there first (plain, verl), e.g. cuda")
 
 
+def usage_error(args: argparse.Namespace) -> str | None:
+    """Why these flags cannot run a check (one line), or None: checked before anything is loaded."""
+    if args.max_examples < 1:
+        return f"--max-examples must be >= 1, got {args.max_examples}"
+    for flag, value in (("--td-coef", args.td_coef), ("--eps", args.eps)):
+        if value is not None and not math.isfinite(value):
+            return f"{flag} must be a finite number, got {value}"
+    if args.eps is not None and args.eps < 0:
+        return f"--eps must be >= 0, got {args.eps}"
+    if args.device is not None:
+        if args.adapter == "per-row":
+            return "--device: the per-row adapter passes Python lists, not tensors; drop --device"
+        try:
+            torch.empty(0, device=args.device)
+        except (RuntimeError, AssertionError, ValueError) as e:  # unknown name, or no such device here
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return f"--device {args.device!r} cannot be used on this machine: {reason}"
+    return None
+
+
 def _implementation(obj: Any, args: argparse.Namespace) -> Any:
     from tempo_rl import testing
 
@@ -69,6 +93,10 @@ def _implementation(obj: Any, args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = usage_error(args)
+    if problem is not None:
+        print(f"tempo-rl check: error: {problem}", file=sys.stderr)
+        return 2
     try:
         from tempo_rl import testing
     except ImportError as e:

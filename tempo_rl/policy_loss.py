@@ -72,6 +72,9 @@ def fused_policy_loss(
     _check_scalars(kl_coef, clip_low, clip_high, temperature, aggregation)
     if kl_coef and ref_logp is None:
         raise ValueError("ref_logp is required when kl_coef > 0")
+    _check_target_range(targets, mask, weight.shape[0])
+    # Where the mask is 0 a target is never scored (HF marks those -100): any id in range stands in.
+    targets = torch.where(mask != 0, targets, torch.zeros((), dtype=targets.dtype, device=targets.device))
     impl = get_backend(resolve_backend(backend, hidden.device)).policy_loss
     return impl(
         hidden,
@@ -111,7 +114,7 @@ def _check_inputs(hidden, weight, targets, old_logp, advantages, mask, bias, ref
     _check_float("hidden", hidden, 3)
     _check_head(hidden, weight, bias)
     bt = tuple(hidden.shape[:2])
-    _check_targets(targets, bt, weight.shape[0])
+    _check_targets(targets, bt, weight.shape[0], ranged=False)
     for name, x in (("old_logp", old_logp), ("advantages", advantages), ("ref_logp", ref_logp)):
         if x is not None:
             _check_float(name, x, 2)
@@ -149,13 +152,24 @@ def _check_head(hidden, weight, bias) -> None:
             )
 
 
-def _check_targets(targets, bt: tuple[int, ...], vocab: int) -> None:
+def _check_target_range(targets: torch.Tensor, mask: torch.Tensor, vocab: int) -> None:
+    """Targets where the mask is nonzero lie in [0, V); elsewhere any value (HF's -100) is ignored."""
+    bad = (mask != 0) & ((targets < 0) | (targets >= vocab))  # (B, T)
+    if bool(bad.any()):
+        b, t = torch.nonzero(bad)[0].tolist()
+        raise ValueError(
+            f"targets[{b}, {t}] = {int(targets[b, t])} where mask is 1: targets must lie in [0, V) with V = {vocab} "
+            "wherever the mask is nonzero"
+        )
+
+
+def _check_targets(targets, bt: tuple[int, ...], vocab: int, *, ranged: bool = True) -> None:
     if not isinstance(targets, torch.Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
     _check_shape("targets", targets, bt)
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+    if ranged and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
         raise ValueError(
             f"targets must lie in [0, V) with V = {vocab}, got values in [{int(targets.min())}, {int(targets.max())}]"
         )

@@ -9,8 +9,9 @@ groups about a second.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 
@@ -50,6 +51,28 @@ def _sample_groups(
     return chosen
 
 
+def _check_budget(*, atol: Any, max_groups: Any, max_tokens: Any) -> None:
+    """A tolerance that compares (finite, >= 0) and a sample that holds at least one group."""
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)):
+        raise TypeError(f"atol must be a real number, got {type(atol).__name__}")
+    if not math.isfinite(atol) or atol < 0:
+        raise ValueError(f"atol must be a finite number >= 0, got {atol}")
+    for name, value in (("max_groups", max_groups), ("max_tokens", max_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}: the check would compare nothing")
+
+
+def _check_advantages(advantages: Any, shape: tuple[int, int]) -> None:
+    if not isinstance(advantages, torch.Tensor):
+        raise TypeError(f"advantages must be a (B, L) tensor, got {type(advantages).__name__}")
+    if tuple(advantages.shape) != shape:
+        raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected {shape} like responses")
+    if not advantages.dtype.is_floating_point:
+        raise TypeError(f"advantages must be a float tensor, got dtype {advantages.dtype}")
+
+
 def check_against_reference(
     advantages: torch.Tensor,
     responses: torch.Tensor,
@@ -69,10 +92,16 @@ def check_against_reference(
     """Recompute `max_groups` sampled groups with backend="reference" and compare with
     `advantages` (B, L), the output of any backend on the same arguments.
 
-    A difference above atol * max(1, |A_ref|max) raises AdvantageMismatch naming the group id,
-    the batch row and the token.
+    A difference above atol * max(1, |A_ref|max), or a NaN or inf where the reference is finite,
+    raises AdvantageMismatch naming the group id, the batch row and the token. The sample always
+    holds one group, even one over `max_tokens`, then only groups that fit the budget.
+
+    Raises ValueError (naming the argument) for a tolerance that is NaN, inf or negative,
+    max_groups or max_tokens below 1, and advantages of another shape than responses.
     """
+    _check_budget(atol=atol, max_groups=max_groups, max_tokens=max_tokens)
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
+    _check_advantages(advantages, batch.shape)
     chosen = _sample_groups(batch.group_index, batch.lengths, max_groups=max_groups, max_tokens=max_tokens, seed=seed)
     if not chosen:
         return TrustReport(0, 0, 0, 0.0)
@@ -94,15 +123,16 @@ def check_against_reference(
         .cpu()
     )  # (b, L)
     got = advantages[take].double().cpu()
-    err = (got - ref).abs()
+    err = (got - ref).abs()  # NaN where got is NaN, inf where got is inf
     bound = atol * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0)
+    bad = ~(err <= bound)  # NaN compares False, so a NaN advantage is a mismatch
     worst = float(err.max()) if err.numel() else 0.0
-    if worst > bound:
-        r, t = divmod(int(err.argmax()), err.shape[1])
+    if bool(bad.any()):
+        r, t = divmod(int(torch.nonzero(bad.reshape(-1))[0, 0]), err.shape[1])
         row = int(rows[r])
         gid = batch.group_keys[int(batch.group_index[row])]
         raise AdvantageMismatch(
             f"advantages disagree with the reference in group {gid!r}, row {row}, token {t}: "
-            f"{float(got[r, t]):.6g} vs {float(ref[r, t]):.6g} (|diff| {worst:.3g} > atol {bound:.3g})"
+            f"{float(got[r, t]):.6g} vs {float(ref[r, t]):.6g} (|diff| {float(err[r, t]):.3g} > atol {bound:.3g})"
         )
     return TrustReport(len(chosen), int(rows.numel()), int(batch.lengths[take].sum()), worst)

@@ -425,3 +425,21 @@ def test_docstring_example():
 
     result = doctest.testmod(tempo_rl.policy_loss)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_any_target_is_ignored_where_the_mask_is_0(backend):
+    """HF labels: -100 (or any id) where the mask is 0 gives the loss of the same batch with valid ids there."""
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(2, 3, 4, generator=g), torch.randn(5, 4, generator=g)
+    targets = torch.randint(0, 5, (2, 3), generator=g)
+    old, adv = torch.randn(2, 3, generator=g) - 2.0, torch.randn(2, 3, generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    want, _ = tempo_rl.fused_policy_loss(hidden, weight, targets, old, adv, mask, backend=backend)
+    labels = torch.where(mask.bool(), targets, torch.tensor([[0, 0, -100], [0, 99, -100]]))
+    got, _ = tempo_rl.fused_policy_loss(hidden, weight, labels, old, adv, mask, backend=backend)
+    assert torch.equal(got, want)
+    bad = targets.clone()
+    bad[1, 0] = -100  # mask 1 there
+    with pytest.raises(ValueError, match=r"targets\[1, 0\] = -100 where mask is 1"):
+        tempo_rl.fused_policy_loss(hidden, weight, bad, old, adv, mask, backend=backend)

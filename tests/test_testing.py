@@ -374,3 +374,32 @@ def test_edge_cases_are_checked_too():
 
     with pytest.raises(tt.Counterexample):
         tt.check_implementation(tt.plain(wrong_on_edge), max_examples=5, seed=0)
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--max-examples", "0"], "--max-examples"),
+        (["--td-coef", "nan"], "--td-coef"),
+        (["--eps", "inf"], "--eps"),
+        (["--eps", "-1"], "--eps"),
+        (["--device", "nosuchdevice"], "--device"),
+        (["--device", "cuda:99"], "--device"),  # no such GPU here, with or without CUDA
+        (["--device", "cpu", "--adapter", "per-row"], "--device"),
+    ],
+)
+def test_check_command_usage_errors_exit_2_in_one_line(flags, named, capsys):
+    """A bad flag is a usage error (2), reported before any check, never a counterexample (1)."""
+    assert cli_main(["check", "tempo_rl.reference:loop_tempo_advantages", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert named in captured.err and "Traceback" not in captured.err
+
+
+def test_the_reproduction_names_the_device():
+    def doubled(*args, **options):
+        return 2 * tempo_rl.tempo_advantages(*args, backend="torch", **options)
+
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(tt.plain(doubled, device="cpu"), max_examples=5, seed=0)
+    assert "responses = torch.tensor(" in str(info.value) and "device='cpu')" in str(info.value)

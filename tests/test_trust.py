@@ -46,3 +46,38 @@ def test_the_sampled_groups_are_what_the_reference_gives_for_them_alone():
     for s in range(3):
         with pytest.raises(tempo_rl.AdvantageMismatch):
             tempo_rl.check_against_reference(bad, *args, max_groups=1, seed=s)
+
+
+def test_nan_and_inf_advantages_are_mismatches():
+    args = _batch(2)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    for value in (float("nan"), float("inf")):
+        bad = adv.clone()
+        bad[4, 2] = value
+        with pytest.raises(tempo_rl.AdvantageMismatch, match=r"row 4, token 2"):
+            tempo_rl.check_against_reference(bad, *args, max_groups=2)
+
+
+@pytest.mark.parametrize("atol", [float("nan"), float("inf"), -1e-5])
+def test_a_tolerance_that_cannot_compare_is_refused(atol):
+    args = _batch(2)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch") + 1.0  # wrong everywhere
+    with pytest.raises(ValueError, match="atol"):
+        tempo_rl.check_against_reference(adv, *args, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["max_groups", "max_tokens"])
+def test_a_check_of_nothing_is_refused(name):
+    args = _batch(2)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch") + 1.0
+    with pytest.raises(ValueError, match=name):
+        tempo_rl.check_against_reference(adv, *args, **{name: 0})
+
+
+def test_advantages_of_another_shape_are_named():
+    args = _batch(2)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    with pytest.raises(ValueError, match=r"advantages has shape \(6, 5\), expected \(6, 6\)"):
+        tempo_rl.check_against_reference(adv[:, :5], *args)
+    with pytest.raises(TypeError, match="advantages must be a"):
+        tempo_rl.check_against_reference(adv.tolist(), *args)

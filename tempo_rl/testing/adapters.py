@@ -46,12 +46,15 @@ class Implementation:
         norm_by_std, eps and td_coef (all three; the adapter passes the supported ones).
     layouts: whether the function receives the drawn layouts and dtypes (`presentations`) or
         contiguous tensors only (an adapter that builds its own inputs).
+    device: where the adapter moves the tensors before the call (None: they stay on the CPU);
+        shown in the reproduction of a counterexample.
     """
 
     name: str
     supports: frozenset[str]
     call: Callable[[Case, dict[str, Any]], Any]
     layouts: bool = True
+    device: str | None = None
 
 
 def _supports(supports: Iterable[str]) -> frozenset[str]:
@@ -74,6 +77,10 @@ def _name(fn: Callable, name: str | None) -> str:
 
 def _move(x: Any, device: str | torch.device | None) -> Any:
     return x.to(device) if device is not None and isinstance(x, torch.Tensor) else x
+
+
+def _device_name(device: str | torch.device | None) -> str | None:
+    return None if device is None else str(torch.device(device))
 
 
 def plain(
@@ -107,7 +114,7 @@ def plain(
         args = [_move(x, device) for x in case.args()]
         return fn(*args, **kwargs)
 
-    return Implementation(_name(fn, name), chosen, call, layouts=True)
+    return Implementation(_name(fn, name), chosen, call, layouts=True, device=_device_name(device))
 
 
 def _verl_inputs(case: Case, chosen: frozenset[str]) -> tuple[torch.Tensor, ...]:
@@ -168,7 +175,7 @@ def verl_estimator(
             advantages = advantages[:, :0]  # the column added for the rewards
         return advantages
 
-    return Implementation(_name(fn, name), chosen, call, layouts=False)
+    return Implementation(_name(fn, name), chosen, call, layouts=False, device=_device_name(device))
 
 
 def per_row(

@@ -218,15 +218,17 @@ def _batch_table(case: Case) -> str:
     return "\n".join(lines)
 
 
-def _reproduce(case: Case) -> str:
+def _reproduce(case: Case, device: str | None = None) -> str:
+    """Python lines that rebuild the batch, on the device the function was handed it."""
     loss = None if case.loss_mask is None else case.loss_mask.int().tolist()
+    on = "" if device is None else f", device={device!r}"
     dtype = str(case.rewards.dtype)
     return (
-        f"  responses = torch.tensor({case.responses.tolist()})\n"
-        f"  response_mask = torch.tensor({case.response_mask.int().tolist()})\n"
-        f"  rewards = torch.tensor({case.rewards.tolist()}, dtype={dtype})\n"
+        f"  responses = torch.tensor({case.responses.tolist()}{on})\n"
+        f"  response_mask = torch.tensor({case.response_mask.int().tolist()}{on})\n"
+        f"  rewards = torch.tensor({case.rewards.tolist()}, dtype={dtype}{on})\n"
         f"  group_ids = {case.group_list!r}\n"
-        f"  loss_mask = {'None' if loss is None else f'torch.tensor({loss})'}"
+        f"  loss_mask = {'None' if loss is None else f'torch.tensor({loss}{on})'}"
     )
 
 
@@ -275,7 +277,7 @@ def _fail(
         lines += ["expected:", _matrix(expected)]
     if returned is not None:
         lines += ["returned:", _matrix(returned)]
-    lines += ["reproduce:", _reproduce(case)]
+    lines += ["reproduce:", _reproduce(case, run.impl.device)]
     raise Counterexample("\n".join(lines), prop, trial)
 
 
