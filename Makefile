@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # A pinned torch takes the local CPU wheel; an unpinned one would pull CUDA packages.
 TORCH  := torch==2.13.0
-EXTRAS := test,train,bench,viz
+EXTRAS := test,train,bench,viz,docs
 # The inspect page is tested in headless Chromium (Debian's package; no browser download).
 CHROMIUM_STAMP := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint test-integrations example bench clean-venv
+.PHONY: demo test docs lint test-integrations example bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# The documentation site, into site/; --strict makes a broken link or API name an error.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
 
 example: $(STAMP)
 	$(PY) -m tempo_rl example

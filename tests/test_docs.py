@@ -69,3 +69,11 @@ def test_logging_libraries_are_opt_in_and_have_extras():
     assert any(d.startswith("tensorboard") for d in extras["tensorboard"])
     assert any(d.startswith("wandb") for d in extras["wandb"])
     assert any(d.startswith("pydantic") for d in extras["train"])
+
+
+def test_api_reference_documents_every_public_name():
+    import tempo_rl
+
+    api = (ROOT / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^::: (?:tempo_rl|reference\.stats)\.(\w+)$", api, flags=re.M))
+    assert documented == set(tempo_rl.__all__) - {"__version__"}
