@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from . import bench_policy_loss
+from . import bench_policy_loss, bench_tree_forward
 
 KINDS = ("branching", "distinct", "identical")
 BASELINES = ("loop", "loop-tensor")  # per-token loops: timed once, at the small shape only
@@ -291,9 +291,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--op",
-        choices=("advantage", "policy_loss"),
+        choices=("advantage", "policy_loss", "tree_forward"),
         default="advantage",
-        help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time",
+        help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time; "
+        "tree_forward: log-probs on the prefix tree vs row by row",
     )
     parser.add_argument(
         "--scale",
@@ -301,6 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the whole per-step TEMPO cost at the authors' batch (benchmarks/bench_scale.py)",
     )
     bench_policy_loss.add_arguments(parser.add_argument_group("--op policy_loss"))
+    bench_tree_forward.add_arguments(parser.add_argument_group("--op tree_forward"))
     from .bench_scale import add_scale_arguments
 
     add_scale_arguments(parser.add_argument_group("--scale"))
@@ -313,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
         return run_scale(args)
     if args.op == "policy_loss":
         return bench_policy_loss.run(args)
+    if args.op == "tree_forward":
+        return bench_tree_forward.run(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.threads:

@@ -12,6 +12,7 @@ from .backends import BACKENDS, available_backends, get_backend, resolve_backend
 from .policy_loss import fused_policy_loss
 from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
+from .tree_forward import tree_logprobs
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "stats_from_table",
     "tempo_advantages",
     "tempo_advantages_with_stats",
+    "tree_logprobs",
     "tree_stats",
     "validate",
 ]

@@ -1,0 +1,215 @@
+"""Packing a batch into its prefix trie, and attention over the packed trie, in vectorised torch.
+
+A batch of B rows (prompt tokens where prompt_mask is 1, then the completion up to its last
+masked token) is a set of token sequences s_r. Their trie has one node per distinct prefix; a node's
+position is its depth. `pack` lists the nodes in depth-first preorder with children in ascending
+token order, which is the order of the rows sorted lexicographically, each row contributing the
+nodes below its longest common prefix with the previous sorted row (proofs_notes/tree-forward.md,
+Proposition P1). `reference/tree_forward.py` builds the same arrays with a Python trie.
+
+Attention over the packed nodes (`tree_attention`) gives every node exactly the attention it has in
+its own row: its keys are its ancestors and itself. Sorted row i *owns* the nodes it contributes,
+a contiguous run of the packed order at depths [l_i, L_i) (P2); their queries attend to the row's
+path, keys at depths [0, L_i), causally. Each node is a query once, so attention costs
+sum_i (L_i - l_i) * L_i instead of sum_i L_i^2 / 2 for the rows one by one, and every other layer
+(projections, MLP, norms) runs once per node instead of once per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Packing:
+    """The trie of a batch. N nodes, B rows, T completion positions; all tensors int64 on one device.
+
+    tokens:  (N,) token of each node.                 depth: (N,) its position (0 = first token).
+    parent:  (N,) parent node, -1 for a root.          completion_node: (B, T) the node of each
+             completion position (-1 past the row's last masked position).
+    row_nodes: (B, S) the node of each position of each row's sequence s_r, -1 past its end.
+    The rest is the attention plan, rows in sorted order: `order` (B,) sorted position -> row,
+    `lcp` (B,) prefix shared with the previous sorted row, `length` (B,) |s_r| by sorted position,
+    `start` (B,) first owned node (nodes start..start + length - lcp - 1 belong to that row).
+    """
+
+    tokens: torch.Tensor
+    depth: torch.Tensor
+    parent: torch.Tensor
+    completion_node: torch.Tensor
+    row_nodes: torch.Tensor
+    order: torch.Tensor
+    lcp: torch.Tensor
+    length: torch.Tensor
+    start: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.tokens.numel())
+
+
+def completion_lengths(completion_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: index of each row's last masked position + 1 (0 for an empty row). Positions
+    before it with mask 0 are context (a tool's output inside the response), not padding."""
+    m = completion_mask.to(torch.bool)
+    t = m.shape[1]
+    last = torch.where(m, torch.arange(1, t + 1, device=m.device), 0)  # (B, T)
+    return last.amax(dim=1) if t else torch.zeros(m.shape[0], dtype=torch.int64, device=m.device)
+
+
+def row_sequences(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(seq (B, S) int64, prompt length (B,), sequence length (B,)): each row's prompt tokens where
+    prompt_mask is 1, in order, then its completion up to `completion_lengths`; -1 past the end."""
+    pm = prompt_mask.to(torch.bool)
+    p_len = pm.sum(dim=1)  # (B,)
+    c_len = completion_lengths(completion_mask)
+    # Stable sort puts each row's prompt tokens first, in their order, whatever side the padding is.
+    first = torch.argsort((~pm).to(torch.int8), dim=1, stable=True)  # (B, P)
+    prompt = prompt_ids.long().gather(1, first)  # (B, P), real tokens left-aligned
+    seq = torch.cat([prompt, completion_ids.long()], dim=1)  # (B, P + T)
+    lengths = p_len + c_len
+    b, s = seq.shape
+    col = torch.arange(s, device=seq.device)
+    # Completion token j sits at column P + j; after the prompt's p_len tokens it belongs at p_len + j.
+    src = torch.where(col[None, :] < p_len[:, None], col[None, :], col[None, :] - p_len[:, None] + prompt.shape[1])
+    seq = seq.gather(1, src.clamp(max=s - 1))
+    seq = torch.where(col[None, :] < lengths[:, None], seq, -1)
+    width = int(lengths.max()) if b else 0
+    return seq[:, :width], p_len, lengths
+
+
+def lexicographic_order(seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B,) the rows in lexicographic order of their sequences (a prefix before its extensions;
+    ties keep row order). One host sort of the B rows: O(sum of lengths) comparisons at most."""
+    rows = [tuple(r[:n]) for r, n in zip(seq.tolist(), lengths.tolist())]
+    return torch.tensor(sorted(range(len(rows)), key=rows.__getitem__), dtype=torch.int64, device=seq.device)
+
+
+def pack(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> Packing:
+    """The trie of the batch (see the module docstring). prompt_*: (B, P); completion_*: (B, T)."""
+    seq, p_len, lengths = row_sequences(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    b, s = seq.shape
+    dev = seq.device
+    order = lexicographic_order(seq, lengths)
+    sseq, slen = seq[order], lengths[order]  # (B, S), (B,) in sorted order
+    # lcp with the previous sorted row: the first column where they differ (or one of them ends).
+    same = (sseq[1:] == sseq[:-1]) & (sseq[1:] >= 0)  # (B - 1, S); -1 padding never matches
+    lcp = torch.cat([torch.zeros(min(b, 1), dtype=torch.int64, device=dev), same.to(torch.int64).cumprod(1).sum(1)])
+    own = slen - lcp  # (B,) nodes each sorted row contributes
+    start = torch.cumsum(own, 0) - own  # (B,)
+    depth = torch.arange(s, device=dev)  # (S,)
+    # Node (i, d) belongs to the last sorted row j <= i with lcp_j <= d: rows between share it.
+    rows = torch.arange(b, device=dev)
+    owner = torch.where(lcp[:, None] <= depth[None, :], rows[:, None], 0).cummax(dim=0).values  # (B, S)
+    node = start[owner] + depth[None, :] - lcp[owner]  # (B, S)
+    valid = depth[None, :] < slen[:, None]
+    node = torch.where(valid, node, -1)
+    n = int(own.sum())
+    new = valid & (depth[None, :] >= lcp[:, None])  # the N owned (row, depth) pairs
+    tokens = torch.empty(n, dtype=torch.int64, device=dev)
+    tokens[node[new]] = sseq[new]
+    node_depth = torch.empty(n, dtype=torch.int64, device=dev)
+    node_depth[node[new]] = depth.expand(b, s)[new]
+    prev = torch.cat([torch.full((b, 1), -1, dtype=torch.int64, device=dev), node[:, :-1]], dim=1)
+    parent = torch.empty(n, dtype=torch.int64, device=dev)
+    parent[node[new]] = prev[new]
+    row_nodes = torch.empty_like(node)
+    row_nodes[order] = node
+    t = completion_ids.shape[1]
+    col = p_len[:, None] + torch.arange(t, device=dev)[None, :]  # (B, T) sequence column
+    completion_node = torch.full_like(col, -1)
+    if s:
+        in_row = col < lengths[:, None]
+        completion_node = torch.where(in_row, row_nodes.gather(1, col.clamp(max=s - 1)), -1)
+    return Packing(tokens, node_depth, parent, completion_node, row_nodes, order, lcp, slen, start)
+
+
+# ----------------------------------------------------------------------------- attention
+@dataclass
+class AttentionPlan:
+    """Query blocks for `tree_attention`, in buckets: per bucket the key nodes (A, K) of each block's
+    row path up to the block's last query (-1 padding), its query nodes (A, Q) (-1 padding) and their
+    depths (A, Q)."""
+
+    keys: list[torch.Tensor]
+    queries: list[torch.Tensor]
+    query_depth: list[torch.Tensor]
+    num_nodes: int
+
+
+def attention_plan(p: Packing, *, block: int = 64, waste: float = 1.25) -> AttentionPlan:
+    """Cut each row's owned queries into blocks of `block`; a block's keys are its row's path up to its
+    last query, so only the block's own triangle is masked work (as a causal kernel skips the upper
+    triangle). Blocks are bucketed longest-keys first; a bucket grows while (blocks x max queries x
+    max keys) stays within `waste` x the blocks' own queries x keys. The bound keeps padding from eating
+    the saving; few buckets keep the kernel calls few."""
+    own = (p.length - p.lcp).tolist()
+    lcp, start = p.lcp.tolist(), p.start.tolist()
+    items = []  # (keys, queries, first query depth, first query node, sorted row)
+    for i, n in enumerate(own):
+        for q0 in range(0, n, block):
+            q = min(block, n - q0)
+            items.append((lcp[i] + q0 + q, q, lcp[i] + q0, start[i] + q0, i))
+    items.sort(key=lambda it: (-it[0], -it[1]))
+    buckets: list[list[tuple[int, int, int, int, int]]] = []
+    exact = 0
+    for it in items:
+        cost = it[0] * it[1]
+        if buckets:
+            cur = buckets[-1]
+            padded = (len(cur) + 1) * max(cur[0][1], it[1]) * cur[0][0]
+            if padded <= waste * (exact + cost):
+                cur.append(it)
+                exact += cost
+                continue
+        buckets.append([it])
+        exact = cost
+    plan = AttentionPlan([], [], [], p.num_nodes)
+    dev = p.tokens.device
+    sorted_nodes = p.row_nodes[p.order]  # (B, S) by sorted position
+    for bucket in buckets:
+        k_len, q_len, q_depth0, q_node0, rows = (torch.tensor(c, dtype=torch.int64, device=dev) for c in zip(*bucket))
+        k, q = int(k_len.max()), int(q_len.max())
+        cols = torch.arange(k, device=dev)
+        keys = torch.where(cols[None, :] < k_len[:, None], sorted_nodes[rows, :k], -1)  # (A, K)
+        offs = torch.arange(q, device=dev)
+        q_ok = offs[None, :] < q_len[:, None]  # (A, Q); a block's queries are contiguous nodes
+        plan.keys.append(keys)
+        plan.queries.append(torch.where(q_ok, q_node0[:, None] + offs[None, :], -1))
+        plan.query_depth.append(torch.where(q_ok, q_depth0[:, None] + offs[None, :], 0))
+    return plan
+
+
+def tree_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: AttentionPlan, *, scale: float, dropout: float
+) -> torch.Tensor:
+    """Attention of every packed node over its ancestors and itself.
+
+    query: (H, N, D); key, value: (Hk, N, D) with H a multiple of Hk (grouped-query heads share keys).
+    Returns (N, H, D). Padding slots are masked; a padded query slot attends to its row's root so no
+    softmax row is empty (its output is dropped)."""
+    h, n, d = query.shape
+    rep = h // key.shape[0]
+    if rep > 1:
+        key, value = key.repeat_interleave(rep, dim=0), value.repeat_interleave(rep, dim=0)
+    out = query.new_zeros(n, h, value.shape[-1])
+    for keys, queries, q_depth in zip(plan.keys, plan.queries, plan.query_depth):
+        a, k = keys.shape
+        q_ok = queries >= 0
+        kk = key[:, keys.clamp(min=0)].transpose(0, 1)  # (A, H, K, D)
+        vv = value[:, keys.clamp(min=0)].transpose(0, 1)
+        qq = query[:, queries.clamp(min=0)].transpose(0, 1)  # (A, H, Q, D)
+        k_depth = torch.arange(k, device=keys.device)
+        allowed = (k_depth[None, None, :] <= q_depth[:, :, None]) & (keys[:, None, :] >= 0)  # (A, Q, K)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            qq, kk, vv, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale
+        )  # (A, H, Q, D)
+        o = o.transpose(1, 2)[q_ok]  # (owned queries, H, D)
+        out = out.index_copy(0, queries[q_ok], o)
+    return out

@@ -1,0 +1,164 @@
+"""Training on the tree: the packing equals the Python trie, and `tree_logprobs` equals a forward of
+each row alone (log-probs and parameter gradients) on Qwen2 and Llama in float64
+(proofs_notes/tree-forward.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tempo_rl import tree_logprobs
+from tempo_rl.fast.tree_forward_torch import pack
+from tempo_rl.reference.tree_forward import pack_rows, row_logprobs
+
+VOCAB = 12
+
+
+@st.composite
+def tree_batches(draw, max_rows: int = 6):
+    """Rows of a few prompts (left-padded, different lengths), completions forking from earlier ones at
+    any depth (0 included), identical completions, ragged and empty completion masks, holes inside."""
+    b = draw(st.integers(1, max_rows))
+    prompts = [draw(st.lists(st.integers(1, 3), min_size=1, max_size=4)) for _ in range(draw(st.integers(1, 2)))]
+    rows_p, rows_c = [], []
+    for i in range(b):
+        rows_p.append(draw(st.sampled_from(prompts)))
+        c = draw(st.lists(st.integers(0, VOCAB - 1), min_size=0, max_size=7))
+        if i and draw(st.booleans()):
+            src = rows_c[draw(st.integers(0, i - 1))]
+            d = draw(st.integers(0, len(src)))
+            c = src[:d] + c
+        rows_c.append(c[:8])
+    p_len, t = max(map(len, rows_p)), max(1, max(map(len, rows_c)))
+    prompt_ids = torch.zeros(b, p_len, dtype=torch.long)
+    prompt_mask = torch.zeros(b, p_len, dtype=torch.long)
+    completion_ids = torch.zeros(b, t, dtype=torch.long)
+    completion_mask = torch.zeros(b, t, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(rows_p, rows_c)):
+        prompt_ids[i, p_len - len(p) :] = torch.tensor(p)
+        prompt_mask[i, p_len - len(p) :] = 1
+        completion_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        completion_mask[i, : len(c)] = 1
+        if len(c) > 2 and draw(st.booleans()):
+            completion_mask[i, draw(st.integers(0, len(c) - 2))] = 0  # a hole: context, not scored
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+
+def _lists(*ts):
+    return [t.tolist() for t in ts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(tree_batches())
+def test_packing_equals_the_python_trie(batch):
+    p = pack(*batch)
+    ref = pack_rows(*_lists(*batch))
+    assert p.tokens.tolist() == ref.tokens
+    assert p.depth.tolist() == ref.depth
+    assert p.parent.tolist() == ref.parent
+    assert p.completion_node.tolist() == ref.completion_node
+    assert all(q < n for n, q in enumerate(ref.parent))  # every parent precedes its children
+
+
+def test_packing_shares_identical_rows_and_keeps_distinct_ones_apart():
+    prompt = torch.tensor([[5, 6], [5, 6], [7, 6]])
+    completion = torch.tensor([[1, 2], [1, 2], [1, 2]])
+    ones = torch.ones(3, 2, dtype=torch.long)
+    p = pack(prompt, ones, completion, ones)
+    assert p.num_nodes == 8  # rows 0 and 1 are one path of 4; row 2 differs at its first token
+    assert p.completion_node[0].tolist() == p.completion_node[1].tolist() != p.completion_node[2].tolist()
+
+
+def _model(family: str, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cls, config = {"qwen2": (Qwen2ForCausalLM, Qwen2Config), "llama": (LlamaForCausalLM, LlamaConfig)}[family]
+    cfg = config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation="sdpa",
+    )
+    return cls(cfg).double()
+
+
+MODELS = {name: _model(name) for name in ("qwen2", "llama")}
+
+
+def _grads(model, logp, weights):
+    params = [q for q in model.parameters() if q.requires_grad]
+    return torch.autograd.grad(
+        (weights * logp).sum(), params, retain_graph=True, allow_unused=True, materialize_grads=True
+    )
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=tree_batches(), temperature=st.sampled_from([1.0, 0.7, 1.3]))
+@example(  # a fork at depth 0, an identical completion and an empty one
+    batch=(
+        torch.tensor([[0, 1], [0, 1], [2, 1], [2, 1]]),
+        torch.tensor([[0, 1], [0, 1], [1, 1], [1, 1]]),
+        torch.tensor([[3, 4, 5], [3, 4, 5], [6, 4, 0], [0, 0, 0]]),
+        torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 0, 0]]),
+    ),
+    temperature=1.0,
+)
+def test_tree_logprobs_equal_each_row_alone(family, batch, temperature):
+    model = MODELS[family]
+    logp = tree_logprobs(model, *batch, temperature=temperature)
+    ref = row_logprobs(model, *batch, temperature=temperature)
+    assert logp.dtype == torch.float64
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-7)
+    assert (logp[batch[3] == 0] == 0).all()
+    if not ref.requires_grad:  # nothing scored: the reference has no graph to compare against
+        return
+    weights = torch.randn(logp.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    scale = max(g.abs().max() for g in _grads(model, ref, weights)).item() + 1e-300
+    # Measured: the gradients agree to ~1e-7 of their scale in float64, not to rounding (1e-14); the
+    # cause is not yet found (proofs_notes/tree-forward.md, "Open"), so this bound is the measured one.
+    for got, want in zip(_grads(model, logp, weights), _grads(model, ref, weights)):
+        assert (got - want).abs().max().item() <= 1e-6 * scale
+
+
+def test_a_model_keeps_its_own_attention_outside_a_tree_forward():
+    model = _model("llama", seed=1)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    before = model(input_ids=ids).logits
+    tree_logprobs(model, ids[:, :2], torch.ones(1, 2), ids[:, 2:], torch.ones(1, 2))
+    torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=1e-12)
+
+
+def test_bad_input_names_the_argument():
+    model = MODELS["llama"]
+    ids, ones = torch.tensor([[3, 4]]), torch.ones(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="prompt_mask row 0"):
+        tree_logprobs(model, ids, torch.zeros(1, 2), ids, ones)
+    with pytest.raises(ValueError, match="temperature"):
+        tree_logprobs(model, ids, ones, ids, ones, temperature=0.0)
+    with pytest.raises(ValueError, match="completion_mask"):
+        tree_logprobs(model, ids, ones, ids, torch.ones(1, 3))
+    with pytest.raises(TypeError, match="completion_ids"):
+        tree_logprobs(model, ids, ones, ids.float(), ones)
+
+
+def test_a_model_that_bypasses_the_attention_interface_is_refused():
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"_attn_implementation": "sdpa", "num_hidden_layers": 2})()
+            self.emb = torch.nn.Embedding(VOCAB, VOCAB)
+
+        def forward(self, input_ids, **kwargs):
+            return type("O", (), {"logits": self.emb(input_ids)})()
+
+    ids, ones = torch.tensor([[3, 4]]), torch.ones(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="0 of its 2 layers"):
+        tree_logprobs(Fake(), ids, ones, ids, ones)
