@@ -12,6 +12,7 @@ from .backends import BACKENDS, available_backends, get_backend, resolve_backend
 from .policy_loss import fused_policy_loss
 from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
+from .step import StepOptions, StepResult, advantage_step
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
 __version__ = "0.1.0"
@@ -22,9 +23,12 @@ __all__ = [
     "Batch",
     "GroupTreeStats",
     "PrefixValues",
+    "StepOptions",
+    "StepResult",
     "TreeStats",
     "TrustReport",
     "__version__",
+    "advantage_step",
     "available_backends",
     "branch_snr_stats",
     "check_against_reference",

@@ -1,11 +1,14 @@
 """Trainer end to end on a tiny random model: smoke, exact resume, trust check, CLI."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import tempo_rl
+import tempo_rl.step
 from tempo_rl import cli
 from tempo_rl.trainer import train as train_mod
 from tempo_rl.trainer.config import TrainConfig
@@ -124,14 +127,17 @@ def _small_rollout():
 @pytest.mark.parametrize("offset, fails", [(0.0, False), (1e-3, True)])
 def test_trust_check_stops_on_mismatch(offset, fails):
     roll, rewards = _small_rollout(), torch.tensor([1.0, 0.0, 1.0, 0.0])
-    cfg = TrainConfig(backend="torch")
-    adv, _ = train_mod.compute_advantages(roll, rewards, cfg)
+    options = train_mod.step_options(TrainConfig(backend="torch"), step=0, trust=True)
+    adv = train_mod.compute_advantages(roll, rewards, TrainConfig(backend="torch")).advantages
     adv[3, 1] += offset  # group 1, row 3, token 1
+    args = (roll.responses, roll.response_mask, rewards, roll.group_ids)
     if fails:
-        with pytest.raises(train_mod.AdvantageMismatch, match="group 1, row 3, token 1"):
-            train_mod.trust_check(adv, roll, rewards, cfg, step=0)
+        with pytest.raises(tempo_rl.AdvantageMismatch, match="group 1, row 3, token 1"):
+            with mock.patch.object(tempo_rl.step, "tempo_advantages_with_stats", return_value=(adv, None)):
+                tempo_rl.advantage_step(*args, options=options)
     else:
-        assert train_mod.trust_check(adv, roll, rewards, cfg, step=0)
+        report = tempo_rl.advantage_step(*args, options=options).trust
+        assert report is not None and report.groups_checked == 2 and report.max_abs_diff <= 1e-6
 
 
 def test_response_mask_includes_first_eos_only():

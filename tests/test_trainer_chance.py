@@ -105,9 +105,9 @@ def test_chance_token_gets_zero_advantage_and_td_applies_after_it():
     roll = Rollout(responses[:, :1], torch.ones(4, 1, dtype=torch.long), responses, mask,
                    torch.zeros(4, dtype=torch.long), [""] * 4, {}, chance.loss_mask(mask))  # fmt: skip
     cfg = TrainConfig(estimator="tempo", backend="reference")
-    adv, _ = train_mod.compute_advantages(roll, rewards, cfg)
+    adv = train_mod.compute_advantages(roll, rewards, cfg).advantages
     unmasked = tempo_rl.tempo_advantages(responses, mask, rewards, [0] * 4, backend="reference")
-    grpo, _ = train_mod.compute_advantages(roll, rewards, TrainConfig(estimator="grpo", backend="reference"))
+    grpo = train_mod.compute_advantages(roll, rewards, TrainConfig(estimator="grpo", backend="reference")).advantages
     assert (adv[:, 1] == 0).all() and (grpo[:, 1] == 0).all()
     keep = [0, 2, 3]
     assert torch.allclose(adv[:, keep], unmasked[:, keep])

@@ -239,7 +239,7 @@ def gradient_agreement(
         )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
-            adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
+            adv = compute_advantages(roll, rewards, replace(cfg, estimator=est)).advantages
             logp, _ = forward_logprobs(model, roll)
             loss = policy_loss(logp, logp.detach(), adv, roll.loss_mask, aggregation=cfg.aggregation).loss
             grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import tempo_rl
-from tempo_rl import AdvantageMismatch, TreeStats, check_against_reference, resolve_backend
+from tempo_rl import AdvantageMismatch, StepOptions, StepResult, advantage_step
 from tempo_rl.policy_loss import fused_logprobs
 
 from . import checkpoint
@@ -189,47 +189,39 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------- advantages
-def compute_advantages(roll: Rollout, rewards: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, TreeStats]:
-    """(B, Lr) token advantages of the configured estimator and the batch's tree statistics, from
-    one pass over the tokens (GRPO and Dr. GRPO are TEMPO with td_coef = 0, bitwise)."""
-    return tempo_rl.tempo_advantages_with_stats(
-        roll.responses,
-        roll.response_mask,
-        rewards,
-        roll.group_ids,
-        loss_mask=roll.env_mask,
+def step_options(cfg: TrainConfig, step: int, trust: bool) -> StepOptions:
+    """The engine step's options for this run (GRPO and Dr. GRPO are TEMPO with td_coef = 0,
+    bitwise; Dr. GRPO does not divide by the group std). `trust`: run the sampled trust check."""
+    return StepOptions(
+        estimator="tempo" if cfg.estimator == "tempo" else "grpo",
+        td_coef=cfg.td_coef,
         norm_by_std=cfg.estimator != "dr_grpo",
-        td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
         backend=cfg.backend,
+        trust_check=trust,
+        trust_groups=cfg.trust_groups,
+        trust_atol=cfg.trust_atol,
+        trust_seed=cfg.seed + step,
+        log_branch_snr=True,
+        metrics_prefix="",
     )
 
 
-def trust_check(adv: torch.Tensor, roll: Rollout, rewards: torch.Tensor, cfg: TrainConfig, step: int) -> bool:
-    """Compare the fast backend's advantages with the exact reference on a sample of whole groups
-    (bounded cost at any batch size); raise AdvantageMismatch naming group, row and token.
-    Returns False when there is nothing to check (the backend already is the reference)."""
-    if resolve_backend(cfg.backend, adv.device) == "reference":
-        return False
+def compute_advantages(
+    roll: Rollout, rewards: torch.Tensor, cfg: TrainConfig, step: int = 0, trust: bool = False
+) -> StepResult:
+    """`tempo_rl.advantage_step` on the rollout: (B, Lr) advantages, the trust check's report, tree
+    statistics and the branch-node diagnostic (proofs_notes/tree-rollouts.md section 1.3)."""
     try:
-        check_against_reference(
-            adv,
+        return advantage_step(
             roll.responses,
             roll.response_mask,
             rewards,
             roll.group_ids,
             loss_mask=roll.env_mask,
-            norm_by_std=cfg.estimator != "dr_grpo",
-            td_coef=cfg.td_coef if cfg.estimator == "tempo" else 0.0,
-            atol=cfg.trust_atol,
-            max_groups=cfg.trust_groups,
-            seed=cfg.seed + step,
+            options=step_options(cfg, step, trust),
         )
     except AdvantageMismatch as e:
-        raise AdvantageMismatch(
-            f"step {step}: backend {resolve_backend(cfg.backend, adv.device)!r}: {e}; rerun "
-            "with --backend reference and report the batch"
-        ) from None
-    return True
+        raise AdvantageMismatch(f"step {step}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- one update
@@ -398,21 +390,17 @@ def all_groups_flat(rewards: torch.Tensor, group_ids: torch.Tensor) -> bool:
     return True
 
 
-def rollout_metrics(
-    roll: Rollout, rewards: torch.Tensor, adv: torch.Tensor, tree: TreeStats, threshold: float = 1.0
-) -> dict[str, Any]:
-    """The step's rollout numbers: rewards, lengths, tree shape, the branch-node diagnostic of
-    proofs_notes/tree-rollouts.md section 1.3 (node count, mean m, pooled unbiased r = delta^2 / sigma^2,
-    left out when undefined) and advantage moments over the tokens that carry loss."""
+def rollout_metrics(roll: Rollout, rewards: torch.Tensor, result: StepResult, threshold: float = 1.0) -> dict[str, Any]:
+    """The step's rollout numbers: rewards, lengths, the engine step's metrics (tree shape; the
+    branch-node diagnostic: node count, mean m, pooled unbiased r = delta^2 / sigma^2, left out when
+    undefined) and advantage moments over the tokens that carry loss."""
     m = roll.loss_mask.bool()
-    a = adv[m]
-    snr = tempo_rl.branch_snr_stats(roll.responses, roll.response_mask, rewards, roll.group_ids)
+    a = result.advantages[m]
     return {
         "reward_mean": float(rewards.mean()),
         "accuracy": float((rewards >= threshold).float().mean()),
         "response_length": float(roll.response_mask.sum(-1).float().mean()),
-        **tree.as_metrics(prefix=""),
-        **snr.as_metrics(prefix=""),
+        **result.metrics,
         "tokens_generated": roll.stats.get("tokens_generated", roll.n_tokens),
         "adv_mean": float(a.mean()) if a.numel() else 0.0,
         "adv_std": float(a.std()) if a.numel() > 1 else 0.0,
@@ -631,16 +619,15 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
                 )
             rewards_t = torch.tensor(scored.total, dtype=torch.float32, device=roll.responses.device)
             t_adv0 = time.perf_counter()
-            adv, tree_stats = compute_advantages(roll, rewards_t, cfg)
+            result = compute_advantages(roll, rewards_t, cfg, step, trust=checked < cfg.trust_batches)
+            adv = result.advantages
             t_adv = time.perf_counter() - t_adv0
-            if checked < cfg.trust_batches:
-                trust_check(adv, roll, rewards_t, cfg, step)
-                checked += 1
+            checked += 1
             upd = ppo_update(model, ref_model, opt, sched, roll, adv, cfg, step, autocast_dtype)
             t_step = time.perf_counter() - t0
             row = {
                 "step": step + 1,
-                **rollout_metrics(roll, rewards_t, adv, tree_stats, cfg.accuracy_threshold),
+                **rollout_metrics(roll, rewards_t, result, cfg.accuracy_threshold),
                 **reward_means(scored),
                 **upd,
                 "lr": sched.get_last_lr()[0],
