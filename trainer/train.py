@@ -290,7 +290,7 @@ def score_logprobs(model, roll: Rollout, cfg: TrainConfig, autocast_dtype) -> to
 def micro_loss_unfused(
     model, part: Rollout, adv, old_logp, ref_logp, cfg: TrainConfig, denom: float, autocast_dtype
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The reference path: full (B, Lr, V) logits, trainer/loss.py. Returns (loss to backward, metrics)."""
+    """The full-logits path (trainer/loss.py): (B, Lr, V) logits. Returns (loss to backward, metrics)."""
     logp, ent = forward_logprobs(model, part, with_entropy=True, autocast_dtype=autocast_dtype)
     out = policy_loss(
         logp,
@@ -319,7 +319,7 @@ def micro_loss_fused(
     """The same loss through `tempo_rl.fused_policy_loss` (chunks of tokens, no (B, Lr, V) logits).
 
     The op divides by the micro-batch's own token (or response) count; rescaling by count / denom
-    gives the mini-batch divisor of gradient accumulation, as `aggregate(..., denom=)` does."""
+    gives the mini-batch divisor of gradient accumulation, as `token_weights(..., denom=)` does."""
     weight, bias = lm_head(model)
     hidden = forward_hidden(model, part, autocast_dtype=autocast_dtype)  # (b, Lr, H)
     if old_logp is None:  # single update: old = current, detached (ratio exactly 1)
