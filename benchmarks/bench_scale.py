@@ -7,7 +7,8 @@ Timed in one run, each as median ms and as a ratio to the advantages alone, with
 resident memory of each call as a multiple of the token tensor's bytes (B x L int64):
 
 - validation (`tempo_rl.validate`), advantages (the backend alone), tree statistics alone,
-  advantages + statistics in one call (`tempo_advantages_with_stats`), the sampled trust check;
+  advantages + statistics in one call (`tempo_advantages_with_stats`), the whole engine step with
+  every option on (`tempo_rl.advantage_step`), the sampled trust check;
 - the verl estimator as verl calls it (`compute_advantage(data, adv_estimator="tempo")` under
   `response_tokens`), in .venv-verl when it exists;
 - the TRL subclass's advantage step (`TempoGRPOTrainer._tempo_advantages` on TRL's
@@ -116,6 +117,12 @@ def part_core(x: dict, repeats: int, backend: str) -> dict:
         "tempo_advantages_with_stats (validation + both)": measure(
             lambda: tempo_rl.tempo_advantages_with_stats(*args, backend=backend), repeats
         ),
+        "advantage_step (advantages + stats + trust check + branch diagnostic)": measure(
+            lambda: tempo_rl.advantage_step(
+                *args, options=tempo_rl.StepOptions(backend=backend, trust_check=True, log_branch_snr=True)
+            ),
+            max(1, repeats // 2),
+        ),
         "check_against_reference (4 groups)": measure(
             lambda: tempo_rl.check_against_reference(adv, *args), max(1, repeats // 2)
         ),
@@ -154,6 +161,10 @@ def part_trl(x: dict, repeats: int, backend: str) -> dict:
     from tempo_rl.integrations.trl import TempoGRPOTrainer
 
     ids = [row[:n] for row, n in zip(x["responses"].tolist(), x["lengths"].tolist())]  # TRL's completion_ids list
+    from tempo_rl.integrations.trl import step_options
+
+    # The trainer's own options function, so an option added to the engine step reaches this too.
+    config = types.SimpleNamespace(scale_rewards="group", tempo_eps=1e-4, tempo_backend=backend)
     fake = types.SimpleNamespace(
         model=types.SimpleNamespace(training=True),
         num_generations=GROUP,
@@ -161,12 +172,7 @@ def part_trl(x: dict, repeats: int, backend: str) -> dict:
         accelerator=types.SimpleNamespace(num_processes=1, process_index=0),
         reward_weights=torch.ones(1),
         scale_rewards="group",
-        tempo_eps=1e-4,
-        tempo_td_coef=1.0,
-        tempo_backend=backend,
-        tempo_log_tree_stats=True,
-        tempo_trust_check=False,
-        tempo_trust_groups=4,
+        tempo_options=step_options(config),
         _metrics=defaultdict(lambda: defaultdict(list)),
         _logs={"advantages": deque(maxlen=4096)},
     )

@@ -2,8 +2,8 @@
 
 Two implementations of one definition, both on plain tensors:
 
-- `policy_loss_ref`: the plain torch loss the trainer has always used (trainer/loss.py): full logits
-  (B, T, V) in float32, log-softmax, surrogate, autograd. It is the definition, kept beside the fast path.
+- `policy_loss_ref`: the plain torch loss: full logits (B, T, V) in float32, log-softmax,
+  surrogate, autograd. It is the definition, kept beside the fast path.
 - `policy_loss_chunked`: a `torch.autograd.Function` that walks the N = B*T tokens in chunks of C.
   Per chunk it forms the (C, V) float32 logits, their log-softmax, the surrogate and k3 KL, and
   turns the logits buffer in place into d loss / d logits, which two matmuls turn into the chunk's
@@ -17,7 +17,7 @@ Per token i (response positions, mask m_i), with z = (h_i W^T + b) / temperature
     kl_i   = exp(ref_i - logp_i) - (ref_i - logp_i) - 1        (k3, Schulman; only with kl_coef)
     loss   = sum_i w_i (pg_i + kl_coef kl_i)
 with w_i = m_i / max(sum m, 1) ("token-mean") or m_i / (max(n_b, 1) B) ("sequence-mean", n_b the
-row's token count): exactly trainer/loss.py's `aggregate`. old_logp, advantages and ref_logp are
+row's token count): `token_weights`, which the trainer's full-logits path uses too. old_logp, advantages and ref_logp are
 constants (no gradient). Masked positions never enter: their inputs are replaced by 0 first, so
 padding holding -inf or NaN cannot leak into the loss.
 
@@ -55,13 +55,18 @@ class ChunkOut(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- shared maths
-def token_weights(mask: torch.Tensor, aggregation: str) -> torch.Tensor:
-    """w (B, T) float32 with loss = sum w * per_token: trainer/loss.py's two aggregations."""
+def token_weights(mask: torch.Tensor, aggregation: str, denom: float | None = None) -> torch.Tensor:
+    """w (B, T) float32 with loss = sum w * per_token: the one definition of the two aggregations.
+
+    "token-mean": every unmasked token weighs 1 / (their count) (DAPO). "sequence-mean": each
+    response's tokens weigh 1 / (its token count x B) (GRPO's paper form). `denom` replaces the
+    token count (token-mean) or B (sequence-mean) with the whole mini-batch's, so micro-batches of
+    one mini-batch sum to its loss under gradient accumulation."""
     m = mask.to(torch.float32)
     if aggregation == "token-mean":
-        return m / m.sum().clamp(min=1)
+        return m / (m.sum().clamp(min=1) if denom is None else denom)
     if aggregation == "sequence-mean":
-        return m / (m.sum(-1, keepdim=True).clamp(min=1) * m.shape[0])
+        return m / (m.sum(-1, keepdim=True).clamp(min=1) * (m.shape[0] if denom is None else denom))
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 

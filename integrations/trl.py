@@ -46,7 +46,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 import tempo_rl
 
-__all__ = ["TempoGRPOConfig", "TempoGRPOTrainer"]
+__all__ = ["TempoGRPOConfig", "TempoGRPOTrainer", "step_options"]
 
 _NORM_BY_STD = {"group": True, "none": False, "batch": False}
 
@@ -105,13 +105,7 @@ class TempoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _check_supported(self.args)
-        self.tempo_td_coef = float(getattr(self.args, "tempo_td_coef", 1.0))
-        self.tempo_eps = float(getattr(self.args, "tempo_eps", 1e-4))
-        self.tempo_backend = getattr(self.args, "tempo_backend", "auto")
-        self.tempo_log_tree_stats = bool(getattr(self.args, "tempo_log_tree_stats", True))
-        self.tempo_trust_check = bool(getattr(self.args, "tempo_trust_check", False))
-        self.tempo_trust_groups = int(getattr(self.args, "tempo_trust_groups", 4))
-        self.tempo_log_branch_snr = bool(getattr(self.args, "tempo_log_branch_snr", False))
+        self.tempo_options = step_options(self.args)
         self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -144,46 +138,27 @@ class TempoGRPOTrainer(GRPOTrainer):
                 "every process must score the same number of completions"
             )
         rewards, group_ids = _rewards_and_groups(rewards_per_func, self.reward_weights, group_size)
-        scale = self.scale_rewards
-        options = dict(
+        options = self.tempo_options
+        # One pass over the tokens gives the advantages and the tree statistics logged as tempo/*;
+        # unscored rows (ids < 0) are left out of the statistics.
+        result = tempo_rl.advantage_step(
+            batch["responses"],
+            batch["response_mask"],
+            rewards,
+            group_ids,
             loss_mask=batch["loss_mask"],
-            norm_by_std=_NORM_BY_STD[scale],
-            eps=self.tempo_eps,
-            td_coef=self.tempo_td_coef,
+            scored=group_ids >= 0,
+            options=options,
         )
-        # One pass over the tokens gives the advantages and the tree statistics logged as tempo/*.
-        adv, stats = tempo_rl.tempo_advantages_with_stats(
-            batch["responses"], batch["response_mask"], rewards, group_ids, backend=self.tempo_backend, **options
-        )  # (B_global, L_global)
-        if self.tempo_trust_check:
-            tempo_rl.check_against_reference(
-                adv,
-                batch["responses"],
-                batch["response_mask"],
-                rewards,
-                group_ids,
-                max_groups=self.tempo_trust_groups,
-                **options,
-            )
-        if scale == "batch":
-            adv = adv / (_batch_std(rewards, group_ids) + self.tempo_eps)
-        self._log_tempo(mode, batch, adv, stats.select(lambda gid: gid >= 0))  # unscored rows: ids < 0
-        if self.tempo_log_branch_snr:
-            scored = group_ids >= 0
-            snr = tempo_rl.branch_snr_stats(
-                batch["responses"][scored],
-                batch["response_mask"][scored],
-                rewards[scored],
-                group_ids[scored],
-                backend=self.tempo_backend,
-            )
-            for key, value in snr.as_metrics(prefix="tempo/").items():
-                self._metrics[mode][key].append(value)
+        adv = result.advantages  # (B_global, L_global)
+        if self.scale_rewards == "batch":
+            adv = adv / (_batch_std(rewards, group_ids) + options.eps)
+        self._log_tempo(mode, batch, adv, result.metrics)
         start = self.accelerator.process_index * n_local
         return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
 
     def _log_tempo(
-        self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, stats: tempo_rl.TreeStats
+        self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, metrics: dict[str, float]
     ) -> None:
         # The completions table shows one advantage per completion: the mean over its tokens (adv is 0
         # past them; summing the int64 mask is several times faster than a bool one).
@@ -191,10 +166,26 @@ class TempoGRPOTrainer(GRPOTrainer):
         for _ in range(min(len(seq_adv), len(self._logs["advantages"]))):
             self._logs["advantages"].pop()  # GRPO's values that GRPOTrainer just logged
         self._logs["advantages"].extend(seq_adv.tolist())
-        self._metrics[mode]["tempo/td_coef"].append(self.tempo_td_coef)
-        if self.tempo_log_tree_stats:
-            for key, value in stats.as_metrics(prefix="tempo/").items():
-                self._metrics[mode][key].append(value)
+        self._metrics[mode]["tempo/td_coef"].append(self.tempo_options.td_coef)
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(value)
+
+
+def step_options(args: Any) -> tempo_rl.StepOptions:
+    """The engine step's options from a `TempoGRPOConfig` (a plain `GRPOConfig` gets the defaults)."""
+    defaults = TempoGRPOConfig.__dataclass_fields__
+    get = lambda name: getattr(args, name, defaults[name].default)
+    return tempo_rl.StepOptions(
+        td_coef=float(get("tempo_td_coef")),
+        norm_by_std=_NORM_BY_STD[args.scale_rewards],
+        eps=float(get("tempo_eps")),
+        backend=str(get("tempo_backend")),
+        tree_stats=bool(get("tempo_log_tree_stats")),
+        trust_check=bool(get("tempo_trust_check")),
+        trust_groups=int(get("tempo_trust_groups")),
+        log_branch_snr=bool(get("tempo_log_branch_snr")),
+        metrics_prefix="tempo/",
+    )
 
 
 def _check_supported(args: GRPOConfig) -> None:

@@ -48,7 +48,7 @@ from verl.trainer.ppo import core_algos
 
 import tempo_rl
 
-__all__ = ["TEMPO", "compute_tempo_outcome_advantage", "response_tokens", "TempoAdvantageMixin"]
+__all__ = ["TEMPO", "compute_tempo_outcome_advantage", "response_tokens", "step_options", "TempoAdvantageMixin"]
 
 TEMPO = "tempo"
 logger = logging.getLogger(__name__)
@@ -141,35 +141,28 @@ def compute_tempo_outcome_advantage(
     tree_mask = _tree_mask(response_mask, response_lengths)
     group_ids = list(index)
     scores = token_level_rewards.sum(dim=-1)
-    options = dict(
-        loss_mask=response_mask,
+    # Tree statistics and the branch-node diagnostic only when a trainer mode receives them.
+    result = tempo_rl.advantage_step(
+        responses, tree_mask, scores, group_ids, loss_mask=response_mask, options=step_options(config, call is not None)
+    )
+    if call is not None:
+        call.stats.update(result.metrics)
+    return result.advantages, result.advantages
+
+
+def step_options(config: Any, with_metrics: bool = True) -> tempo_rl.StepOptions:
+    """The engine step's options from verl's `algorithm` config (keys in the module docstring)."""
+    return tempo_rl.StepOptions(
+        td_coef=float(_option(config, "tempo_td_coef", 1.0)),
         norm_by_std=bool(_option(config, "norm_adv_by_std_in_grpo", True)),
         eps=float(_option(config, "tempo_eps", 1e-6)),
-        td_coef=float(_option(config, "tempo_td_coef", 1.0)),
+        backend=str(_option(config, "tempo_backend", "auto")),
+        tree_stats=with_metrics,
+        trust_check=bool(_option(config, "tempo_trust_check", False)),
+        trust_groups=int(_option(config, "tempo_trust_groups", 4)),
+        log_branch_snr=with_metrics and bool(_option(config, "tempo_log_branch_snr", False)),
+        metrics_prefix="tempo/",
     )
-    backend = str(_option(config, "tempo_backend", "auto"))
-    with torch.no_grad():
-        if call is None:  # no trainer mode to receive tree statistics: the advantages alone
-            advantages = tempo_rl.tempo_advantages(responses, tree_mask, scores, group_ids, backend=backend, **options)
-        else:  # one pass over the tokens gives the advantages and the trainer's tree statistics
-            advantages, stats = tempo_rl.tempo_advantages_with_stats(
-                responses, tree_mask, scores, group_ids, backend=backend, **options
-            )
-            call.stats.update(stats.as_metrics(prefix="tempo/"))
-        if bool(_option(config, "tempo_trust_check", False)):
-            tempo_rl.check_against_reference(
-                advantages,
-                responses,
-                tree_mask,
-                scores,
-                group_ids,
-                **options,
-                max_groups=int(_option(config, "tempo_trust_groups", 4)),
-            )
-    if call is not None and bool(_option(config, "tempo_log_branch_snr", False)):  # about 2x the advantages' cost
-        snr = tempo_rl.branch_snr_stats(responses, tree_mask, scores, group_ids, backend=backend)
-        call.stats.update(snr.as_metrics(prefix="tempo/"))
-    return advantages, advantages
 
 
 core_algos.register_adv_est(TEMPO)(compute_tempo_outcome_advantage)

@@ -12,6 +12,7 @@ from .backends import BACKENDS, available_backends, get_backend, resolve_backend
 from .policy_loss import fused_policy_loss
 from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
+from .step import StepOptions, StepResult, advantage_step
 from .tree_forward import tree_logprobs
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
@@ -23,9 +24,12 @@ __all__ = [
     "Batch",
     "GroupTreeStats",
     "PrefixValues",
+    "StepOptions",
+    "StepResult",
     "TreeStats",
     "TrustReport",
     "__version__",
+    "advantage_step",
     "available_backends",
     "branch_snr_stats",
     "check_against_reference",

@@ -1,15 +1,21 @@
 """Trainer end to end on a tiny random model: smoke, exact resume, trust check, CLI."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import tempo_rl
+import tempo_rl.step
 from tempo_rl import cli
 from tempo_rl.trainer import train as train_mod
+from tempo_rl.trainer import update
 from tempo_rl.trainer.config import TrainConfig
+from tempo_rl.trainer.loading import load_policy
 from tempo_rl.trainer.rollout import Rollout, response_mask_after_eos
+from tempo_rl.trainer.scoring import score_logprobs
 from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
 
@@ -51,7 +57,7 @@ def _cfg(tiny_path, out, **kw):
 
 
 def test_smoke_two_steps_change_every_parameter(tiny_path, tmp_path):
-    model = train_mod.load_policy(tiny_path, torch.device("cpu"))[1]
+    model = load_policy(tiny_path, torch.device("cpu"))[1]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = _cfg(tiny_path, tmp_path, save_final=True, kl_coef=0.1, estimator="tempo")
     history = train_mod.train(cfg)
@@ -124,14 +130,17 @@ def _small_rollout():
 @pytest.mark.parametrize("offset, fails", [(0.0, False), (1e-3, True)])
 def test_trust_check_stops_on_mismatch(offset, fails):
     roll, rewards = _small_rollout(), torch.tensor([1.0, 0.0, 1.0, 0.0])
-    cfg = TrainConfig(backend="torch")
-    adv, _ = train_mod.compute_advantages(roll, rewards, cfg)
+    options = train_mod.step_options(TrainConfig(backend="torch"), step=0, trust=True)
+    adv = train_mod.compute_advantages(roll, rewards, TrainConfig(backend="torch")).advantages
     adv[3, 1] += offset  # group 1, row 3, token 1
+    args = (roll.responses, roll.response_mask, rewards, roll.group_ids)
     if fails:
-        with pytest.raises(train_mod.AdvantageMismatch, match="group 1, row 3, token 1"):
-            train_mod.trust_check(adv, roll, rewards, cfg, step=0)
+        with pytest.raises(tempo_rl.AdvantageMismatch, match="group 1, row 3, token 1"):
+            with mock.patch.object(tempo_rl.step, "tempo_advantages_with_stats", return_value=(adv, None)):
+                tempo_rl.advantage_step(*args, options=options)
     else:
-        assert train_mod.trust_check(adv, roll, rewards, cfg, step=0)
+        report = tempo_rl.advantage_step(*args, options=options).trust
+        assert report is not None and report.groups_checked == 2 and report.max_abs_diff <= 1e-6
 
 
 def test_response_mask_includes_first_eos_only():
@@ -224,21 +233,21 @@ def test_fused_loss_equals_unfused(tiny_path, aggregation, with_old):
     (fused_loss=False): same loss, metrics and gradient of every parameter, KL on."""
     from tempo_rl.trainer.rollout import sample_groups
 
-    model, tok = train_mod.load_policy(tiny_path, torch.device("cpu"))[1], build_tokenizer()
+    model, tok = load_policy(tiny_path, torch.device("cpu"))[1], build_tokenizer()
     cfg = TrainConfig(model=tiny_path, kl_coef=0.1, aggregation=aggregation)
     torch.manual_seed(0)
     roll = sample_groups(model, tok, ["1+2=", "34+5="], group_size=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
     adv = torch.randn(roll.responses.shape)  # (B, Lr) token advantages
-    ref = train_mod.score_logprobs(model, roll, cfg, None) + 0.1 * torch.randn(roll.responses.shape)
+    ref = score_logprobs(model, roll, cfg, None) + 0.1 * torch.randn(roll.responses.shape)
     old = None
     if with_old:
-        old = train_mod.score_logprobs(model, roll, cfg, None) - 0.3 * torch.randn(roll.responses.shape)
+        old = score_logprobs(model, roll, cfg, None) - 0.3 * torch.randn(roll.responses.shape)
     # the micro-batch is half of a mini-batch: the divisor is twice its own count
     denom = 2.0 * (roll.n_tokens if aggregation == "token-mean" else roll.responses.shape[0])
     results = []
-    for fn in (train_mod.micro_loss_unfused, train_mod.micro_loss_fused):
+    for fn in (update.micro_loss_unfused, update.micro_loss_fused):
         model.zero_grad(set_to_none=True)
-        loss, metrics = fn(model, roll, adv, old, ref, cfg, denom, None)
+        loss, metrics = fn(model, roll, update.MicroTargets(adv, old, ref, denom), cfg, None)
         loss.backward()
         results.append((loss.detach(), metrics, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (l0, m0, g0), (l1, m1, g1) = results

@@ -20,6 +20,7 @@ import tempo_rl  # noqa: E402
 from tempo_rl.trainer import train as train_mod  # noqa: E402
 from tempo_rl.trainer.config import TrainConfig  # noqa: E402
 from tempo_rl.trainer.data import CHANCE_TOKENS, LUCK_PREAMBLE, load_dataset  # noqa: E402
+from tempo_rl.trainer.loading import chance_token, load_policy  # noqa: E402
 from tempo_rl.trainer.rewards import luck_reward  # noqa: E402
 from tempo_rl.trainer.rollout import ChanceToken, Rollout, sample_groups  # noqa: E402
 from tempo_rl.trainer.tiny import _noisy_demo, build_model, build_tokenizer  # noqa: E402
@@ -39,7 +40,7 @@ def tiny_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(tiny_path):
-    return train_mod.load_policy(tiny_path, torch.device("cpu"))
+    return load_policy(tiny_path, torch.device("cpu"))
 
 
 def digit_reward(completion: str, answer: str) -> float:
@@ -105,9 +106,9 @@ def test_chance_token_gets_zero_advantage_and_td_applies_after_it():
     roll = Rollout(responses[:, :1], torch.ones(4, 1, dtype=torch.long), responses, mask,
                    torch.zeros(4, dtype=torch.long), [""] * 4, {}, chance.loss_mask(mask))  # fmt: skip
     cfg = TrainConfig(estimator="tempo", backend="reference")
-    adv, _ = train_mod.compute_advantages(roll, rewards, cfg)
+    adv = train_mod.compute_advantages(roll, rewards, cfg).advantages
     unmasked = tempo_rl.tempo_advantages(responses, mask, rewards, [0] * 4, backend="reference")
-    grpo, _ = train_mod.compute_advantages(roll, rewards, TrainConfig(estimator="grpo", backend="reference"))
+    grpo = train_mod.compute_advantages(roll, rewards, TrainConfig(estimator="grpo", backend="reference")).advantages
     assert (adv[:, 1] == 0).all() and (grpo[:, 1] == 0).all()
     keep = [0, 2, 3]
     assert torch.allclose(adv[:, keep], unmasked[:, keep])
@@ -134,10 +135,10 @@ def test_luck_demonstrations_and_chance_position():
     assert 150 < sum(right) < 250  # the carry forgotten half of the time, no other error
     tok = build_tokenizer()
     cfg = TrainConfig(dataset="luck")
-    chance = train_mod.chance_token(tok, cfg)
+    chance = chance_token(tok, cfg)
     assert chance is not None and chance.position == len(LUCK_PREAMBLE)
     assert chance.token_ids == tuple(tok.convert_tokens_to_ids(list(CHANCE_TOKENS["luck"][1])))
-    assert train_mod.chance_token(tok, TrainConfig(dataset="add")) is None
+    assert chance_token(tok, TrainConfig(dataset="add")) is None
     assert load_dataset("luck", n=5, seed=3) == load_dataset("add", n=5, seed=3)
 
 

@@ -123,7 +123,7 @@ def test_hold_out_is_disjoint_seeded_and_at_most_a_tenth():
 def test_chat_prompts_are_rendered_with_the_chat_template():
     from tempo_rl.trainer.config import TrainConfig
     from tempo_rl.trainer.data import Example
-    from tempo_rl.trainer.train import prompts_for
+    from tempo_rl.trainer.loading import prompts_for
 
     class Tok:
         chat_template = "{% for m in messages %}<{{m.role}}>{{m.content}}{% endfor %}"

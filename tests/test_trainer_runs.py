@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tempo_rl import cli
-from tempo_rl.trainer import checkpoint
+from tempo_rl.trainer import checkpoint, loading
 from tempo_rl.trainer import train as train_mod
 from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
@@ -154,7 +154,7 @@ def test_several_weighted_rewards_log_each_mean(tiny_path, scratch, capsys):
     ],
 )
 def test_out_of_range_option_is_refused_before_loading(tiny_path, scratch, capsys, monkeypatch, flag, value, match):
-    monkeypatch.setattr(train_mod, "load_policy", _must_not_load)
+    monkeypatch.setattr(loading, "load_policy", _must_not_load)
     rc, _, err = _train(_args(tiny_path, "out", flag, value), capsys)
     assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
 
@@ -168,7 +168,7 @@ def test_out_of_range_option_is_refused_before_loading(tiny_path, scratch, capsy
     ],
 )
 def test_bad_yaml_values_name_the_field(tiny_path, scratch, capsys, monkeypatch, yaml_line, match):
-    monkeypatch.setattr(train_mod, "load_policy", _must_not_load)
+    monkeypatch.setattr(loading, "load_policy", _must_not_load)
     (scratch / "run.yaml").write_text(yaml_line + "\n")
     rc, _, err = _train(["train", "--config", "run.yaml", "--model", tiny_path, "--output-dir", "out"], capsys)
     assert rc == 2 and match in err
@@ -293,13 +293,13 @@ def test_a_planted_pickle_is_never_loaded(tiny_path, scratch, capsys):
 
 # ----------------------------------------------------------------------------- errors up front
 def test_missing_dataset_is_reported_before_the_model_loads(tiny_path, scratch, capsys, monkeypatch):
-    monkeypatch.setattr(train_mod, "load_policy", _must_not_load)
+    monkeypatch.setattr(loading, "load_policy", _must_not_load)
     rc, _, err = _train(_args(tiny_path, "out", "--dataset", "data/nope.jsonl"), capsys)
     assert rc == 2 and "dataset 'data/nope.jsonl'" in err
 
 
 def test_missing_reward_module_is_reported_before_the_model_loads(tiny_path, scratch, capsys, monkeypatch):
-    monkeypatch.setattr(train_mod, "load_policy", _must_not_load)
+    monkeypatch.setattr(loading, "load_policy", _must_not_load)
     rc, _, err = _train(_args(tiny_path, "out", "--reward", "not_there:fn"), capsys)
     assert rc == 2 and "reward 'not_there:fn': cannot import" in err
 
@@ -382,7 +382,7 @@ def test_own_dataset_without_eval_set_holds_out_prompts_training_never_sees(scra
     (scratch / "data.jsonl").write_text(
         "".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(50))
     )
-    train, evals = train_mod.train_and_eval_examples(TrainConfig(dataset="data.jsonl", eval_prompts=256))
+    train, evals = loading.train_and_eval_examples(TrainConfig(dataset="data.jsonl", eval_prompts=256))
     assert len(evals) == 5 and len(train) == 45
     assert not {e.prompt for e in evals} & {e.prompt for e in train}
 

@@ -213,7 +213,9 @@ def gradient_agreement(
     policy gradients (same samples, ratio 1, the configured aggregation). Each row also carries the
     mean cosine of its gradients with the other batches' (per estimator): a scale-free
     signal-to-noise measure, since independent noise averages to cosine 0."""
-    from .train import chance_token, compute_advantages, load_policy, model_path, score
+    from .evaluate import score
+    from .loading import chance_token, load_policy, model_path
+    from .train import compute_advantages
 
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
@@ -239,7 +241,7 @@ def gradient_agreement(
         )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
-            adv, _ = compute_advantages(roll, rewards, replace(cfg, estimator=est))
+            adv = compute_advantages(roll, rewards, replace(cfg, estimator=est)).advantages
             logp, _ = forward_logprobs(model, roll)
             loss = policy_loss(logp, logp.detach(), adv, roll.loss_mask, aggregation=cfg.aggregation).loss
             grads[est].append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
@@ -493,7 +495,7 @@ def run(args) -> int:
     import sys
 
     from .config import INSTALL_TRAIN, UsageError
-    from .train import TRAIN_MODULES, require_modules
+    from .loading import TRAIN_MODULES, require_modules
 
     try:  # before 25 minutes of runs, not at the plot after them
         require_modules((*TRAIN_MODULES, "matplotlib"), "tempo-rl compare", INSTALL_TRAIN)
@@ -504,7 +506,7 @@ def run(args) -> int:
         print("warning: a fair comparison needs >= 3 learning rates and >= 3 seeds", file=sys.stderr)
     base = TrainConfig(**(load_file(args.config) if args.config else {}))
     base = replace(base, steps=args.steps, eval_every=args.eval_every).validate()
-    from .train import model_path
+    from .loading import model_path
 
     model_path(base)  # build the shared initial policy once, before the workers start
     t0 = time.perf_counter()

@@ -1,4 +1,6 @@
-"""The policy loss: PPO clipped surrogate with asymmetric clip, k3 KL, two aggregation modes.
+"""The full-logits policy loss of the trainer (`fused_loss = False`): token log-probs from (B, T, V)
+logits, and the PPO clipped surrogate, k3 KL and aggregation of `tempo_rl.fast.policy_loss_torch`
+(their one definition, shared with the fused path) applied to them.
 
 All functions take per-token tensors of shape (B, T) over response positions and a 0/1 mask.
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from tempo_rl.fast.policy_loss_torch import LossParams, k3, surrogate, token_weights
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -25,28 +29,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Low-variance unbiased estimator of KL(pi || pi_ref) per token (Schulman's k3):
-    r - log r - 1 with r = pi_ref / pi, always >= 0. (B, T) -> (B, T)."""
-    log_ratio = ref_logp - logp
-    return torch.exp(log_ratio) - log_ratio - 1.0
-
-
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, denom: float | None = None) -> torch.Tensor:
-    """Reduce per-token values (B, T) to a scalar.
-
-    "token-mean": sum over all unmasked tokens / their count (every token weighs the same; DAPO).
-    "sequence-mean": mean over each response's tokens, then mean over responses (GRPO's paper form).
-    `denom` overrides the divisor (token count or response count of the whole mini-batch) so that
-    micro-batches of one mini-batch sum to its loss under gradient accumulation.
-    """
-    mask = mask.to(values.dtype)
-    if mode == "token-mean":
-        return (values * mask).sum() / (denom if denom is not None else mask.sum().clamp(min=1))
-    if mode == "sequence-mean":
-        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (B,)
-        return per_seq.sum() / (denom if denom is not None else values.shape[0])
-    raise ValueError(f"aggregation must be 'token-mean' or 'sequence-mean', got {mode!r}")
+    """Reduce per-token values (B, T) to a scalar: sum of `token_weights(mask, mode, denom)` x values."""
+    return (token_weights(mask, mode, denom).to(values.dtype) * values).sum()
 
 
 @dataclass
@@ -79,24 +64,24 @@ def policy_loss(
     Args:
         logp, old_logp, advantages, mask: (B, T) over response positions; old_logp detached.
         ref_logp: (B, T) log-probs of the frozen reference, needed when kl_coef > 0.
-        denom: divisor override for gradient accumulation (see `aggregate`).
+        denom: divisor override for gradient accumulation (see `token_weights`).
     """
-    mask = mask.to(logp.dtype)
-    ratio = torch.exp(logp - old_logp)  # (B, T)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
-    per_token = -torch.minimum(unclipped, clipped)
-    pg = aggregate(per_token, mask, aggregation, denom)
+    if kl_coef and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs ref_logp")
+    params = LossParams(clip_low, clip_high, kl_coef, 1.0)
+    w = token_weights(mask, aggregation, denom).to(logp.dtype)  # (B, T)
+    ratio, per_token, _ = surrogate(logp, old_logp, advantages, params)  # (B, T) each
+    pg = (w * per_token).sum()
     loss = pg
     kl = torch.zeros((), dtype=logp.dtype)
     if kl_coef:
-        if ref_logp is None:
-            raise ValueError("kl_coef > 0 needs ref_logp")
-        kl = aggregate(k3_kl(logp, ref_logp), mask, aggregation, denom)
+        assert ref_logp is not None
+        kl = (w * k3(logp, ref_logp)[0]).sum()
         loss = loss + kl_coef * kl
     with torch.no_grad():
-        n = mask.sum().clamp(min=1)
+        m = mask.to(logp.dtype)
+        n = m.sum().clamp(min=1)
         was_clipped = ((advantages > 0) & (ratio > 1 + clip_high)) | ((advantages < 0) & (ratio < 1 - clip_low))
-        clip_fraction = (was_clipped.to(mask.dtype) * mask).sum() / n
-        approx_kl = (k3_kl(logp, old_logp) * mask).sum() / n
+        clip_fraction = (was_clipped.to(m.dtype) * m).sum() / n
+        approx_kl = (k3(logp, old_logp)[0] * m).sum() / n
     return LossOutput(loss, pg.detach(), kl.detach(), clip_fraction, approx_kl)

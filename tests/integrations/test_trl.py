@@ -283,8 +283,9 @@ def test_branch_snr_diagnostic_is_logged_when_asked():
     fake = types.SimpleNamespace(
         model=types.SimpleNamespace(training=True), num_generations=GROUP, num_generations_eval=GROUP,
         accelerator=types.SimpleNamespace(num_processes=1, process_index=0), reward_weights=torch.ones(1),
-        scale_rewards="group", tempo_eps=1e-4, tempo_td_coef=1.0, tempo_backend="torch", tempo_log_tree_stats=True,
-        tempo_trust_check=True, tempo_trust_groups=2, tempo_log_branch_snr=True,
+        scale_rewards="group", tempo_options=tempo_rl.StepOptions(
+            eps=1e-4, backend="torch", trust_check=True, trust_groups=2, log_branch_snr=True
+        ),
         _metrics=defaultdict(lambda: defaultdict(list)), _logs={"advantages": deque(maxlen=64)},
     )  # fmt: skip
     fake._log_tempo = types.MethodType(TempoGRPOTrainer._log_tempo, fake)
