@@ -132,10 +132,11 @@ def tree_logprobs(
         model: a Hugging Face causal LM (`AutoModelForCausalLM`) whose attention goes through the
             attention interface (Llama, Qwen2, Mistral, ...). Its attention is routed through the tree
             attention function from the first call on (`_install`).
-        prompt_ids, prompt_mask: (B, P) token ids and 0/1 mask; prompt tokens are where the mask is 1
-            (left, right or no padding).
-        completion_ids, completion_mask: (B, T); a row's completion runs to its last masked position,
-            and positions with mask 0 before it are context that is not scored (multi-turn tool output).
+        prompt_ids: (B, P) integer token ids of the prompts.
+        prompt_mask: (B, P) 0/1 (any dtype); prompt tokens are where it is 1 (left, right or no padding).
+        completion_ids: (B, T) integer token ids of the completions.
+        completion_mask: (B, T) 0/1; a row's completion runs to its last masked position, and positions
+            with mask 0 before it are context that is not scored (multi-turn tool output).
         temperature: the logits are divided by it before the log-softmax, as in sampling.
         packing: a `Packing` of these rows, to reuse one packing across several forwards.
     Returns:

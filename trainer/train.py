@@ -80,10 +80,14 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
         run.metrics.write(row)
         history.append(row)
     bar = progress_bar(cfg, run.start)
-    flat_steps = (run.setup.state or {}).get("run", {}).get("flat_steps", 0)  # continues the checkpoint's count
+    # The loop's counters continue where the checkpoint left them, so a resumed run checks the same
+    # batches and stops at the same step as an uninterrupted one.
+    counters = {"flat_steps": 0, "trust_checked": 0, **(run.setup.state or {}).get("run", {})}
     try:
         for step in bar:
-            row, roll, rewards, batch = train_step(run, step, trust=step - run.start < cfg.trust_batches)
+            trust = counters["trust_checked"] < cfg.trust_batches
+            row, roll, rewards, batch = train_step(run, step, trust=trust)
+            counters["trust_checked"] += trust
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
                 row["eval_accuracy"] = evaluate_policy(run)
             if cfg.dump_rollouts_every and (step + 1) % cfg.dump_rollouts_every == 0:
@@ -91,9 +95,9 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
             run.metrics.write(row)
             history.append(row)
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", eval=row.get("eval_accuracy", ""))
-            flat_steps = flat_steps + 1 if all_groups_flat(rewards, roll.group_ids) else 0
-            maybe_save(run, step + 1, flat_steps)
-            check_not_flat(cfg, flat_steps, step + 1, row["reward_mean"])
+            counters["flat_steps"] = counters["flat_steps"] + 1 if all_groups_flat(rewards, roll.group_ids) else 0
+            maybe_save(run, step + 1, counters)
+            check_not_flat(cfg, counters["flat_steps"], step + 1, row["reward_mean"])
     finally:
         bar.close()
         run.metrics.close()
@@ -166,7 +170,7 @@ def progress_bar(cfg: TrainConfig, start: int):
     )
 
 
-def maybe_save(run: Run, done: int, flat_steps: int) -> None:
+def maybe_save(run: Run, done: int, counters: dict[str, int]) -> None:
     """A checkpoint every `save_every` steps, and after the last one with `save_final`."""
     cfg = run.cfg
     if (cfg.save_every and done % cfg.save_every == 0) or (done == cfg.steps and cfg.save_final):
@@ -179,7 +183,7 @@ def maybe_save(run: Run, done: int, flat_steps: int) -> None:
             scheduler=run.sched,
             config=cfg.to_dict(),
             keep=cfg.keep_checkpoints,
-            run_state={"flat_steps": flat_steps},
+            run_state=dict(counters),
         )
 
 
