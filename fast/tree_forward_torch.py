@@ -133,13 +133,21 @@ def pack(
 # ----------------------------------------------------------------------------- attention
 @dataclass
 class AttentionPlan:
-    """Query blocks for `tree_attention`, in buckets: per bucket the key nodes (A, K) of each block's
-    row path up to the block's last query (-1 padding), its query nodes (A, Q) (-1 padding) and their
-    depths (A, Q)."""
+    """Query blocks for `tree_attention`, computed once per packing and shared by every layer.
 
-    keys: list[torch.Tensor]
-    queries: list[torch.Tensor]
-    query_depth: list[torch.Tensor]
+    The blocks are cut into buckets; bucket b holds A_b blocks of up to Q_b queries over up to K_b keys.
+    key_index: (sum_b A_b K_b,) the nodes each block reads as keys (its row's path up to its last
+    query; padding reads node 0 and is masked); query_index: (sum_b A_b Q_b,) each block's query
+    nodes (padding reads node 0, its output is dropped); masks[b]: (A_b, 1, Q_b, K_b) bool, key
+    depth <= query depth on real keys; shapes[b] = (A_b, Q_b, K_b); output_slot: (N,) where each
+    node's output sits in the blocks' concatenated query slots (every node is a query exactly once).
+    """
+
+    key_index: torch.Tensor
+    query_index: torch.Tensor
+    masks: list[torch.Tensor]
+    shapes: list[tuple[int, int, int]]
+    output_slot: torch.Tensor
     num_nodes: int
 
 
@@ -170,20 +178,38 @@ def attention_plan(p: Packing, *, block: int = 64, waste: float = 1.25) -> Atten
                 continue
         buckets.append([it])
         exact = cost
-    plan = AttentionPlan([], [], [], p.num_nodes)
     dev = p.tokens.device
     sorted_nodes = p.row_nodes[p.order]  # (B, S) by sorted position
+    key_index, query_index, slots, masks, shapes = [], [], [], [], []
+    offset = 0
     for bucket in buckets:
         k_len, q_len, q_depth0, q_node0, rows = (torch.tensor(c, dtype=torch.int64, device=dev) for c in zip(*bucket))
-        k, q = int(k_len.max()), int(q_len.max())
+        a, k, q = len(bucket), int(k_len.max()), int(q_len.max())
         cols = torch.arange(k, device=dev)
-        keys = torch.where(cols[None, :] < k_len[:, None], sorted_nodes[rows, :k], -1)  # (A, K)
+        k_ok = cols[None, :] < k_len[:, None]  # (A, K)
+        keys = torch.where(k_ok, sorted_nodes[rows, :k], 0)  # (A, K)
         offs = torch.arange(q, device=dev)
         q_ok = offs[None, :] < q_len[:, None]  # (A, Q); a block's queries are contiguous nodes
-        plan.keys.append(keys)
-        plan.queries.append(torch.where(q_ok, q_node0[:, None] + offs[None, :], -1))
-        plan.query_depth.append(torch.where(q_ok, q_depth0[:, None] + offs[None, :], 0))
-    return plan
+        q_depth = torch.where(q_ok, q_depth0[:, None] + offs[None, :], 0)  # (A, Q); padding sees the root
+        key_index.append(keys.reshape(-1))
+        query_index.append(torch.where(q_ok, q_node0[:, None] + offs[None, :], 0).reshape(-1))
+        masks.append(((cols[None, None, :] <= q_depth[:, :, None]) & k_ok[:, None, :])[:, None])  # (A, 1, Q, K)
+        shapes.append((a, q, k))
+        slot = offset + torch.arange(a * q, device=dev).view(a, q)
+        slots.append((torch.where(q_ok, q_node0[:, None] + offs[None, :], -1)[q_ok], slot[q_ok]))
+        offset += a * q
+    output_slot = torch.empty(p.num_nodes, dtype=torch.int64, device=dev)
+    for nodes, slot in slots:
+        output_slot[nodes] = slot
+    empty = torch.zeros(0, dtype=torch.int64, device=dev)
+    return AttentionPlan(
+        torch.cat(key_index) if key_index else empty,
+        torch.cat(query_index) if query_index else empty,
+        masks,
+        shapes,
+        output_slot,
+        p.num_nodes,
+    )
 
 
 def tree_attention(
@@ -192,24 +218,24 @@ def tree_attention(
     """Attention of every packed node over its ancestors and itself.
 
     query: (H, N, D); key, value: (Hk, N, D) with H a multiple of Hk (grouped-query heads share keys).
-    Returns (N, H, D). Padding slots are masked; a padded query slot attends to its row's root so no
-    softmax row is empty (its output is dropped)."""
-    h, n, d = query.shape
-    rep = h // key.shape[0]
-    if rep > 1:
-        key, value = key.repeat_interleave(rep, dim=0), value.repeat_interleave(rep, dim=0)
-    out = query.new_zeros(n, h, value.shape[-1])
-    for keys, queries, q_depth in zip(plan.keys, plan.queries, plan.query_depth):
-        a, k = keys.shape
-        q_ok = queries >= 0
-        kk = key[:, keys.clamp(min=0)].transpose(0, 1)  # (A, H, K, D)
-        vv = value[:, keys.clamp(min=0)].transpose(0, 1)
-        qq = query[:, queries.clamp(min=0)].transpose(0, 1)  # (A, H, Q, D)
-        k_depth = torch.arange(k, device=keys.device)
-        allowed = (k_depth[None, None, :] <= q_depth[:, :, None]) & (keys[:, None, :] >= 0)  # (A, Q, K)
+    Returns (N, H, D). One gather of queries, keys and values for all blocks and one scatter of the
+    outputs per call (their backward is one index_add each), the blocks' attention in between."""
+    h, _, d = query.shape
+    hk, dv = key.shape[0], value.shape[-1]
+    # split (not slicing) so the backward concatenates the blocks' gradients instead of adding one
+    # zero-padded full-size gradient per bucket
+    k_sizes = [a * k for a, _, k in plan.shapes]
+    q_sizes = [a * q for a, q, _ in plan.shapes]
+    kks = key.index_select(1, plan.key_index).split(k_sizes, dim=1)  # (Hk, A K, D) per bucket
+    vvs = value.index_select(1, plan.key_index).split(k_sizes, dim=1)
+    qqs = query.index_select(1, plan.query_index).split(q_sizes, dim=1)  # (H, A Q, D) per bucket
+    outs = []
+    for (a, q, k), mask, qq, kk, vv in zip(plan.shapes, plan.masks, qqs, kks, vvs):
+        qb = qq.view(h, a, q, d).transpose(0, 1)  # (A, H, Q, D)
+        kb = kk.view(hk, a, k, d).transpose(0, 1)  # (A, Hk, K, D)
+        vb = vv.view(hk, a, k, dv).transpose(0, 1)
         o = torch.nn.functional.scaled_dot_product_attention(
-            qq, kk, vv, attn_mask=allowed[:, None], dropout_p=dropout, scale=scale
-        )  # (A, H, Q, D)
-        o = o.transpose(1, 2)[q_ok]  # (owned queries, H, D)
-        out = out.index_copy(0, queries[q_ok], o)
-    return out
+            qb, kb, vb, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=hk != h
+        )  # (A, H, Q, Dv)
+        outs.append(o.transpose(1, 2).reshape(a * q, h, dv))
+    return torch.cat(outs).index_select(0, plan.output_slot)  # (N, H, Dv)

@@ -168,10 +168,10 @@ def tree_logprobs(
         tempo_tree=run,
     )
     _check_run(model, run)
-    logits = out.logits[0].to(dtype) / temperature  # (K, V)
-    lse = torch.logsumexp(logits, dim=-1)  # (K,)
-    picked = logits[per_node, p.tokens[unique_nodes]]  # (U,)
-    node_logp = picked - lse[per_node]  # (U,)
+    logits = out.logits[0].to(dtype)  # (K, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    node_logp = torch.log_softmax(logits, dim=-1)[per_node, p.tokens[unique_nodes]]  # (U,)
     result = torch.zeros(b, t, dtype=dtype, device=dev)
     return result.masked_scatter(scored, node_logp[per_position])
 
