@@ -21,8 +21,16 @@ row's token count): `token_weights`, which the trainer's full-logits path uses t
 constants (no gradient). Masked positions never enter: their inputs are replaced by 0 first, so
 padding holding -inf or NaN cannot leak into the loss.
 
-d loss / d logp_i = w_i (-r_i A_i [unclipped branch active] + kl_coef (1 - exp(ref_i - logp_i))), and
-d logp_i / d z = onehot(y_i) - softmax(z): the per-token coefficient is all the chunk step needs.
+Items. For A > 0 the clipped term is -A min(r, 1 + clip_high), for A < 0 it is -A max(r, 1 - clip_low),
+so w (pg + kl_coef kl) is linear in (w A+, w A-, w) at a fixed r. The loss is therefore computed on
+*items*: anything with one logp and one old_logp, carrying pos = sum w A+, neg = sum w A- and
+weight = sum w over its tokens (`ItemTargets`). A token is an item; so is a prefix-tree node, whose
+rows all share one log-prob and one ratio (proofs_notes/tree-forward.md, P4): the tree-form loss is
+this same loss on the tree's nodes, and `surrogate` below is its one definition.
+
+d loss / d logp_i = -(pos_i r_i [r_i <= 1 + clip_high] + neg_i r_i [r_i >= 1 - clip_low])
++ kl_coef weight_i (1 - exp(ref_i - logp_i)), and d logp_i / d z = onehot(y_i) - softmax(z): the
+per-item coefficient is all the chunk step needs.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ class LossParams(NamedTuple):
 
 
 class ChunkOut(NamedTuple):
-    """Per-token results of one chunk, all (C,) float32."""
+    """Per-item results of one chunk, all (C,) float32: log-prob, entropy, the item's clipped term
+    (weighted: `surrogate`'s pg) and its k3 KL (unweighted)."""
 
     logp: torch.Tensor
     entropy: torch.Tensor
@@ -70,14 +79,48 @@ def token_weights(mask: torch.Tensor, aggregation: str, denom: float | None = No
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
 
 
-def surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, p: LossParams):
-    """(ratio, pg, d pg / d logp) per token; the derivative is the one autograd gives the reference's
-    torch.minimum / torch.clamp (the unclipped branch carries the gradient when it is the smaller)."""
-    ratio = torch.exp(logp - old_logp)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high) * adv
-    pg = -torch.minimum(unclipped, clipped)
-    dpg = torch.where(unclipped <= clipped, -unclipped, torch.zeros_like(unclipped))
+class ItemTargets(NamedTuple):
+    """What the loss needs of each item besides its log-prob, all (N,) float: the sampling policy's
+    log-prob, pos = sum of w max(A, 0) and neg = sum of w min(A, 0) over the item's tokens, weight =
+    sum of w (the KL term's weight), and the reference's log-prob (None without the KL term)."""
+
+    old: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+    weight: torch.Tensor
+    ref: torch.Tensor | None
+
+    def rows(self, sel: slice) -> "ItemTargets":
+        return ItemTargets(*(None if t is None else t[sel] for t in self))
+
+
+class ItemCounts(NamedTuple):
+    """Token counts per item for the logged token means, (N,) float: tokens, and among them those
+    with A > 0 (clipped above) and A < 0 (clipped below)."""
+
+    tokens: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+
+def token_items(
+    old_logp: torch.Tensor, adv: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, ref_logp: torch.Tensor | None
+) -> tuple[ItemTargets, ItemCounts]:
+    """Every token an item: (B, T) or (N,) inputs, all already 0 where the mask is 0."""
+    m = mask.to(w.dtype)
+    items = ItemTargets(old_logp, w * adv.clamp(min=0), w * adv.clamp(max=0), w, ref_logp)
+    return items, ItemCounts(m, m * (adv > 0).to(m.dtype), m * (adv < 0).to(m.dtype))
+
+
+def surrogate(logp: torch.Tensor, items: ItemTargets, p: LossParams):
+    """(ratio, pg, d pg / d logp) per item: pg = -(pos min(r, 1 + clip_high) + neg max(r, 1 - clip_low)),
+    the clipped surrogate summed over the item's tokens. pg is written with `where`, so autograd
+    through it gives d pg / d logp (the unclipped branch carries the gradient, ties included)."""
+    ratio = torch.exp(logp - items.old)
+    hi, lo = 1.0 + p.clip_high, 1.0 - p.clip_low
+    up, down = ratio <= hi, ratio >= lo  # where the ratio is not clipped, for each sign of A
+    pg = -(items.pos * torch.where(up, ratio, hi) + items.neg * torch.where(down, ratio, lo))
+    dpg = -(items.pos * torch.where(up, ratio, 0.0) + items.neg * torch.where(down, ratio, 0.0))
     return ratio, pg, dpg
 
 
@@ -95,23 +138,23 @@ def _masked(x: torch.Tensor | None, mask: torch.Tensor, dtype: torch.dtype = tor
     return torch.where(mask, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
 
 
-def metrics_from_tokens(logp, entropy, pg, kl, ratio, old_logp, adv, w, mask, p: LossParams) -> dict[str, torch.Tensor]:
-    """The scalars the trainer logs, detached: aggregated policy loss and KL, token means of the
-    clip fractions (low: A < 0 and r < 1 - clip_low; high: A > 0 and r > 1 + clip_high), k3
-    KL(old || new) and entropy. All (N,) inputs, mask bool."""
+def item_metrics(out: ChunkOut, items: ItemTargets, counts: ItemCounts, p: LossParams) -> dict[str, torch.Tensor]:
+    """The scalars the trainer logs, detached: the policy loss and KL as in the loss, and token means
+    (over counts.tokens) of the clip fractions (low: A < 0 and r < 1 - clip_low; high: A > 0 and
+    r > 1 + clip_high), k3 KL(old || new) and entropy. Per token or per node, the same numbers."""
     with torch.no_grad():
-        m = mask.to(torch.float32)
-        n = m.sum().clamp(min=1)
-        low = ((adv < 0) & (ratio < 1.0 - p.clip_low)).to(torch.float32) * m
-        high = ((adv > 0) & (ratio > 1.0 + p.clip_high)).to(torch.float32) * m
+        ratio = torch.exp(out.logp - items.old)
+        n = counts.tokens.sum().clamp(min=1)
+        low = counts.negative * (ratio < 1.0 - p.clip_low).to(n.dtype)
+        high = counts.positive * (ratio > 1.0 + p.clip_high).to(n.dtype)
         return {
-            "policy_loss": (w * pg).sum(),
-            "kl": (w * kl).sum(),
+            "policy_loss": out.pg.sum(),
+            "kl": (items.weight * out.kl).sum(),
             "clip_fraction": (low + high).sum() / n,
             "clip_fraction_low": low.sum() / n,
             "clip_fraction_high": high.sum() / n,
-            "approx_kl": (k3(logp, old_logp)[0] * m).sum() / n,
-            "entropy": (entropy * m).sum() / n,
+            "approx_kl": (k3(out.logp, items.old)[0] * counts.tokens).sum() / n,
+            "entropy": (out.entropy * counts.tokens).sum() / n,
         }
 
 
@@ -145,18 +188,32 @@ def policy_loss_ref(
     with torch.no_grad():
         logq = torch.log_softmax(logits, -1)  # (B, T, V)
         entropy = -(logq.exp() * logq).sum(-1)  # (B, T)
-    old, adv = _masked(old_logp, keep, dtype), _masked(advantages, keep, dtype)
-    ratio, pg, _ = surrogate(logp, old, adv, p)
     w = token_weights(keep, aggregation).to(dtype)  # (B, T)
-    loss = (w * pg).sum()
+    ref = _masked(ref_logp, keep, dtype) if kl_coef else None
+    old, adv = _masked(old_logp, keep, dtype), _masked(advantages, keep, dtype)
+    assert old is not None and adv is not None
+    items, counts = token_items(old, adv, w, keep, ref)
+    return items_loss(logp, items, counts, p, entropy=entropy)
+
+
+def items_loss(
+    logp: torch.Tensor,
+    items: ItemTargets,
+    counts: ItemCounts,
+    p: LossParams,
+    *,
+    entropy: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss and metrics from the items' log-probs (any shape, the items' shape), through autograd:
+    sum of `surrogate`'s pg + kl_coef weight k3. `entropy` (same shape) only feeds the metric."""
+    _, pg, _ = surrogate(logp, items, p)  # already weighted
+    loss = pg.sum()
     kl = torch.zeros_like(pg)
-    if kl_coef:
-        kl = k3(logp, _masked(ref_logp, keep, dtype))[0]
-        loss = loss + kl_coef * (w * kl).sum()
-    metrics = metrics_from_tokens(
-        logp.detach(), entropy, pg.detach(), kl.detach(), ratio.detach(), old, adv, w, keep, p
-    )
-    return loss, metrics
+    if items.ref is not None:
+        kl = k3(logp, items.ref)[0]
+        loss = loss + p.kl_coef * (items.weight * kl).sum()
+    ent = torch.zeros_like(pg) if entropy is None else entropy
+    return loss, item_metrics(ChunkOut(logp.detach(), ent, pg.detach(), kl.detach()), items, counts, p)
 
 
 # ----------------------------------------------------------------------------- the chunked path
@@ -166,16 +223,14 @@ ChunkStep = Callable[..., tuple[ChunkOut, "torch.Tensor | None"]]
 def chunk_step_torch(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    old: torch.Tensor,
-    adv: torch.Tensor,
-    ref: torch.Tensor | None,
-    w: torch.Tensor,
+    items: ItemTargets,
     p: LossParams,
     with_grad: bool,
     scratch: dict[str, torch.Tensor],
 ) -> tuple[ChunkOut, torch.Tensor | None]:
-    """One chunk: logits (C, V) float32, already divided by temperature -> (per-token results, and
-    with_grad the (C, V) float32 d loss / d (h W^T + b), temperature included; else None).
+    """One chunk: logits (C, V) float32, already divided by temperature; targets (C,) int64; items'
+    tensors (C,) float32 -> (per-item results, and with_grad the (C, V) float32 d loss / d (h W^T + b),
+    temperature included; else None).
 
     Memory: one (C, V) buffer besides the logits, kept in `scratch` across chunks and turned into
     the gradient in place; no other (C, V) temporary (on CPU a fresh buffer per chunk costs page
@@ -187,15 +242,14 @@ def chunk_step_torch(
     lse = peak.squeeze(-1) + torch.log(total)  # (C,)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (C,)
     entropy = lse - torch.bmm(e.unsqueeze(1), logits.unsqueeze(2)).view(-1) / total  # H = lse - sum p z
-    _, pg, dpg = surrogate(logp, old, adv, p)
+    _, pg, g = surrogate(logp, items, p)
     kl = torch.zeros_like(pg)
-    g = dpg
-    if ref is not None:
-        kl, dkl = k3(logp, ref)
-        g = g + p.kl_coef * dkl
+    if items.ref is not None:
+        kl, dkl = k3(logp, items.ref)
+        g = g + p.kl_coef * items.weight * dkl
     if not with_grad:
         return ChunkOut(logp, entropy, pg, kl), None
-    g = w * g / p.temperature  # (C,) d loss / d logp, through the temperature
+    g = g / p.temperature  # (C,) d loss / d logp, through the temperature
     e.mul_((-g / total).unsqueeze(-1))  # -g softmax(z)
     e.scatter_add_(-1, targets.unsqueeze(-1), g.unsqueeze(-1))  # + g onehot(y)
     return ChunkOut(logp, entropy, pg, kl), e
@@ -238,8 +292,8 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
     """Loss in forward; the gradients computed there too, scaled by the incoming gradient in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, old, adv, ref, w, p, chunk_size, chunk_step, tokens_out):
-        # hidden (N, H), weight (V, H), bias (V,) | None; targets, old, adv, ref, w: (N,)
+    def forward(ctx, hidden, weight, bias, targets, items, p, chunk_size, chunk_step, tokens_out):
+        # hidden (N, H), weight (V, H), bias (V,) | None; targets (N,); items: ItemTargets of (N,)
         grad_h_on, grad_w_on = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_b_on = bias is not None and ctx.needs_input_grad[2]
         with_grad = grad_h_on or grad_w_on or grad_b_on
@@ -253,18 +307,9 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
             rows = slice(start, min(n, start + chunk_size))
             h = hidden[rows]  # (C, H)
             logits = chunk_logits(h, weight, bias, p.temperature, scratch)  # (C, V) float32
-            out, grad_logits = chunk_step(
-                logits,
-                targets[rows],
-                old[rows],
-                adv[rows],
-                None if ref is None else ref[rows],
-                w[rows],
-                p,
-                with_grad,
-                scratch,
-            )
-            loss += (w[rows] * (out.pg + p.kl_coef * out.kl)).sum()
+            chunk = items.rows(rows)
+            out, grad_logits = chunk_step(logits, targets[rows], chunk, p, with_grad, scratch)
+            loss += (out.pg + p.kl_coef * chunk.weight * out.kl).sum()
             for name, value in zip(ChunkOut._fields, out):
                 tokens_out[name][rows] = value
             if with_grad:
@@ -289,7 +334,7 @@ class _ChunkedPolicyLoss(torch.autograd.Function):
             for g in (grad_h, grad_w, grad_b):
                 if g is not None:
                     g.mul_(grad_loss.to(g.dtype))
-        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None
 
 
 def _chunk_grads(
@@ -311,11 +356,12 @@ def _chunk_grads(
 
 
 def _accumulate_grad_weight(grad_w: torch.Tensor, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
-    """grad_w (V, H) float32 += grad_logits^T (V, C) @ h (C, H); in place for float32 (no (V, H) temporary)."""
-    if h.dtype == torch.float32:
+    """grad_w (V, H) += grad_logits^T (V, C) @ h (C, H); in place when h has grad_w's dtype (no (V, H)
+    temporary)."""
+    if h.dtype == grad_w.dtype:
         grad_w.addmm_(grad_logits.t(), h)
     else:
-        grad_w += (grad_logits.t() @ h).float()
+        grad_w += (grad_logits.t() @ h).to(grad_w.dtype)
 
 
 def _is_one(x: torch.Tensor) -> bool:
@@ -348,18 +394,33 @@ def policy_loss_chunked(
     n = b * t
     keep = mask.bool().reshape(n)
     w = token_weights(mask.bool(), aggregation).reshape(n)  # (N,)
-    old, adv = _masked(old_logp.reshape(n), keep), _masked(advantages.reshape(n), keep)
     ref = _masked(ref_logp.reshape(n), keep) if (kl_coef and ref_logp is not None) else None
+    old, adv = _masked(old_logp.reshape(n), keep), _masked(advantages.reshape(n), keep)
+    assert old is not None and adv is not None
+    items, counts = token_items(old, adv, w, keep, ref)
+    return items_loss_chunked(
+        hidden.reshape(n, h), weight, targets.reshape(n).long(), items, counts, p, bias, chunk_size, chunk_step
+    )
+
+
+def items_loss_chunked(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    items: ItemTargets,
+    counts: ItemCounts,
+    p: LossParams,
+    bias: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    chunk_step: ChunkStep = chunk_step_torch,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss and metrics over N items (tokens, or prefix-tree nodes): hidden (N, H) at the position
+    that predicts each item's target (N,) int64; items' and counts' tensors (N,) float32."""
+    n = hidden.shape[0]
     c = chunk_size or default_chunk_size(n, weight.shape[0])
     tokens = {name: torch.empty(n, dtype=torch.float32, device=hidden.device) for name in ChunkOut._fields}
-    loss = _ChunkedPolicyLoss.apply(
-        hidden.reshape(n, h), weight, bias, targets.reshape(n).long(), old, adv, ref, w, p, c, chunk_step, tokens
-    )
-    ratio = torch.exp(tokens["logp"] - old)
-    metrics = metrics_from_tokens(
-        tokens["logp"], tokens["entropy"], tokens["pg"], tokens["kl"], ratio, old, adv, w, keep, p
-    )
-    return loss, metrics
+    loss = _ChunkedPolicyLoss.apply(hidden, weight, bias, targets, items, p, c, chunk_step, tokens)
+    return loss, item_metrics(ChunkOut(**tokens), items, counts, p)
 
 
 @torch.no_grad()
@@ -383,3 +444,79 @@ def token_logprobs_chunked(
         logits = torch.nn.functional.linear(flat[s : s + c], weight, bias).float() / temperature  # (C, V)
         out[s : s + c] = logits.gather(-1, ids[s : s + c].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     return out.reshape(b, t)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log p(target) per row of hidden (N, H) through the LM head in chunks of C rows, with gradient.
+    With several chunks the backward recomputes each chunk's logits (one extra matmul) instead of
+    keeping (N, V); a single chunk keeps its softmax for the backward. Logits and gradients are
+    float32, float64 for float64 inputs."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, entropy_out):
+        n, dtype = hidden.shape[0], torch.promote_types(hidden.dtype, torch.float32)
+        logp = torch.empty(n, dtype=dtype, device=hidden.device)
+        ctx.kept = None
+        for s in range(0, n, chunk_size):
+            z = torch.nn.functional.linear(hidden[s : s + chunk_size], weight, bias).to(dtype) / temperature  # (C, V)
+            lse = torch.logsumexp(z, -1)  # (C,)
+            logp[s : s + chunk_size] = z.gather(-1, targets[s : s + chunk_size, None])[:, 0] - lse
+            if entropy_out is not None or n <= chunk_size:
+                q = torch.exp(z.sub_(lse[:, None]))  # (C, V) softmax, over z's buffer
+                if entropy_out is not None:
+                    entropy_out[s : s + chunk_size] = -(q * z).sum(-1)
+                if n <= chunk_size:
+                    ctx.kept = q
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_logp):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_b else None
+        c = ctx.chunk_size
+        for s in range(0, hidden.shape[0], c):
+            h = hidden[s : s + c]
+            g = grad_logp[s : s + c].to(dtype) / ctx.temperature  # (C,)
+            if ctx.kept is not None:
+                q, ctx.kept = ctx.kept, None  # the single chunk's softmax, used once
+            else:
+                q = torch.softmax(torch.nn.functional.linear(h, weight, bias).to(dtype) / ctx.temperature, -1)
+            grad_z = q.mul_(-g[:, None])  # (C, V) d/dz of g logp = g (onehot - softmax)
+            grad_z.scatter_add_(-1, targets[s : s + c, None], g[:, None])
+            _chunk_grads(grad_z, h, weight, None if grad_h is None else grad_h[s : s + c], grad_w, grad_b)
+        return (
+            grad_h,
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def token_logprobs_with_grad(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log p(target) (N,) with gradient to hidden, weight and bias; entropy (N,) without gradient, or
+    None) from hidden (N, H) and the LM head, never holding more than a chunk of (N, V) logits.
+    float32 (float64 for float64 inputs)."""
+    n, dtype = hidden.shape[0], torch.promote_types(hidden.dtype, torch.float32)
+    entropy = torch.empty(n, dtype=dtype, device=hidden.device) if with_entropy else None
+    c = chunk_size or default_chunk_size(n, weight.shape[0])
+    logp = _ChunkedLogprobs.apply(hidden, weight, bias, targets.long(), float(temperature), c, entropy)
+    return logp, entropy

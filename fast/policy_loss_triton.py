@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .policy_loss_torch import ChunkOut, LossParams, policy_loss_chunked
+from .policy_loss_torch import ChunkOut, ItemTargets, LossParams, policy_loss_chunked
 
 __all__ = ["chunk_step_triton", "policy_loss_triton"]
 
@@ -25,9 +25,10 @@ def _chunk_kernel(
     logits_ptr,
     targets_ptr,
     old_ptr,
-    adv_ptr,
+    pos_ptr,
+    neg_ptr,
     ref_ptr,
-    w_ptr,
+    weight_ptr,
     logp_ptr,
     entropy_ptr,
     pg_ptr,
@@ -66,27 +67,30 @@ def _chunk_kernel(
     target = tl.load(targets_ptr + row)
     logp = tl.load(base + target) - lse
 
-    # Per token: ratio, clipped surrogate and the derivative autograd gives the reference.
+    # Per item: ratio, clipped surrogate (pos = sum w A+, neg = sum w A-) and its derivative,
+    # `policy_loss_torch.surrogate`.
     old = tl.load(old_ptr + row)
-    adv = tl.load(adv_ptr + row)
+    pos = tl.load(pos_ptr + row)
+    neg = tl.load(neg_ptr + row)
     ratio = tl.exp(logp - old)
-    unclipped = ratio * adv
-    clipped = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high) * adv
-    g = tl.where(unclipped <= clipped, -unclipped, 0.0)
+    up = ratio <= 1.0 + clip_high
+    down = ratio >= 1.0 - clip_low
+    pg = -(pos * tl.where(up, ratio, 1.0 + clip_high) + neg * tl.where(down, ratio, 1.0 - clip_low))
+    g = -(pos * tl.where(up, ratio, 0.0) + neg * tl.where(down, ratio, 0.0))
     kl = 0.0
     if HAS_REF:
         log_r = tl.load(ref_ptr + row) - logp
         r = tl.exp(log_r)
         kl = r - log_r - 1.0
-        g += kl_coef * (1.0 - r)
+        g += kl_coef * tl.load(weight_ptr + row) * (1.0 - r)
     tl.store(logp_ptr + row, logp)
     tl.store(entropy_ptr + row, lse - t / s)
-    tl.store(pg_ptr + row, -tl.minimum(unclipped, clipped))
+    tl.store(pg_ptr + row, pg)
     tl.store(kl_ptr + row, kl)
 
     # Pass 2: d loss / d (raw logits) = g (onehot(y) - softmax) / temperature, over the logits.
     if WITH_GRAD:
-        g = g * tl.load(w_ptr + row) * inv_temperature
+        g = g * inv_temperature
         for start in range(0, vocab, BLOCK_V):
             inside = start + cols < vocab
             z = tl.load(base + start + cols, mask=inside, other=0.0)
@@ -97,31 +101,30 @@ def _chunk_kernel(
 def chunk_step_triton(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    old: torch.Tensor,
-    adv: torch.Tensor,
-    ref: torch.Tensor | None,
-    w: torch.Tensor,
+    items: ItemTargets,
     p: LossParams,
     with_grad: bool,
     scratch: dict | None = None,
     block_v: int | None = None,
 ) -> tuple[ChunkOut, torch.Tensor | None]:
     """`policy_loss_torch.chunk_step_torch` with one kernel launch: logits (C, V) float32 with unit
-    column stride, targets (C,) int64, old / adv / ref / w (C,) float32; needs no scratch buffer
-    (the gradient overwrites the logits). One program per token
+    column stride, targets (C,) int64, items' tensors (C,) float32; needs no scratch buffer
+    (the gradient overwrites the logits). One program per item
     streams its row in BLOCK_V columns (default: up to 4096; tests pass small ones to cross blocks)."""
     c, vocab = logits.shape
     if logits.dtype != torch.float32 or logits.stride(1) != 1:
         raise ValueError("logits must be float32 with unit column stride")
     out = ChunkOut(*(torch.empty(c, dtype=torch.float32, device=logits.device) for _ in ChunkOut._fields))
     block_v = block_v or min(4096, triton.next_power_of_2(vocab))
+    old = items.old.contiguous()
     _chunk_kernel[(c,)](
         logits,
         targets.contiguous(),
-        old.contiguous(),
-        adv.contiguous(),
-        old if ref is None else ref.contiguous(),
-        w.contiguous(),
+        old,
+        items.pos.contiguous(),
+        items.neg.contiguous(),
+        old if items.ref is None else items.ref.contiguous(),
+        items.weight.contiguous(),
         out.logp,
         out.entropy,
         out.pg,
@@ -132,7 +135,7 @@ def chunk_step_triton(
         float(p.clip_high),
         float(p.kl_coef),
         1.0 / float(p.temperature),
-        HAS_REF=ref is not None,
+        HAS_REF=items.ref is not None,
         WITH_GRAD=with_grad,
         BLOCK_V=block_v,
     )

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .policy_loss_torch import ItemCounts, ItemTargets
+
 
 @dataclass
 class Packing:
@@ -239,3 +241,55 @@ def tree_attention(
         )  # (A, H, Q, Dv)
         outs.append(o.transpose(1, 2).reshape(a * q, h, dv))
     return torch.cat(outs).index_select(0, plan.output_slot)  # (N, H, Dv)
+
+
+# ----------------------------------------------------------------------------- the loss on nodes
+def node_items(
+    completion_node: torch.Tensor,
+    scored: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+) -> tuple[torch.Tensor, ItemTargets, ItemCounts]:
+    """Group a batch's scored tokens into loss items: one per (node, old log-prob, reference log-prob).
+
+    Rows through one node share its log-prob; when they also share old_logp and ref_logp (as they do
+    when those come from a tree forward too) they share its ratio and KL, so their clipped terms add up
+    to one node term (proofs_notes/tree-forward.md, P4). Values that differ split the node into
+    several items, so the sum stays exact for any inputs.
+
+    completion_node: (B, T) int64 node of each position (`Packing.completion_node`); scored: (B, T)
+    bool; old_logp, advantages, weights (the aggregation's token weights), ref_logp: (B, T) float,
+    finite where scored. Returns item_node (U,) int64 (each item's node), the items' `ItemTargets` and
+    `ItemCounts` (U,) in weights' dtype."""
+    dtype = weights.dtype
+    node = completion_node[scored]  # (M,)
+    old = old_logp[scored].to(dtype)
+    ref = None if ref_logp is None else ref_logp[scored].to(dtype)
+    adv, w = advantages[scored].to(dtype), weights[scored]
+    keys = [node, _bits(old)] + ([] if ref is None else [_bits(ref)])
+    uniq, item = torch.unique(torch.stack(keys, dim=1), dim=0, return_inverse=True)  # (U, k), (M,)
+    u = uniq.shape[0]
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(u, dtype=dtype, device=x.device).index_add_(0, item, x.to(dtype))
+
+    first = torch.empty(u, dtype=torch.int64, device=node.device)
+    first[item] = torch.arange(item.numel(), device=node.device)  # any token of the item: all share its values
+    targets = ItemTargets(
+        old[first],
+        total(w * adv.clamp(min=0)),
+        total(w * adv.clamp(max=0)),
+        total(w),
+        None if ref is None else ref[first],
+    )
+    counts = ItemCounts(total(torch.ones_like(w)), total((adv > 0).to(dtype)), total((adv < 0).to(dtype)))
+    return uniq[:, 0], targets, counts
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """The float's bit pattern as int64, so equal values (and only they) compare equal."""
+    if x.dtype == torch.float64:
+        return x.view(torch.int64)
+    return x.to(torch.float32).view(torch.int32).to(torch.int64)

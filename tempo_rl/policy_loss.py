@@ -17,7 +17,7 @@ from tempo_rl.fast import policy_loss_torch
 
 from .backends import get_backend, resolve_backend
 
-__all__ = ["fused_logprobs", "fused_policy_loss"]
+__all__ = ["fused_logprobs", "fused_policy_loss", "lm_head"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -107,6 +107,48 @@ def fused_logprobs(
     _check_targets(targets, hidden.shape[:2], weight.shape[0])
     _check_number("temperature", temperature, lambda v: v > 0, "> 0")
     return policy_loss_torch.token_logprobs_chunked(hidden, weight, targets, bias=bias, temperature=temperature)
+
+
+def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (V, H), bias (V,) | None) of a causal LM whose logits are exactly hidden @ W^T + b.
+
+    Models that transform the logits further (soft-capping, a logit scale) are refused: a loss on the
+    LM head would compute something else; score them through their full logits."""
+    config = getattr(model, "config", None)
+    for knob in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        value = getattr(config, knob, None)
+        if value not in (None, 1, 1.0):
+            raise ValueError(
+                f"this model sets {knob}={value!r}, so its logits are not the LM head's output; "
+                "use the full-logits path (fused_loss = False)"
+            )
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"the model's output embedding is a {type(head).__name__}, not nn.Linear; "
+            "use the full-logits path (fused_loss = False)"
+        )
+    return head.weight, head.bias
+
+
+def check_loss_terms(mask, old_logp, advantages, ref_logp, kl_coef, clip_low, clip_high, aggregation) -> None:
+    """The loss's per-token inputs, each (B, T) like `mask`, and its scalars; ValueError / TypeError
+    naming the argument."""
+    _check_scalars(kl_coef, clip_low, clip_high, 1.0, aggregation)
+    if kl_coef and ref_logp is None:
+        raise ValueError("ref_logp is required when kl_coef > 0")
+    keep = mask.bool()
+    for name, x in (("old_logp", old_logp), ("advantages", advantages), ("ref_logp", ref_logp)):
+        if x is None:
+            continue
+        _check_float(name, x, 2)
+        if tuple(x.shape) != tuple(mask.shape):
+            raise ValueError(f"{name} must have the completions' shape {tuple(mask.shape)}, got {tuple(x.shape)}")
+        if x.device != mask.device:
+            raise ValueError(f"{name} is on {x.device} but the completions are on {mask.device}")
+        if not bool(torch.isfinite(x[keep]).all()):
+            raise ValueError(f"{name} must be finite where the mask is 1")
 
 
 # ----------------------------------------------------------------------------- validation

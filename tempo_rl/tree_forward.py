@@ -143,37 +143,192 @@ def tree_logprobs(
         (B, T) float32 (float64 for a float64 model): log-probs, 0 where completion_mask is 0;
         differentiable with respect to the model's parameters.
     """
+    return tree_logprobs_and_entropy(
+        model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature, packing=packing
+    )[0]
+
+
+def tree_logprobs_and_entropy(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    packing: Packing | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`tree_logprobs`, and with_entropy the (B, T) entropy of each scored position's tempered
+    next-token distribution (no gradient; 0 where completion_mask is 0)."""
     _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     b, t = completion_ids.shape
     dev = completion_ids.device
     p = packing if packing is not None else pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
     scored = completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
     dtype = torch.promote_types(_model_dtype(model), torch.float32)
+    zeros = torch.zeros(b, t, dtype=dtype, device=dev)
     if not bool(scored.any()):  # nothing to score: zeros that still reach the graph, so backward() runs
         anchor = next(model.parameters(), None)
-        zeros = torch.zeros(b, t, dtype=dtype, device=dev)
-        return zeros if anchor is None or not torch.is_grad_enabled() else zeros + 0.0 * anchor.sum()
-    _install(model)
+        logp = zeros if anchor is None or not torch.is_grad_enabled() else zeros + 0.0 * anchor.sum()
+        return logp, (zeros if with_entropy else None)
     nodes = p.completion_node[scored]  # (M,) scored positions' nodes, with repeats
-    unique_nodes, per_position = torch.unique(nodes, return_inverse=True)
-    context = p.parent[unique_nodes]  # (U,) the node whose output predicts each scored node
-    keep, per_node = torch.unique(context, return_inverse=True)
+    unique_nodes, per_position = torch.unique(nodes, return_inverse=True)  # (U,), (M,)
+    node_logp, node_entropy = _node_logprobs_with_grad(model, p, unique_nodes, temperature, with_entropy)
+    logp = zeros.masked_scatter(scored, node_logp.to(dtype)[per_position])
+    if node_entropy is None:
+        return logp, None
+    return logp, zeros.masked_scatter(scored, node_entropy.detach().to(dtype)[per_position])
+
+
+def _node_logprobs_with_grad(model, p: Packing, nodes, temperature: float, with_entropy: bool):
+    """((U,) log-probs of `nodes` in their contexts, with gradient; (U,) entropies or None). Through the
+    hidden states and the LM head in chunks where the logits are exactly the LM head's output; through
+    the model's own logits of the context nodes otherwise (soft-capped or scaled logits)."""
+    from .fast.policy_loss_torch import token_logprobs_with_grad
+    from .policy_loss import lm_head
+
+    context = p.parent[nodes]  # (U,) the node whose output predicts each one
+    try:
+        weight, bias = lm_head(model)
+    except ValueError:
+        keep, per_node = torch.unique(context, return_inverse=True)  # (K,), (U,)
+        logits = _packed_forward(model, p, logits_to_keep=keep).logits[0]  # (K, V)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        logq = torch.log_softmax(logits, dim=-1)  # (K, V)
+        entropy = -(logq.exp() * logq).sum(-1)[per_node].detach() if with_entropy else None
+        return logq[per_node, p.tokens[nodes]], entropy
+    hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
+    h = hidden[context].to(weight.dtype)  # (U, H)
+    return token_logprobs_with_grad(
+        h, weight, p.tokens[nodes], bias=bias, temperature=temperature, with_entropy=with_entropy
+    )
+
+
+def tree_policy_loss(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    temperature: float = 1.0,
+    aggregation: str = "token-mean",
+    packing: Packing | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`fused_policy_loss` of the rows' completions, computed on their prefix tree: one packed forward
+    of the model's body, then the clipped surrogate on the tree's nodes, so every shared prefix costs
+    one forward, one LM-head product and one backward whatever the number of rows through it.
+
+    Rows through a node share its log-prob; where they also share old_logp and ref_logp (as when
+    those come from a tree forward) they share its ratio, and their terms add up to the node's:
+    -(sum of w A+) min(r, 1 + clip_high) - (sum of w A-) max(r, 1 - clip_low) + kl_coef (sum of w) k3
+    (proofs_notes/tree-forward.md, P4). Rows whose old or reference values differ are kept apart, so
+    the result equals the per-row loss for any inputs.
+
+    Args:
+        model: as for `tree_logprobs`; its logits must be exactly the LM head's output (no soft-capping).
+        prompt_ids, prompt_mask, completion_ids: as for `tree_logprobs`.
+        completion_mask: (B, T) 0/1, the tokens that carry loss; 0 inside a row is context.
+        old_logp: (B, T) float, the sampling policy's log-probs (no gradient); None: the current
+            policy's own, detached (a single update: the ratio is exactly 1).
+        advantages: (B, T) float token advantages (no gradient).
+        ref_logp: (B, T) float, the reference policy's log-probs; needed when kl_coef > 0.
+        kl_coef, clip_low, clip_high, temperature, aggregation: as for `fused_policy_loss`.
+    Returns:
+        (loss, metrics) as `fused_policy_loss` returns them: the loss a float32 scalar with gradients
+        to the model's parameters; metrics policy_loss, kl, clip fractions, approx_kl and entropy.
+    """
+    from .fast.policy_loss_torch import ItemCounts, ItemTargets, LossParams, items_loss_chunked, token_weights
+    from .fast.tree_forward_torch import node_items
+    from .policy_loss import check_loss_terms, lm_head
+
+    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+    check_loss_terms(completion_mask, old_logp, advantages, ref_logp, kl_coef, clip_low, clip_high, aggregation)
+    p = packing if packing is not None else pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    scored = completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
+    weights = token_weights(scored, aggregation)  # (B, T) float32
+    ref = ref_logp if kl_coef else None
+    weight, bias = lm_head(model)
+    params = LossParams(clip_low, clip_high, kl_coef, temperature)
+    if not bool(scored.any()):  # nothing to score: one empty item, so the loss is 0 and backward() runs
+        zero = torch.zeros(1, dtype=torch.float32, device=weight.device)
+        nothing = ItemTargets(zero, zero, zero, zero, None if ref is None else zero)
+        hidden = torch.zeros(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        targets = torch.zeros(1, dtype=torch.int64, device=weight.device)
+        return items_loss_chunked(hidden, weight, targets, nothing, ItemCounts(zero, zero, zero), params, bias)
+    hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
+    if old_logp is None:  # the current policy's log-probs, from the same hidden states, detached
+        old_logp = _node_logprobs(hidden.detach(), p, scored, weight, bias, temperature)
+    item_node, items, counts = node_items(p.completion_node, scored, old_logp, advantages, weights, ref)
+    context = hidden[p.parent[item_node]].to(weight.dtype)  # (U, H) the state that predicts each item
+    return items_loss_chunked(context, weight, p.tokens[item_node], items, counts, params, bias)
+
+
+@torch.no_grad()
+def tree_scores(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    packing: Packing | None = None,
+) -> torch.Tensor:
+    """`tree_logprobs` without gradient and without the (nodes, V) logits: the LM head runs in chunks
+    over the scored nodes' contexts (as `fused_logprobs` does). For old-policy and reference scores.
+    Returns (B, T) float32, 0 where completion_mask is 0; the model's logits must be its LM head's."""
+    from .policy_loss import lm_head
+
+    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+    p = packing if packing is not None else pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    scored = completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
+    if not bool(scored.any()):
+        return torch.zeros(scored.shape, dtype=torch.float32, device=completion_ids.device)
+    weight, bias = lm_head(model)
+    hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
+    return _node_logprobs(hidden, p, scored, weight, bias, temperature)
+
+
+@torch.no_grad()
+def _node_logprobs(hidden, p: Packing, scored, weight, bias, temperature: float) -> torch.Tensor:
+    """(B, T) float32 log-probs of the scored positions from the packed hidden states (N, H), the LM
+    head run once per scored node, in chunks; 0 elsewhere."""
+    from .fast.policy_loss_torch import token_logprobs_chunked
+
+    unique_nodes, per_position = torch.unique(p.completion_node[scored], return_inverse=True)  # (U,), (M,)
+    context = hidden[p.parent[unique_nodes]].to(weight.dtype)[None]  # (1, U, H)
+    node_logp = token_logprobs_chunked(
+        context, weight, p.tokens[unique_nodes][None], bias=bias, temperature=temperature
+    )
+    out = torch.zeros(scored.shape, dtype=torch.float32, device=scored.device)
+    return out.masked_scatter(scored, node_logp[0][per_position])
+
+
+def _packed_forward(model, p: Packing, *, logits_to_keep: torch.Tensor | None = None, hidden_only: bool = False):
+    """One forward of the packed trie (positions = depths, attention = ancestors and itself): the
+    model's output with the logits of `logits_to_keep` nodes, or its body's output (hidden states of
+    every node) with hidden_only."""
+    _install(model)
     run = _Run(attention_plan(p), max_depth=int(p.depth.max()))
-    out = model(
+    dev = p.tokens.device
+    inputs: dict[str, Any] = dict(
         input_ids=p.tokens[None],
         position_ids=p.depth[None],
         attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev),  # 4-D: no mask is built
         use_cache=False,
-        logits_to_keep=keep,
         tempo_tree=run,
     )
+    out = model.base_model(**inputs) if hidden_only else model(**inputs, logits_to_keep=logits_to_keep)
     _check_run(model, run)
-    logits = out.logits[0].to(dtype)  # (K, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    node_logp = torch.log_softmax(logits, dim=-1)[per_node, p.tokens[unique_nodes]]  # (U,)
-    result = torch.zeros(b, t, dtype=dtype, device=dev)
-    return result.masked_scatter(scored, node_logp[per_position])
+    return out
 
 
 def _model_dtype(model) -> torch.dtype:

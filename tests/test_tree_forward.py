@@ -203,3 +203,166 @@ def test_a_model_that_bypasses_the_attention_interface_is_refused():
     ids, ones = torch.tensor([[3, 4]]), torch.ones(1, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="0 of its 2 layers"):
         tree_logprobs(Fake(), ids, ones, ids, ones)
+
+
+# ----------------------------------------------------------------------------- the tree-form loss (P4)
+AGGREGATIONS = ("token-mean", "sequence-mean")
+
+
+def _loss_inputs(batch, seed: int, *, per_node: bool = True):
+    """old_logp, advantages, ref_logp (B, T) float64: old and ref one value per trie node (as a tree
+    forward gives them), advantages per token with both signs and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    p = pack(*batch)
+    n, shape = max(p.num_nodes, 1), batch[2].shape
+    node = p.completion_node.clamp(min=0)
+    old = (-2.0 + 0.3 * torch.randn(n, generator=g, dtype=torch.float64))[node]
+    ref = (-2.0 + 0.3 * torch.randn(n, generator=g, dtype=torch.float64))[node]
+    if not per_node:  # rows through one node disagree: the node must split
+        old = old + 1e-3 * torch.randn(shape, generator=g, dtype=torch.float64)
+    adv = torch.randn(shape, generator=g, dtype=torch.float64) * (torch.rand(shape, generator=g) > 0.2)
+    return old, adv, ref
+
+
+def _row_loss(model, batch, old, adv, ref, aggregation, temperature, kl_coef):
+    """The per-row loss, every token an item, on each row's own forward (float64 autograd)."""
+    from tempo_rl.fast.policy_loss_torch import LossParams, items_loss, token_items, token_weights
+
+    mask = batch[3].bool()
+    logp = row_logprobs(model, *batch, temperature=temperature)
+    w = token_weights(mask, aggregation).to(torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    items, counts = token_items(
+        torch.where(mask, old, zero), torch.where(mask, adv, zero), w, mask, torch.where(mask, ref, zero)
+    )
+    return items_loss(logp, items, counts, LossParams(0.2, 0.28, kl_coef, temperature))
+
+
+def _node_loss(model, batch, old, adv, ref, aggregation, temperature, kl_coef):
+    """The same loss on the tree's items (P4): one term per (node, old, ref), float64 autograd."""
+    from tempo_rl.fast.policy_loss_torch import LossParams, items_loss, token_weights
+    from tempo_rl.fast.tree_forward_torch import node_items
+
+    p = pack(*batch)
+    scored = batch[3].bool() & (p.completion_node >= 0)
+    logp = tree_logprobs(model, *batch, temperature=temperature, packing=p)  # (B, T), one value per node
+    w = token_weights(scored, aggregation).to(torch.float64)
+    item_node, items, counts = node_items(p.completion_node, scored, old, adv, w, ref)
+    first = {n: i for i, n in reversed(list(enumerate(p.completion_node[scored].tolist())))}
+    pick = torch.tensor([first[n] for n in item_node.tolist()], dtype=torch.int64)
+    return items_loss(logp[scored][pick], items, counts, LossParams(0.2, 0.28, kl_coef, temperature)), item_node
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=tree_batches(),
+    aggregation=st.sampled_from(AGGREGATIONS),
+    kl_coef=st.sampled_from([0.0, 0.3]),
+    per_node=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_tree_form_loss_equals_the_per_row_loss(family, batch, aggregation, kl_coef, per_node, seed):
+    """P4: summed over the rows through a node, the clipped terms are the node's term; value, metrics
+    and parameter gradients agree to float64 rounding, for each aggregation, with and without KL,
+    and with old log-probs that differ inside a node (which then splits)."""
+    model = MODELS[family]
+    if not batch[3].any():
+        return
+    old, adv, ref = _loss_inputs(batch, seed, per_node=per_node)
+    args = (model, batch, old, adv, ref, aggregation, 1.3, kl_coef)
+    (want, want_m), ((got, got_m), item_node) = _row_loss(*args), _node_loss(*args)
+    scale = 1.0 + abs(want.item())
+    assert abs(got.item() - want.item()) <= 1e-12 * scale
+    for name in want_m:
+        assert abs(got_m[name].item() - want_m[name].item()) <= 1e-12 * (1 + abs(want_m[name].item())), name
+    if per_node:  # one item per scored node: the sharing is real
+        assert item_node.unique().numel() == item_node.numel()
+    params = [q for q in model.parameters()]
+    g_want = torch.autograd.grad(want, params, allow_unused=True, materialize_grads=True)
+    g_got = torch.autograd.grad(got, params, allow_unused=True, materialize_grads=True)
+    top = max(g.abs().max().item() for g in g_want)
+    assert max((a - b).abs().max().item() for a, b in zip(g_got, g_want)) <= 1e-12 * max(top, 1e-300)
+
+
+def _row_hidden_loss(model, batch, old, adv, ref, aggregation, kl_coef):
+    """fused_policy_loss on each row's own hidden states, rows padded into (B, T, H)."""
+    import tempo_rl
+    from tempo_rl.reference.tree_forward import row_sequence
+
+    pi, pm, ci, cm = batch
+    b, t = ci.shape
+    weight = model.get_output_embeddings().weight
+    hidden = torch.zeros(b, t, weight.shape[1], dtype=weight.dtype)
+    for r in range(b):
+        seq, plen = row_sequence(pi[r].tolist(), pm[r].tolist(), ci[r].tolist(), cm[r].tolist())
+        n = len(seq) - plen
+        if n:
+            h = model.base_model(input_ids=torch.tensor([seq]), use_cache=False).last_hidden_state[0]
+            hidden = hidden.index_put((torch.tensor([r]), torch.arange(n)), h[plen - 1 : plen - 1 + n])
+    return tempo_rl.fused_policy_loss(
+        hidden, weight, ci, old, adv, cm, ref_logp=ref, kl_coef=kl_coef, aggregation=aggregation, backend="torch"
+    )
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=tree_batches(), seed=st.integers(0, 2**16))
+def test_tree_policy_loss_equals_fused_policy_loss_row_by_row(aggregation, batch, seed):
+    """The fused tree loss (packed forward, LM head on nodes, float32 chunks) equals the fused loss on
+    each row's own hidden states, to the float32 rounding of the chunked loss."""
+    from tempo_rl.tree_forward import tree_policy_loss
+
+    model = MODELS["qwen2"]
+    old, adv, ref = _loss_inputs(batch, seed)
+    got, got_m = tree_policy_loss(model, *batch, old, adv, ref_logp=ref, kl_coef=0.1, aggregation=aggregation)
+    want, want_m = _row_hidden_loss(model, batch, old, adv, ref, aggregation, 0.1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for name in want_m:
+        torch.testing.assert_close(got_m[name], want_m[name], rtol=1e-5, atol=1e-6, msg=name)
+    params = [q for q in model.parameters()]
+    g_got = torch.autograd.grad(got, params, allow_unused=True, materialize_grads=True)
+    g_want = torch.autograd.grad(want, params, allow_unused=True, materialize_grads=True)
+    top = max(g.abs().max().item() for g in g_want)
+    assert max((a - b).abs().max().item() for a, b in zip(g_got, g_want)) <= 1e-5 * max(top, 1e-12)
+
+
+def test_a_batch_that_shares_nothing_is_the_plain_path():
+    """Rows with distinct first tokens: the trie is the rows themselves, one item per token."""
+    from tempo_rl.fast.policy_loss_torch import token_weights
+    from tempo_rl.fast.tree_forward_torch import node_items
+
+    batch = (
+        torch.tensor([[1, 2], [3, 2], [0, 5]]),
+        torch.tensor([[1, 1], [1, 1], [0, 1]]),
+        torch.tensor([[4, 4, 6], [4, 4, 6], [7, 8, 0]]),
+        torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0]]),
+    )
+    p = pack(*batch)
+    assert p.num_nodes == int(batch[1].sum() + batch[3].sum())
+    old, adv, ref = _loss_inputs(batch, 0)
+    scored = batch[3].bool()
+    item_node, items, _ = node_items(p.completion_node, scored, old, adv, token_weights(scored, "token-mean"), ref)
+    assert sorted(item_node.tolist()) == sorted(p.completion_node[scored].tolist())  # every token its own item
+    want, _ = _row_hidden_loss(MODELS["llama"], batch, old, adv, ref, "token-mean", 0.1)
+    from tempo_rl.tree_forward import tree_policy_loss
+
+    got, _ = tree_policy_loss(MODELS["llama"], *batch, old, adv, ref_logp=ref, kl_coef=0.1)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_models_whose_logits_are_not_the_lm_head_go_through_their_own_logits(monkeypatch):
+    """A config knob that transforms the logits (here logit_scale, which Llama itself ignores) makes
+    the LM-head path unusable; the log-probs then come from the model's own logits, still exact."""
+    model = MODELS["llama"]
+    monkeypatch.setattr(model.config, "logit_scale", 2.0, raising=False)
+    batch = (
+        torch.tensor([[0, 1], [0, 1]]),
+        torch.tensor([[1, 1], [1, 1]]),
+        torch.tensor([[3, 4, 5], [3, 6, 0]]),
+        torch.tensor([[1, 1, 1], [1, 1, 0]]),
+    )
+    logp = tree_logprobs(model, *batch, temperature=0.7)
+    ref = row_logprobs(model, *batch, temperature=0.7)
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-12)
+    _assert_same_gradients(model, logp, ref, rel=1e-12)

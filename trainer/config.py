@@ -189,6 +189,13 @@ class TrainConfig:
         "optimisation",
         ge=0,
     )
+    tree_forward: bool = _f(
+        True,
+        "with rollout = 'tree', the policy's, old policy's and reference's log-probs are computed on "
+        "the packed prefix tree (tempo_rl.tree_policy_loss), every shared prefix once; False: row by "
+        "row (the same numbers to float32 rounding)",
+        "optimisation",
+    )
     fused_loss: bool = _f(
         True,
         "log-probs and loss through tempo_rl.fused_policy_loss, in chunks of tokens, "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tempo_rl.fast.policy_loss_torch import LossParams, k3, surrogate, token_weights
+from tempo_rl.fast.policy_loss_torch import LossParams, items_loss, token_items, token_weights
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -70,18 +70,6 @@ def policy_loss(
         raise ValueError("kl_coef > 0 needs ref_logp")
     params = LossParams(clip_low, clip_high, kl_coef, 1.0)
     w = token_weights(mask, aggregation, denom).to(logp.dtype)  # (B, T)
-    ratio, per_token, _ = surrogate(logp, old_logp, advantages, params)  # (B, T) each
-    pg = (w * per_token).sum()
-    loss = pg
-    kl = torch.zeros((), dtype=logp.dtype)
-    if kl_coef:
-        assert ref_logp is not None
-        kl = (w * k3(logp, ref_logp)[0]).sum()
-        loss = loss + kl_coef * kl
-    with torch.no_grad():
-        m = mask.to(logp.dtype)
-        n = m.sum().clamp(min=1)
-        was_clipped = ((advantages > 0) & (ratio > 1 + clip_high)) | ((advantages < 0) & (ratio < 1 - clip_low))
-        clip_fraction = (was_clipped.to(m.dtype) * m).sum() / n
-        approx_kl = (k3(logp, old_logp)[0] * m).sum() / n
-    return LossOutput(loss, pg.detach(), kl.detach(), clip_fraction, approx_kl)
+    items, counts = token_items(old_logp, advantages, w, mask, ref_logp if kl_coef else None)
+    loss, m = items_loss(logp, items, counts, params)
+    return LossOutput(loss, m["policy_loss"], m["kl"], m["clip_fraction"], m["approx_kl"])

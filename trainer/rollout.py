@@ -206,27 +206,6 @@ def _sample_tree(model, tokenizer, enc, g, max_new_tokens, temperature, top_p, t
     return out.responses.to(device), out.response_mask.long().to(device), out.stats
 
 
-def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight (V, H), bias (V,) | None) of a causal LM whose logits are exactly hidden @ W^T + b.
-
-    Models that transform the logits further (soft-capping, a logit scale) are refused: the fused
-    loss would compute something else; train them with `fused_loss = False`."""
-    config = getattr(model, "config", None)
-    for knob in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        value = getattr(config, knob, None)
-        if value not in (None, 1, 1.0):
-            raise ValueError(
-                f"fused_loss: this model sets {knob}={value!r}, so its logits are not the LM head's "
-                "output; set fused_loss = False"
-            )
-    head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(
-            f"fused_loss: the output embedding is a {type(head).__name__}, not nn.Linear; set fused_loss = False"
-        )
-    return head.weight, head.bias
-
-
 def forward_hidden(model, roll: Rollout, *, autocast_dtype=None) -> torch.Tensor:
     """Final hidden states at the positions that predict the response tokens, (B, Lr, H), in the LM
     head's dtype: what `forward_logprobs` multiplies by the head, without forming (B, Lr, V)."""

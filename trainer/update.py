@@ -10,13 +10,14 @@ from typing import NamedTuple
 import torch
 
 import tempo_rl
-from tempo_rl.policy_loss import fused_logprobs
+from tempo_rl.policy_loss import fused_logprobs, lm_head
+from tempo_rl.tree_forward import tree_logprobs_and_entropy, tree_policy_loss
 
 from .config import TrainConfig
 from .loading import Run
 from .loss import policy_loss
-from .rollout import Rollout, forward_hidden, forward_logprobs, lm_head
-from .scoring import score_logprobs
+from .rollout import Rollout, forward_hidden, forward_logprobs
+from .scoring import on_the_tree, score_logprobs
 
 
 @dataclass
@@ -77,12 +78,22 @@ def ppo_update(run: Run, roll: Rollout, adv: torch.Tensor, step: int) -> dict[st
     return stats.means()
 
 
+def tree_rows(part: Rollout) -> tuple[torch.Tensor, ...]:
+    """The rows as the tree forward takes them: prompts, responses, and the tokens that carry loss
+    (environment tokens inside a response are context)."""
+    return part.prompt_ids, part.prompt_mask, part.responses, part.loss_mask
+
+
 def micro_loss_unfused(
     model, part: Rollout, targets: MicroTargets, cfg: TrainConfig, autocast_dtype
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The full-logits path (trainer/loss.py): (B, Lr, V) logits. Returns (loss to backward, metrics)."""
     adv, old_logp, ref_logp, denom = targets
-    logp, ent = forward_logprobs(model, part, with_entropy=True, autocast_dtype=autocast_dtype)
+    if on_the_tree(cfg):
+        with torch.autocast(adv.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logp, ent = tree_logprobs_and_entropy(model, *tree_rows(part), with_entropy=True)
+    else:
+        logp, ent = forward_logprobs(model, part, with_entropy=True, autocast_dtype=autocast_dtype)
     out = policy_loss(
         logp,
         logp.detach() if old_logp is None else old_logp,
@@ -112,24 +123,24 @@ def micro_loss_fused(
     The op divides by the micro-batch's own token (or response) count; rescaling by count / denom
     gives the mini-batch divisor of gradient accumulation, as `token_weights(..., denom=)` does."""
     adv, old_logp, ref_logp, denom = targets
-    weight, bias = lm_head(model)
-    hidden = forward_hidden(model, part, autocast_dtype=autocast_dtype)  # (b, Lr, H)
-    if old_logp is None:  # single update: old = current, detached (ratio exactly 1)
-        old_logp = fused_logprobs(hidden.detach(), weight.detach(), part.responses, bias=bias)
-    loss, metrics = tempo_rl.fused_policy_loss(
-        hidden,
-        weight,
-        part.responses,
-        old_logp,
-        adv,
-        part.loss_mask,
-        bias=bias,
+    terms = dict(
         ref_logp=ref_logp,
         kl_coef=cfg.kl_coef,
         clip_low=cfg.clip_low,
         clip_high=cfg.clip_high,
         aggregation=cfg.aggregation,
     )
+    if on_the_tree(cfg):  # old_logp None: the current policy's, detached, from the same forward
+        with torch.autocast(adv.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss, metrics = tree_policy_loss(model, *tree_rows(part), old_logp, adv, **terms)
+    else:
+        weight, bias = lm_head(model)
+        hidden = forward_hidden(model, part, autocast_dtype=autocast_dtype)  # (b, Lr, H)
+        if old_logp is None:  # single update: old = current, detached (ratio exactly 1)
+            old_logp = fused_logprobs(hidden.detach(), weight.detach(), part.responses, bias=bias)
+        loss, metrics = tempo_rl.fused_policy_loss(
+            hidden, weight, part.responses, old_logp, adv, part.loss_mask, bias=bias, **terms
+        )
     count = max(part.n_loss_tokens, 1) if cfg.aggregation == "token-mean" else part.responses.shape[0]
     scale = count / denom
     return loss * scale, {
