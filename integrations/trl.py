@@ -33,6 +33,14 @@ TEMPO costs no more memory than GRPO here. `use_liger_kernel=True` is accepted: 
 swaps in Liger's layer kernels. A TRL that routes the loss to Liger's fused GRPO loss (which takes
 one advantage per sequence, `compute_liger_loss`) is refused; `tempo_rl.fused_policy_loss` is the
 (B, T)-advantage loss of that kind, used by `tempo-rl train` (`fused_loss = True`).
+
+Training on the tree (`tempo_tree_forward=True`). The policy, old-policy and reference log-probs are
+scored by `tempo_rl.tree_logprobs`: each chunk of rows TRL scores at once is packed into its prefix
+tree (the shared prompt and every shared completion prefix once) and run in one forward, whose
+attention follows the tree. The log-probs equal TRL's per-row ones to float rounding, and the
+gradients flow through the shared nodes to every row that uses them, so TRL's loss is unchanged.
+It is refused, naming the option, where it cannot be exact: several processes, multimodal inputs,
+an MoE load-balancing loss, or an entropy bonus (the tree's entropies carry no gradient).
 """
 
 from __future__ import annotations
@@ -82,6 +90,13 @@ class TempoGRPOConfig(GRPOConfig):
         },
     )
     tempo_trust_groups: int = field(default=4, metadata={"help": "Groups checked per step by tempo_trust_check."})
+    tempo_tree_forward: bool = field(
+        default=False,
+        metadata={
+            "help": "Score log-probs on each batch's prefix tree (tempo_rl.tree_logprobs): shared prompts and "
+            "completion prefixes run once; same log-probs and gradients to float rounding. One process, text only."
+        },
+    )
     tempo_log_branch_snr: bool = field(
         default=False,
         metadata={
@@ -106,6 +121,9 @@ class TempoGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         _check_supported(self.args)
         self.tempo_options = step_options(self.args)
+        self.tempo_tree_forward = bool(getattr(self.args, "tempo_tree_forward", False))
+        if self.tempo_tree_forward:
+            _check_tree_forward(self.args, self.accelerator.num_processes)
         self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -157,6 +175,55 @@ class TempoGRPOTrainer(GRPOTrainer):
         start = self.accelerator.process_index * n_local
         return adv[start : start + n_local, : local["responses"].shape[1]].contiguous()  # (B_local, L)
 
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **media: Any,
+    ):
+        """TRL's scoring, or with `tempo_tree_forward` the same (B, T) log-probs (and entropies, without
+        gradient) from one forward per chunk of rows over its prefix tree."""
+        if not self.tempo_tree_forward:
+            return super()._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss,
+                **media,
+            )
+        given = sorted(k for k, v in media.items() if v is not None)
+        if given or compute_aux_loss:
+            what = ", ".join(given) if given else "an MoE load-balancing loss"
+            raise ValueError(f"TempoGRPOTrainer: tempo_tree_forward=True scores text only; this batch has {what}")
+        net = self.accelerator.unwrap_model(model)
+        split = input_ids.shape[1] - logits_to_keep  # prompt columns, then completion columns
+        rows = batch_size or input_ids.shape[0]
+        logps, entropies = [], []
+        for start in range(0, input_ids.shape[0], rows):
+            ids, mask = input_ids[start : start + rows], attention_mask[start : start + rows]
+            with self.accelerator.autocast():
+                logp, entropy = tempo_rl.tree_logprobs_and_entropy(
+                    net,
+                    ids[:, :split],
+                    mask[:, :split],
+                    ids[:, split:],
+                    mask[:, split:],
+                    temperature=self.temperature,
+                    with_entropy=compute_entropy,
+                )
+            logps.append(logp.float())
+            if entropy is not None:
+                entropies.append(entropy.float())
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
     def _log_tempo(
         self, mode: str, batch: dict[str, torch.Tensor], adv: torch.Tensor, metrics: dict[str, float]
     ) -> None:
@@ -204,6 +271,19 @@ def _check_supported(args: GRPOConfig) -> None:
             "loss, which takes one advantage per sequence, not TEMPO's (B, T). Use TRL >= 1.16, whose fused LM head "
             "never forms the (B, T, V) logits and which accepts use_liger_kernel=True with (B, T) advantages, or "
             "train with tempo_rl's trainer, whose loss is tempo_rl.fused_policy_loss (fused_loss=True)."
+        )
+
+
+def _check_tree_forward(args: GRPOConfig, num_processes: int) -> None:
+    if num_processes > 1:
+        raise ValueError(
+            f"TempoGRPOTrainer: tempo_tree_forward=True runs in one process (this run has {num_processes}); "
+            "set tempo_tree_forward=False to train on several"
+        )
+    if getattr(args, "entropy_coef", 0.0) != 0.0 or getattr(args, "use_adaptive_entropy", False):
+        raise ValueError(
+            "TempoGRPOTrainer: tempo_tree_forward=True gives entropies without gradient, so it cannot train an "
+            "entropy bonus; set entropy_coef=0 and use_adaptive_entropy=False, or tempo_tree_forward=False"
         )
 
 

@@ -13,7 +13,7 @@ from .policy_loss import fused_policy_loss
 from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
 from .step import StepOptions, StepResult, advantage_step
-from .tree_forward import tree_logprobs, tree_policy_loss
+from .tree_forward import tree_logprobs, tree_logprobs_and_entropy, tree_policy_loss
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
 __version__ = "0.1.0"
@@ -43,6 +43,7 @@ __all__ = [
     "tempo_advantages",
     "tempo_advantages_with_stats",
     "tree_logprobs",
+    "tree_logprobs_and_entropy",
     "tree_policy_loss",
     "tree_stats",
     "validate",

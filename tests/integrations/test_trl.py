@@ -294,3 +294,81 @@ def test_branch_snr_diagnostic_is_logged_when_asked():
     want = tempo_rl.branch_snr_stats(completion_ids, mask, rewards[:, 0], torch.arange(6) // GROUP).as_metrics("tempo/")
     assert want["tempo/branch_nodes"] > 0
     assert {k: v[0] for k, v in fake._metrics["train"].items() if k in want} == want
+
+
+def _tree_batch(trainer: Recording) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """TRL's scoring layout: left-padded prompts of two lengths, GROUP right-padded completions each,
+    forking at depth 0, mid-way and never (identical rows), one empty completion."""
+    prompts = [[2, 3, 4], [3, 4], [2, 3, 4], [3, 4], [2, 3, 4], [3, 4]]
+    completions = [[2, 2, 3, 1], [2, 5], [2, 2, 4], [2, 5], [3], []]
+    width_p, width_c = 3, 4
+    ids = torch.zeros(len(prompts), width_p + width_c, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        ids[row, width_p - len(p) : width_p] = torch.tensor(p)
+        mask[row, width_p - len(p) : width_p] = 1
+        ids[row, width_p : width_p + len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[row, width_p : width_p + len(c)] = 1
+    return ids, mask, width_c
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_tree_forward_scores_like_trl(tmp_path, temperature):
+    """tempo_tree_forward=True: TRL's own scoring call gives the log-probs, entropies and parameter
+    gradients of TRL's per-row fused-head forward, to float32 rounding, in chunks of rows. (Under
+    TRL's default bf16 autocast on CPU the two backward passes sum shared gradients in a different
+    order and agree to bf16 rounding only, so exactness is checked in float32.)"""
+    trainer = make_trainer(tmp_path, tempo_tree_forward=True, temperature=temperature, bf16=False)
+    ids, mask, keep = _tree_batch(trainer)
+    completion_mask = mask[:, -keep:].float()
+    results = {}
+    for tree in (False, True):
+        trainer.tempo_tree_forward = tree
+        trainer.model.zero_grad()
+        logp, entropy, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, keep, batch_size=4, compute_entropy=True
+        )
+        (logp * completion_mask).sum().backward()
+        grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[tree] = (logp.detach() * completion_mask, entropy * completion_mask, grads)
+    (rows_lp, rows_ent, rows_g), (tree_lp, tree_ent, tree_g) = results[False], results[True]
+    torch.testing.assert_close(tree_lp, rows_lp, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(tree_ent, rows_ent, atol=2e-6, rtol=1e-5)
+    assert tree_g.keys() == rows_g.keys() and len(rows_g) > 0
+    for name in rows_g:
+        torch.testing.assert_close(tree_g[name], rows_g[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_tree_forward_trains_like_trl(tmp_path):
+    """One TRL step with and without tempo_tree_forward: the same generated batch, the same loss and
+    the same updated parameters to float32 rounding; the tree path was the one that scored."""
+    calls = []
+    real = tempo_rl.tree_logprobs_and_entropy
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    runs = {}
+    for tree in (False, True):
+        trainer = make_trainer(tmp_path / str(tree), tempo_tree_forward=tree, max_steps=1, beta=0.04, bf16=False)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempo_rl, "tree_logprobs_and_entropy", counting)
+            trainer.train()
+        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+        runs[tree] = (trainer.generated[0], loss, {n: p.detach() for n, p in trainer.model.named_parameters()})
+        assert (len(calls) > 0) == tree
+    (rows_batch, rows_loss, rows_params), (tree_batch, tree_loss, tree_params) = runs[False], runs[True]
+    assert torch.equal(tree_batch["completion_ids"], rows_batch["completion_ids"])
+    assert math.isfinite(tree_loss) and tree_loss == pytest.approx(rows_loss, rel=1e-5, abs=1e-6)
+    for name in rows_params:
+        torch.testing.assert_close(tree_params[name], rows_params[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_tree_forward_refuses_what_it_cannot_do_exactly(tmp_path):
+    with pytest.raises(ValueError, match="entropy_coef"):
+        make_trainer(tmp_path, tempo_tree_forward=True, entropy_coef=0.01)
+    trainer = make_trainer(tmp_path, tempo_tree_forward=True)
+    ids, mask, keep = _tree_batch(trainer)
+    with pytest.raises(ValueError, match="pixel_values"):
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, pixel_values=torch.zeros(1))
