@@ -13,7 +13,9 @@ Three methods, each the log-probs of every completion token then `backward()` of
 - `padded`: the whole batch in one forward, prompts left-padded and completions right-padded (what
   trainers run today).
 Times are medians of `--repeats` runs taken in turn (tree, rows, padded, tree, ...), so a drifting
-machine shifts all three alike; the ratios tree/rows and tree/padded are what to read. Results go to
+machine shifts all three alike; the ratios tree/rows and tree/padded are what to read. Each run is
+timed twice: wall clock, and the CPU time of the calling thread (with one torch thread every
+forward and backward op runs on it), which other processes on a shared machine do not inflate. Results go to
 <out>/tree_forward_<device>.{md,json,png}.
 """
 
@@ -137,12 +139,12 @@ def padded_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return logp * batch["completion_mask"]
 
 
-def step(method: str, model, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> float:
-    """Seconds for one forward + backward of sum(weights * logp)."""
+def step(method: str, model, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> tuple[float, float]:
+    """(wall seconds, calling thread's CPU seconds) for one forward + backward of sum(weights * logp)."""
     from tempo_rl import tree_logprobs
 
     model.zero_grad(set_to_none=True)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.thread_time()
     if method == "tree":
         logp = tree_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"]
@@ -153,7 +155,7 @@ def step(method: str, model, batch: dict[str, torch.Tensor], weights: torch.Tens
     else:
         loss = (weights * padded_logprobs(model, batch)).sum()
     loss.backward()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.thread_time() - start_cpu
 
 
 def measure(args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -181,12 +183,16 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], dict]:
         batch, fraction = batch_at(target, **shape)
         weights = torch.randn(batch["completion_ids"].shape, generator=torch.Generator().manual_seed(1))
         times: dict[str, list[float]] = {m: [] for m in METHODS}
+        cpu: dict[str, list[float]] = {m: [] for m in METHODS}
         for m in METHODS:  # warm-up
             step(m, model, batch, weights)
         for _ in range(args.repeats):
             for m in METHODS:
-                times[m].append(step(m, model, batch, weights))
+                wall, used = step(m, model, batch, weights)
+                times[m].append(wall)
+                cpu[m].append(used)
         med = {m: statistics.median(v) for m, v in times.items()}
+        med_cpu = {m: statistics.median(v) for m, v in cpu.items()}
         row = {
             "target_fraction": target,
             "unique_fraction": fraction,
@@ -194,11 +200,15 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], dict]:
             **{f"{m}_ms": 1e3 * med[m] for m in METHODS},
             "tree_over_rows": med["tree"] / med["rows"],
             "tree_over_padded": med["tree"] / med["padded"],
+            **{f"{m}_cpu_ms": 1e3 * med_cpu[m] for m in METHODS},
+            "cpu_tree_over_rows": med_cpu["tree"] / med_cpu["rows"],
+            "cpu_tree_over_padded": med_cpu["tree"] / med_cpu["padded"],
         }
         rows.append(row)
         print(
             f"unique {fraction:.3f}: tree {row['tree_ms']:.0f} ms, rows {row['rows_ms']:.0f} ms, padded "
-            f"{row['padded_ms']:.0f} ms; tree/rows {row['tree_over_rows']:.2f}, tree/padded {row['tree_over_padded']:.2f}",
+            f"{row['padded_ms']:.0f} ms; tree/rows {row['tree_over_rows']:.2f} (CPU time {row['cpu_tree_over_rows']:.2f}), "
+            f"tree/padded {row['tree_over_padded']:.2f} (CPU time {row['cpu_tree_over_padded']:.2f})",
             flush=True,
         )
     env["load_average_after"] = list(os.getloadavg())
@@ -212,13 +222,18 @@ def markdown(rows: list[dict], env: dict) -> str:
         f"{env['date']}, {env['device']}, torch {env['torch']}, {env['threads']} thread(s), load average "
         f"{env['load_average_before'][0]:.2f} before / {env['load_average_after'][0]:.2f} after. Shape: {env['shape']}.",
         "",
-        "| unique fraction | row tokens | tree ms | rows ms | padded ms | tree / rows | tree / padded |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "Wall-clock medians, and the calling thread's CPU time (what other processes on a shared machine do "
+        "not inflate) in the last two columns.",
+        "",
+        "| unique fraction | row tokens | tree ms | rows ms | padded ms | tree / rows | tree / padded "
+        "| tree / rows (CPU time) | tree / padded (CPU time) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['unique_fraction']:.3f} | {r['row_tokens']} | {r['tree_ms']:.0f} | {r['rows_ms']:.0f} | "
-            f"{r['padded_ms']:.0f} | {r['tree_over_rows']:.2f} | {r['tree_over_padded']:.2f} |"
+            f"{r['padded_ms']:.0f} | {r['tree_over_rows']:.2f} | {r['tree_over_padded']:.2f} | "
+            f"{r['cpu_tree_over_rows']:.2f} | {r['cpu_tree_over_padded']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -233,6 +248,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [r["tree_over_rows"] for r in rows], "o-", color="tab:blue", label="tree / rows (unpadded)")
     ax.plot(x, [r["tree_over_padded"] for r in rows], "s-", color="tab:orange", label="tree / padded batch")
+    ax.plot(x, [r["cpu_tree_over_rows"] for r in rows], "^--", color="tab:green", label="tree / rows, thread CPU time")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="floor: the unique fraction")
     ax.set_xlabel("unique tokens / row tokens")
     ax.set_ylabel("time ratio (forward + backward)")

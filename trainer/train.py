@@ -134,6 +134,7 @@ def train_step(run: Run, step: int, trust: bool) -> tuple[dict[str, Any], Rollou
     t_adv0 = time.perf_counter()
     result = compute_advantages(roll, rewards, cfg, step, trust=trust)
     t_adv = time.perf_counter() - t_adv0
+    t_update0 = time.perf_counter()
     update = ppo_update(run, roll, result.advantages, step)
     t_step = time.perf_counter() - t0
     row = {
@@ -145,6 +146,7 @@ def train_step(run: Run, step: int, trust: bool) -> tuple[dict[str, Any], Rollou
         "time_step_s": t_step,
         "time_generate_s": t_gen - t0,
         "time_advantage_s": t_adv,
+        "time_update_s": t_step - (t_update0 - t0),  # log-prob scoring and the PPO phase
         "advantage_time_fraction": t_adv / t_step,
         "tokens_per_s": roll.n_tokens / t_step,
     }
