@@ -234,13 +234,19 @@ def tree_policy_loss(
 
     Args:
         model: as for `tree_logprobs`; its logits must be exactly the LM head's output (no soft-capping).
-        prompt_ids, prompt_mask, completion_ids: as for `tree_logprobs`.
+        prompt_ids: (B, P) as for `tree_logprobs`.
+        prompt_mask: (B, P) as for `tree_logprobs`.
+        completion_ids: (B, T) as for `tree_logprobs`.
         completion_mask: (B, T) 0/1, the tokens that carry loss; 0 inside a row is context.
         old_logp: (B, T) float, the sampling policy's log-probs (no gradient); None: the current
             policy's own, detached (a single update: the ratio is exactly 1).
         advantages: (B, T) float token advantages (no gradient).
         ref_logp: (B, T) float, the reference policy's log-probs; needed when kl_coef > 0.
-        kl_coef, clip_low, clip_high, temperature, aggregation: as for `fused_policy_loss`.
+        kl_coef: weight of the k3 KL term, as for `fused_policy_loss`.
+        clip_low: PPO clip below, as for `fused_policy_loss`.
+        clip_high: PPO clip above, as for `fused_policy_loss`.
+        temperature: the logits are divided by it, as for `fused_policy_loss`.
+        aggregation: "token-mean" or "sequence-mean", as for `fused_policy_loss`.
     Returns:
         (loss, metrics) as `fused_policy_loss` returns them: the loss a float32 scalar with gradients
         to the model's parameters; metrics policy_loss, kl, clip fractions, approx_kl and entropy.

@@ -110,3 +110,21 @@ def test_a_tree_run_gives_the_same_curve_with_and_without_tree_forward(tiny_path
         for key in keys:
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), (a["step"], key, a[key], b[key])
         assert a["tokens_generated"] == b["tokens_generated"]
+
+
+def test_tree_rollouts_keep_whole_groups_in_a_mini_batch():
+    """With tree rollouts each epoch's row order is a permutation that keeps every group contiguous
+    (so a mini-batch holds whole trees), different across epochs and steps, and a pure function of
+    (seed, step, epoch); independent rollouts keep the free shuffle."""
+    groups = torch.arange(8).repeat_interleave(4)[torch.randperm(32, generator=torch.Generator().manual_seed(3))]
+    tree = TrainConfig(rollout="tree", prompts_per_step=8, group_size=4)
+    order = update.minibatch_order(groups, tree, step=5, epoch=0)
+    assert sorted(order.tolist()) == list(range(32))
+    runs = groups[order]
+    assert (runs[1:] != runs[:-1]).sum() == 7  # eight groups, each one contiguous run
+    assert torch.equal(order, update.minibatch_order(groups, tree, step=5, epoch=0))
+    assert not torch.equal(order, update.minibatch_order(groups, tree, step=5, epoch=1))
+    assert not torch.equal(order, update.minibatch_order(groups, tree, step=6, epoch=0))
+    free = update.minibatch_order(groups, dataclasses.replace(tree, rollout="independent"), step=5, epoch=0)
+    expected = torch.randperm(32, generator=torch.Generator().manual_seed(tree.seed * 1_000_003 + 5 * 101))
+    assert torch.equal(free, expected)

@@ -32,10 +32,22 @@ class UpdateStats:
         return {k: sum(v) / len(v) for k, v in self.values.items()}
 
 
-def minibatch_order(n: int, cfg: TrainConfig, step: int, epoch: int) -> torch.Tensor:
-    """Row order for one epoch, a pure function of (seed, step, epoch) so resume is exact."""
+def minibatch_order(group_ids: torch.Tensor, cfg: TrainConfig, step: int, epoch: int) -> torch.Tensor:
+    """Row order for one epoch, a pure function of (seed, step, epoch) so resume is exact. With tree
+    rollouts the groups stay together (groups in random order, rows shuffled inside each), so a
+    mini-batch holds whole trees and the tree forward runs each shared prefix once per mini-batch,
+    not once per row that happens to land there; otherwise the rows are shuffled freely.
+
+    group_ids: (B,) on the CPU. Returns (B,) int64 row indices."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
-    return torch.randperm(n, generator=gen)
+    n = group_ids.shape[0]
+    rows = torch.randperm(n, generator=gen)
+    if cfg.rollout != "tree":
+        return rows
+    _, group_of = torch.unique(group_ids, return_inverse=True)  # (B,) 0..K-1
+    group_rank = torch.randperm(int(group_of.max()) + 1 if n else 0, generator=gen)[group_of]  # (B,)
+    # a stable sort by group rank of the shuffled rows: groups in random order, random inside
+    return rows[torch.sort(group_rank[rows], stable=True).indices]
 
 
 class MicroTargets(NamedTuple):
@@ -59,7 +71,7 @@ def ppo_update(run: Run, roll: Rollout, adv: torch.Tensor, step: int) -> dict[st
     stats = UpdateStats()
     model.train()
     for epoch in range(cfg.ppo_epochs):
-        order = minibatch_order(roll.responses.shape[0], cfg, step, epoch).to(adv.device)
+        order = minibatch_order(roll.group_ids.cpu(), cfg, step, epoch).to(adv.device)
         for mb in order.chunk(cfg.mini_batches):
             denom = float(roll.loss_mask[mb].sum()) if cfg.aggregation == "token-mean" else float(len(mb))
             for micro in mb.chunk(cfg.grad_accum):
