@@ -214,7 +214,7 @@ def gradient_agreement(
     mean cosine of its gradients with the other batches' (per estimator): a scale-free
     signal-to-noise measure, since independent noise averages to cosine 0."""
     from .evaluate import score
-    from .loading import chance_token, load_policy, model_path
+    from .loading import chance_token, load_policy, model_path, sampling_config
     from .train import compute_advantages
 
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
@@ -228,16 +228,9 @@ def gradient_agreement(
     out, grads = [], {"tempo": [], "grpo": []}
     for b in range(n_batches):
         batch = batch_for_step(examples, 10_000 + b, cfg.prompts_per_step, cfg.seed)
+        sampling = sampling_config(tokenizer, cfg, chance_token(tokenizer, cfg))
         roll = sample_groups(
-            model,
-            tokenizer,
-            [e.prompt for e in batch],
-            group_size=cfg.group_size,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            tree=cfg.tree_config(),
-            chance=chance_token(tokenizer, cfg),
+            model, tokenizer, [e.prompt for e in batch], sampling, group_size=cfg.group_size, tree=cfg.tree_config()
         )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
