@@ -2,6 +2,8 @@
 
 A rollout holds the left-padded prompts (P*G, Lp), the responses (P*G, Lr) right-padded after the
 first EOS (which belongs to the response: the policy must learn when to stop), and the mask.
+`Rollout` is the one type every sampler returns (`sample_groups` here, `tree_rollout.sample_tree`)
+and every trainer stage reads; `SamplingConfig` is the one set of sampling rules they share.
 
 Environment tokens. A task may write one token of each response itself (`ChanceToken`: a coin, a
 tool's output): at that response position the sampler replaces the policy's token by a uniform draw
