@@ -234,13 +234,20 @@ def tree_policy_loss(
 
     Args:
         model: as for `tree_logprobs`; its logits must be exactly the LM head's output (no soft-capping).
-        prompt_ids, prompt_mask, completion_ids: as for `tree_logprobs`.
+        prompt_ids: as for `tree_logprobs`.
+        prompt_mask: as for `tree_logprobs`.
+        completion_ids: as for `tree_logprobs`.
         completion_mask: (B, T) 0/1, the tokens that carry loss; 0 inside a row is context.
         old_logp: (B, T) float, the sampling policy's log-probs (no gradient); None: the current
             policy's own, detached (a single update: the ratio is exactly 1).
         advantages: (B, T) float token advantages (no gradient).
         ref_logp: (B, T) float, the reference policy's log-probs; needed when kl_coef > 0.
-        kl_coef, clip_low, clip_high, temperature, aggregation: as for `fused_policy_loss`.
+        kl_coef: as for `fused_policy_loss`.
+        clip_low: as for `fused_policy_loss`.
+        clip_high: as for `fused_policy_loss`.
+        temperature: as for `fused_policy_loss`.
+        aggregation: as for `fused_policy_loss`.
+        packing: a `Packing` of these rows, to reuse one packing across several forwards.
     Returns:
         (loss, metrics) as `fused_policy_loss` returns them: the loss a float32 scalar with gradients
         to the model's parameters; metrics policy_loss, kl, clip fractions, approx_kl and entropy.
