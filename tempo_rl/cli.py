@@ -18,7 +18,6 @@ COMMANDS = {
         "time the advantage backends; tables and plots go to --out (default: the current directory)",
     ),
     "train": ("tempo_rl.trainer.cli_train", "train a causal LM with TEMPO / GRPO advantages (PPO-clip)"),
-    "compare": ("tempo_rl.trainer.compare", "TEMPO vs GRPO: seeds x learning-rate sweep, curves, gradient cosine"),
     "check": ("tempo_rl.cli_check", "check a TEMPO implementation against the reference (tempo_rl.testing)"),
 }
 

@@ -247,6 +247,7 @@ def tree_policy_loss(
         clip_high: PPO clip above, as for `fused_policy_loss`.
         temperature: the logits are divided by it, as for `fused_policy_loss`.
         aggregation: "token-mean" or "sequence-mean", as for `fused_policy_loss`.
+        packing: a `Packing` of these rows, to reuse one packing across several forwards.
     Returns:
         (loss, metrics) as `fused_policy_loss` returns them: the loss a float32 scalar with gradients
         to the model's parameters; metrics policy_loss, kl, clip fractions, approx_kl and entropy.

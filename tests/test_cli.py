@@ -17,12 +17,9 @@ def test_version(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"tempo-rl {tempo_rl.__version__}"
 
 
-def test_bench_and_compare_write_to_the_working_directory_by_default():
-    parser = cli.build_parser()
-    bench_out = parser.parse_args(["bench"]).out
-    compare_out = Path(parser.parse_args(["compare"]).out)
+def test_bench_writes_to_the_working_directory_by_default():
+    bench_out = cli.build_parser().parse_args(["bench"]).out
     assert not bench_out.is_absolute() and bench_out == Path(".")
-    assert not compare_out.is_absolute() and compare_out.parent == Path(".")
 
 
 def test_bench_writes_where_told(tmp_path, monkeypatch):
@@ -43,11 +40,3 @@ def test_inspect_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatc
     example = Path(__file__).resolve().parent.parent / "examples" / "worked_example.jsonl"
     assert cli.main(["inspect", str(example), "-o", str(tmp_path)]) == 2
     assert "pip install 'tempo-rl[viz]'" in capsys.readouterr().err
-
-
-def test_compare_names_a_missing_extra_before_running(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # whatever happens, nothing is written into the repository
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "matplotlib" else real(n, *a))
-    assert cli.main(["compare", "--steps", "1", "--runs-dir", str(tmp_path / "runs")]) == 2
-    assert "'matplotlib'" in capsys.readouterr().err

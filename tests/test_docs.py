@@ -1,9 +1,11 @@
 """What a user reads first: the README's links resolve inside the repository, the license is there and
-matches the package metadata, install commands install from source, and the defaults the docs
-describe are the code's."""
+matches the package metadata, install commands install from source, its Python runs and prints
+what it shows, and the defaults the docs describe are the code's."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -47,8 +49,8 @@ def test_install_commands_install_from_source():
             raise AssertionError(f"installs tempo-rl from an index: {line.strip()}")
 
 
-def test_first_screen_shows_make_and_the_three_ways_in():
-    first = "\n".join(README.splitlines()[:30])
+def test_first_screens_show_make_and_the_three_ways_in():
+    first = "\n".join(README.splitlines()[:70])
     for needle in (
         "make demo",
         "make test",
@@ -77,3 +79,33 @@ def test_api_reference_documents_every_public_name():
     api = (ROOT / "docs" / "api.md").read_text()
     documented = set(re.findall(r"^::: (?:tempo_rl|reference\.stats)\.(\w+)$", api, flags=re.M))
     assert documented == set(tempo_rl.__all__) - {"__version__"}
+
+
+def _python_blocks_and_outputs(text: str) -> list[tuple[str, str | None]]:
+    """Each ```python block of `text`, with the ```text block right after it (its printed output), if any."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", text, flags=re.M | re.S)
+    out = []
+    for i, (lang, code) in enumerate(blocks):
+        if lang == "python":
+            shown = blocks[i + 1][1] if i + 1 < len(blocks) and blocks[i + 1][0] == "text" else None
+            out.append((code, shown))
+    return out
+
+
+def test_readme_python_runs_and_prints_what_it_shows():
+    blocks = _python_blocks_and_outputs(README)
+    assert blocks, "the README shows a runnable example"
+    for code, shown in blocks:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+        if shown is not None:
+            assert printed.getvalue().strip() == shown.strip(), printed.getvalue()
+
+
+def test_readme_engines_table_has_one_row_per_engine():
+    header = "| Engine | how to switch it on | example |"
+    assert header in README
+    rows = README.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
+    engines = [row.split("|")[1].strip() for row in rows]
+    assert {"TRL", "verl"} <= set(engines), engines

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import tempo_rl
 from tempo_rl.reference import PrefixTree, group_rows, td_values
+from tempo_rl.tolerances import snippet_tolerance, value_tolerance
 
 from .strategies import Case, case_from, cases, concat, interleave, take, widen
 
@@ -44,16 +45,6 @@ EDGE = [
 
 def _pv(case: Case, backend: str) -> tempo_rl.PrefixValues:
     return tempo_rl.prefix_values(*case.args(), backend=backend)
-
-
-def _value_tolerance(case: Case, value: torch.Tensor) -> torch.Tensor:
-    """(B, L) absolute tolerance on V: 2^-52 (|V| + (G + 1) spread) per row's group (docstring)."""
-    r = case.rewards.double()
-    spread = torch.zeros(len(case.group_ids), 1, dtype=torch.float64)
-    for rows in group_rows(case.group_ids).values():
-        g = r[rows]
-        spread[rows] = (len(rows) + 1) * (g.max() - g.min()).item()
-    return 2.0**-52 * (value.abs() + spread)
 
 
 def _branch_tokens(case: Case) -> torch.Tensor:
@@ -78,7 +69,7 @@ def _check_equal(fast: tempo_rl.PrefixValues, ref: tempo_rl.PrefixValues, case: 
         a, b = getattr(d_fast, name), getattr(d_ref, name)
         assert a.dtype == b.dtype == torch.float64 and torch.isfinite(a).all()
         err = (a - b).abs()
-        assert (err <= _value_tolerance(case, b)).all(), f"{name}: max error {err.max().item()}"
+        assert (err <= value_tolerance(case, b)).all(), f"{name}: max error {err.max().item()}"
 
 
 # ------------------------------------------------------------------ torch == reference
@@ -218,16 +209,6 @@ def _paths(case: Case):
             yield i, tree, k, tree.path(k)
 
 
-def _snippet_tolerance(case: Case, scale: torch.Tensor) -> torch.Tensor:
-    """(B, 1): a few float64 roundings of max|R| and G times the spread, over `scale` (B, 1)."""
-    r = case.rewards.double()
-    tol = torch.zeros(len(case.group_ids), 1, dtype=torch.float64)
-    for rows in group_rows(case.group_ids).values():
-        g = r[rows]
-        tol[rows] = 2.0**-49 * (g.abs().max() + (len(rows) + 2) * (g.max() - g.min())).item()
-    return tol / scale
-
-
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 @settings(max_examples=150)
 @given(case=cases(max_batch=10, max_len=8, max_group=6, float64=True, with_loss_mask=False))
@@ -243,7 +224,7 @@ def test_note_snippets_tempo_equals_tempo_advantages(backend, case):
         sigma = torch.zeros(len(r), 1, dtype=torch.float64)
         for rows in group_rows(case.group_ids).values():
             sigma[rows] = r[rows].std().item() if len(rows) > 1 else 0.0
-        bound = _snippet_tolerance(case, sigma + 1e-6) + 2.0**-50 * want.abs()
+        bound = snippet_tolerance(case, sigma + 1e-6) + 2.0**-50 * want.abs()
         assert ((got - want).abs() <= bound).all(), (got - want).abs().max()
         assert not got[~case.response_mask].any()
         for rows in group_rows(case.group_ids).values():  # degenerate groups: exactly 0, as the contract says
@@ -270,8 +251,8 @@ def test_note_snippets_tree_estimators_match_their_definitions(backend, case):
             want_lg[i, t] = float(exact) / math.sqrt(child.count)
             want_sub[i, t] = float(sum(gaps, Fraction(0)) / len(gaps)) if gaps else 0.0
     one = torch.ones(len(case.group_ids), 1, dtype=torch.float64)
-    assert ((local_global - want_lg).abs() <= _snippet_tolerance(case, one) + 2.0**-50 * want_lg.abs()).all()
-    assert ((subgroup - want_sub).abs() <= _snippet_tolerance(case, one) + 2.0**-50 * want_sub.abs()).all()
+    assert ((local_global - want_lg).abs() <= snippet_tolerance(case, one) + 2.0**-50 * want_lg.abs()).all()
+    assert ((subgroup - want_sub).abs() <= snippet_tolerance(case, one) + 2.0**-50 * want_sub.abs()).all()
 
 
 def test_note_snippets_hand_worked():

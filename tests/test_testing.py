@@ -20,6 +20,7 @@ import tempo_rl
 import tempo_rl.testing as tt
 from tempo_rl.cli import main as cli_main
 from tempo_rl.reference import group_rows, loop_tempo_advantages
+from tempo_rl.tolerances import advantage_bound
 
 from . import wrong_variants as wrong
 from .strategies import Case, case_from, cases, presentations, relayout
@@ -118,8 +119,7 @@ def test_fast_equals_reference_in_every_layout(backend):
     def check(case, data):
         ref = tempo_rl.tempo_advantages(*case.args(), **case.kwargs(), backend="reference")
         plain = run(case)
-        rtol = max(torch.finfo(plain.dtype).eps, 4 * 2.0**-52)
-        bound = rtol * ref.double().abs() + tt.allowed_error(case, plain.dtype, norm_by_std=True, eps=1e-6)
+        bound = advantage_bound(case, ref, plain.dtype, norm_by_std=True, eps=1e-6)
         assert ((plain.double() - ref.double()).abs() <= bound).all(), f"contiguous: {plain} != {ref}"
         seen = data.draw(presentations(case))
         for layout, relaid in [*_one_tensor_relaid(case), (seen.layout, seen)]:

@@ -231,12 +231,13 @@ def test_failed_save_leaves_previous_checkpoint(tiny_path, tmp_path, monkeypatch
 def test_fused_loss_equals_unfused(tiny_path, aggregation, with_old):
     """One micro-batch through tempo_rl.fused_policy_loss (the default) and through full logits
     (fused_loss=False): same loss, metrics and gradient of every parameter, KL on."""
-    from tempo_rl.trainer.rollout import sample_groups
+    from tempo_rl.trainer.rollout import SamplingConfig, sample_groups
 
     model, tok = load_policy(tiny_path, torch.device("cpu"))[1], build_tokenizer()
     cfg = TrainConfig(model=tiny_path, kl_coef=0.1, aggregation=aggregation)
     torch.manual_seed(0)
-    roll = sample_groups(model, tok, ["1+2=", "34+5="], group_size=3, max_new_tokens=6, temperature=1.0, top_p=1.0)
+    sampling = SamplingConfig(max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    roll = sample_groups(model, tok, ["1+2=", "34+5="], sampling, group_size=3)
     adv = torch.randn(roll.responses.shape)  # (B, Lr) token advantages
     ref = score_logprobs(model, roll, cfg, None) + 0.1 * torch.randn(roll.responses.shape)
     old = None

@@ -61,10 +61,10 @@ def test_independent_sampling_writes_the_environment_draw(policy, greedy):
     torch.manual_seed(0)
     chance = ChanceToken(position=2, token_ids=(HEADS, TAILS))
     tok = build_tokenizer()
-    roll = sample_groups(
-        model, tok, ["12+34=", "5+6="], group_size=16, max_new_tokens=6, temperature=1.0, top_p=1.0,
-        greedy=greedy, chance=chance, tree=None,
-    )  # fmt: skip
+    sampling = SamplingConfig(
+        max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, chance=chance, greedy=greedy
+    )
+    roll = sample_groups(model, tok, ["12+34=", "5+6="], sampling, group_size=16, tree=None)
     reached = roll.response_mask[:, 2].bool()
     assert reached.any()
     drawn = roll.responses[reached, 2]

@@ -11,7 +11,7 @@ import torch
 from tempo_rl.trainer import update
 from tempo_rl.trainer.config import TrainConfig
 from tempo_rl.trainer.loading import load_policy
-from tempo_rl.trainer.rollout import sample_groups
+from tempo_rl.trainer.rollout import SamplingConfig, sample_groups
 from tempo_rl.trainer.scoring import score_logprobs
 from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
@@ -27,16 +27,8 @@ def tiny_path(tmp_path_factory):
 
 def _tree_rollout(model, tok, cfg):
     torch.manual_seed(0)
-    return sample_groups(
-        model,
-        tok,
-        ["1+2=", "34+5="],
-        group_size=4,
-        max_new_tokens=8,
-        temperature=1.0,
-        top_p=1.0,
-        tree=cfg.tree_config(),
-    )
+    sampling = SamplingConfig(max_new_tokens=8, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return sample_groups(model, tok, ["1+2=", "34+5="], sampling, group_size=4, tree=cfg.tree_config())
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -6,7 +6,7 @@ import torch
 
 from .config import TrainConfig
 from .data import Example, reward_columns
-from .loading import chance_token, prompts_for
+from .loading import chance_token, prompts_for, sampling_config
 from .rewards import RewardBatch, RewardFunction, TrainingStopped, score_batch
 from .rollout import Rollout, sample_groups
 
@@ -55,19 +55,15 @@ def evaluate(
         for i in range(0, len(examples), 64):
             chunk = examples[i : i + 64]
             prompts, chat = prompts_for(tokenizer, chunk, cfg)
-            roll = sample_groups(
-                model,
+            sampling = sampling_config(
                 tokenizer,
-                prompts,
-                group_size=1,
+                cfg,
+                chance_token(tokenizer, cfg),
                 greedy=cfg.eval_greedy,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
                 chat_template=chat,
                 autocast_dtype=autocast_dtype,
-                chance=chance_token(tokenizer, cfg),
             )
+            roll = sample_groups(model, tokenizer, prompts, sampling, group_size=1)
             scored = score_rollout(roll, chunk, cfg, rewards, " in evaluation")
             hits += sum(t >= cfg.accuracy_threshold for t in scored.total)
     return hits / max(1, len(examples))

@@ -19,7 +19,7 @@ from .config import INSTALL_TRAIN, TrainConfig, UsageError
 from .data import BUILTIN_TASKS, CHANCE_TOKENS, Example, hold_out, load_dataset, reward_columns
 from .logs import LOGGER_MODULES, MetricLog
 from .rewards import RewardFunction, check_reward_arguments, load_reward_functions
-from .rollout import ChanceToken
+from .rollout import ChanceToken, SamplingConfig
 from .run_dir import check_output_dir, check_resume, clear_run, keep_rows_up_to
 
 log = logging.getLogger("tempo_rl.trainer")
@@ -128,6 +128,20 @@ def chance_token(tokenizer, cfg: TrainConfig) -> ChanceToken | None:
         raise UsageError(f"dataset {cfg.dataset!r}: each of {choices} must be one token of this tokenizer")
     position = len(tokenizer(preamble, add_special_tokens=False)["input_ids"])
     return ChanceToken(position=position, token_ids=tuple(i[0] for i in ids))
+
+
+def sampling_config(tokenizer, cfg: TrainConfig, chance: ChanceToken | None, **fields: Any) -> SamplingConfig:
+    """The run's sampling rules: cfg's length, temperature and top-p, the tokenizer's EOS and pad ids
+    and the task's chance token; `fields` set the rest (greedy, chat_template, autocast_dtype)."""
+    return SamplingConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        chance=chance,
+        **fields,
+    )
 
 
 def prompts_for(tokenizer, batch: list[Example], cfg: TrainConfig) -> tuple[list[str], bool]:

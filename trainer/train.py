@@ -24,7 +24,7 @@ from . import checkpoint, run_dir
 from .config import TrainConfig
 from .data import Example, batch_for_step
 from .evaluate import evaluate, score_rollout
-from .loading import Run, prepare, prompts_for, start_run
+from .loading import Run, prepare, prompts_for, sampling_config, start_run
 from .logs import all_groups_flat, dump_groups, reward_means, rollout_metrics
 from .rewards import TrainingStopped
 from .rollout import Rollout, sample_groups
@@ -110,19 +110,8 @@ def train_step(run: Run, step: int, trust: bool) -> tuple[dict[str, Any], Rollou
     t0 = time.perf_counter()
     batch = batch_for_step(run.setup.examples, step, cfg.prompts_per_step, cfg.seed)
     prompts, chat = prompts_for(run.tokenizer, batch, cfg)
-    roll = sample_groups(
-        run.model,
-        run.tokenizer,
-        prompts,
-        group_size=cfg.group_size,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        chat_template=chat,
-        autocast_dtype=run.autocast_dtype,
-        tree=run.tree,
-        chance=run.chance,
-    )
+    sampling = sampling_config(run.tokenizer, cfg, run.chance, chat_template=chat, autocast_dtype=run.autocast_dtype)
+    roll = sample_groups(run.model, run.tokenizer, prompts, sampling, group_size=cfg.group_size, tree=run.tree)
     t_gen = time.perf_counter()
     scored = score_rollout(roll, batch, cfg, run.setup.rewards, f" at step {step + 1}")
     if scored.all_failed:

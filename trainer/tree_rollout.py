@@ -39,54 +39,9 @@ from typing import Literal, Sequence
 
 import torch
 
+from .rollout import ChanceToken, Rollout, SamplingConfig
+
 FORK_AT = ("fixed", "random", "entropy")
-
-
-@dataclass(frozen=True)
-class ChanceToken:
-    """An environment draw inside every response: response position `position` holds one of
-    `token_ids`, drawn uniformly by the sampler (not by the policy), and carries no loss."""
-
-    position: int  # 0-based response position
-    token_ids: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if self.position < 0:
-            raise ValueError(f"ChanceToken.position must be >= 0, got {self.position}")
-        if not self.token_ids:
-            raise ValueError("ChanceToken.token_ids must name at least one token")
-
-    def draw(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(n,) long: n independent uniform draws from token_ids."""
-        pick = torch.randint(len(self.token_ids), (n,), generator=generator)
-        return torch.tensor(self.token_ids, dtype=torch.long)[pick].to(device)
-
-    def loss_mask(self, response_mask: torch.Tensor) -> torch.Tensor:
-        """response_mask (B, L) with the chance position zeroed (where the response reaches it)."""
-        out = response_mask.clone()
-        if self.position < out.shape[1]:
-            out[:, self.position] = 0
-        return out
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How every token is sampled, roots and forks alike (ordinary sampling rules)."""
-
-    max_new_tokens: int = 64  # response length budget, shared prefix included
-    temperature: float = 1.0  # > 0; logits are divided by it
-    top_p: float = 1.0  # nucleus sampling; 1.0 samples from the full tempered distribution
-    eos_token_id: int | tuple[int, ...] | None = None  # sampled EOS ends the response and is part of it
-    pad_token_id: int = 0  # fills responses past their end (mask 0)
-    chance: ChanceToken | None = None  # an environment draw at one response position (no loss there)
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass(frozen=True)
@@ -114,21 +69,6 @@ class TreeConfig:
             raise ValueError(
                 f"need 0 <= min_fork_depth <= max_fork_depth, got {self.min_fork_depth}, {self.max_fork_depth}"
             )
-
-
-@dataclass
-class Rollout:
-    """G responses per prompt, group-major; leaves of one group in the order they were created."""
-
-    responses: torch.Tensor  # (B, L) long, right-padded with pad_token_id
-    response_mask: torch.Tensor  # (B, L) bool, a prefix of ones per row (EOS included)
-    logprobs: torch.Tensor  # (B, L) float32, log-prob of each token under the sampling distribution
-    entropies: torch.Tensor  # (B, L) float32, entropy of the tempered distribution each token came from
-    group_ids: torch.Tensor  # (B,) long, index of the prompt
-    parent: torch.Tensor  # (B,) long, row of the parent leaf; -1 for a root
-    fork_depth: torch.Tensor  # (B,) long, response tokens taken from the parent (0 for a root)
-    wave: torch.Tensor  # (B,) long, 0 for roots, w for children of wave w - 1 leaves
-    stats: dict[str, float] = field(default_factory=dict)  # tokens generated, forward tokens, time
 
 
 @dataclass
@@ -207,7 +147,7 @@ def sample_tree(
             ]
     counters["seconds"] = time.perf_counter() - t0
     counters["waves"] = wave
-    return _assemble(groups, sampling, counters)
+    return _assemble(prompts, groups, sampling, counters)
 
 
 def sample_tree_padded(
@@ -507,7 +447,9 @@ def _cache_row(cache, slot_pos: torch.Tensor, j: int):
     return kv, slot_pos[j]
 
 
-def _assemble(groups: list[list[_Leaf]], sampling: SamplingConfig, counters: dict) -> Rollout:
+def _assemble(
+    prompts: Sequence[Sequence[int]], groups: list[list[_Leaf]], sampling: SamplingConfig, counters: dict
+) -> Rollout:
     leaves = [lf for g in groups for lf in g]
     width = max(1, max(len(lf.tokens) for lf in leaves))
     b = len(leaves)
@@ -527,7 +469,11 @@ def _assemble(groups: list[list[_Leaf]], sampling: SamplingConfig, counters: dic
             entropies[r, :n] = torch.tensor(lf.entropies)
             parent[r] = offset + lf.parent if lf.parent >= 0 else -1
         offset += len(g)
+    prompt_ids, prompt_mask = _left_padded([prompts[lf.group] for lf in leaves], sampling.pad_token_id)
     return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        texts=[],
         responses=responses,
         response_mask=mask,
         logprobs=logprobs,
@@ -538,3 +484,15 @@ def _assemble(groups: list[list[_Leaf]], sampling: SamplingConfig, counters: dic
         wave=torch.tensor([lf.wave for lf in leaves], dtype=torch.long),
         stats=dict(counters),
     )
+
+
+def _left_padded(prompts: list[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Lp) prompt ids left-padded with `pad_token_id`, and their (B, Lp) 0/1 mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        if p:
+            ids[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[r, width - len(p) :] = 1
+    return ids, mask

@@ -2,7 +2,7 @@
 evaluate JavaScript in it, screenshot it.
 
 Used to test the inspect page (it renders, logs no error, shows the API's numbers) and to take
-the README screenshot. The protocol runs over `--remote-debugging-pipe` (file descriptors 3 and 4,
+the screenshot of docs/inspect.md. The protocol runs over `--remote-debugging-pipe` (file descriptors 3 and 4,
 NUL-terminated JSON messages), so nothing beyond the standard library and the Debian `chromium`
 package is needed and no port is opened.
 """

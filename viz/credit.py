@@ -21,7 +21,7 @@ import tempo_rl
 from tempo_rl.reference.advantage import GroupMoments
 from tempo_rl.reference.trie import Node, PrefixTree
 
-from .rollouts import Rollout, group_rollouts
+from .rollouts import ResponseRecord, group_rollouts
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def fraction_text(x: Fraction, *, max_chars: int = 9) -> str:
     return exact if len(exact) <= max_chars else f"{float(x):.6g}"
 
 
-def batch_advantages(rollouts: list[Rollout], settings: Settings) -> tuple[list[list[float]], list[list[float]]]:
+def batch_advantages(rollouts: list[ResponseRecord], settings: Settings) -> tuple[list[list[float]], list[list[float]]]:
     """TEMPO and GRPO advantages of every rollout from the public API, cut to each response."""
     lengths = [len(r.ids) for r in rollouts]
     width = max(lengths, default=0)
@@ -146,7 +146,7 @@ def layout(nodes: list[dict[str, Any]]) -> None:
             n["row"] = rows[mid] if len(kids) % 2 else (rows[mid - 1] + rows[mid]) / 2
 
 
-def group_view(members: list[Rollout], tempo: list[list[float]], grpo: list[list[float]]) -> dict[str, Any]:
+def group_view(members: list[ResponseRecord], tempo: list[list[float]], grpo: list[list[float]]) -> dict[str, Any]:
     """Everything the page, the figure and the summary show about one group (JSON-ready)."""
     tree = PrefixTree([r.ids for r in members], [r.reward for r in members])
     moments = GroupMoments.of(tree.rewards)
@@ -196,7 +196,7 @@ def group_view(members: list[Rollout], tempo: list[list[float]], grpo: list[list
     }
 
 
-def build_views(rollouts: list[Rollout], settings: Settings) -> list[dict[str, Any]]:
+def build_views(rollouts: list[ResponseRecord], settings: Settings) -> list[dict[str, Any]]:
     """One view per group, groups in order of first appearance in the file."""
     tempo, grpo = batch_advantages(rollouts, settings)
     row_of = {id(r): i for i, r in enumerate(rollouts)}

@@ -30,7 +30,7 @@ class Tokenizer(Protocol):
 
 
 @dataclass
-class Rollout:
+class ResponseRecord:
     """One sampled response, as read from line `line` of its file."""
 
     line: int
@@ -151,11 +151,11 @@ def _token_ids(value: Any, where: str) -> list[int] | str:
     raise RolloutError(f"{where}: response must be a string or a list of non-negative integer token ids")
 
 
-def read_rollouts(path: str | Path, tokenizer: Tokenizer | None = None) -> list[Rollout]:
+def read_rollouts(path: str | Path, tokenizer: Tokenizer | None = None) -> list[ResponseRecord]:
     """Every rollout of a JSONL file, in file order, with tokens and their display text."""
     path = Path(path)
     vocab = WhitespaceVocab()
-    rollouts: list[Rollout] = []
+    rollouts: list[ResponseRecord] = []
     kinds: dict[str, int] = {}  # "ids"/"text" -> first line of that kind (for mixing errors)
     with path.open(encoding="utf-8") as f:
         for line_no, raw in enumerate(f, start=1):
@@ -176,7 +176,7 @@ def read_rollouts(path: str | Path, tokenizer: Tokenizer | None = None) -> list[
                 raise RolloutError(f"{where}: text must be a string")
             prompt = record.get("prompt")
             rollouts.append(
-                Rollout(
+                ResponseRecord(
                     line=line_no,
                     group_id=_group_id(_field(record, "group_id", where), where),
                     step=_step(record.get("step"), where),
@@ -194,9 +194,9 @@ def read_rollouts(path: str | Path, tokenizer: Tokenizer | None = None) -> list[
     return rollouts
 
 
-def group_rollouts(rollouts: list[Rollout]) -> dict[tuple[int | None, Hashable], list[Rollout]]:
+def group_rollouts(rollouts: list[ResponseRecord]) -> dict[tuple[int | None, Hashable], list[ResponseRecord]]:
     """Rollouts by (step, group_id), groups in order of first appearance, members in file order."""
-    groups: dict[tuple[int | None, Hashable], list[Rollout]] = {}
+    groups: dict[tuple[int | None, Hashable], list[ResponseRecord]] = {}
     for r in rollouts:
         groups.setdefault(r.group_key, []).append(r)
     return groups

@@ -1,4 +1,4 @@
-"""The README screenshot: the worked example's page, TEMPO and GRPO side by side, one token hovered.
+"""The screenshot of docs/inspect.md: the worked example's page, TEMPO and GRPO side by side, one token hovered.
 
 .venv/bin/python -m tempo_rl.viz.screenshot [docs/inspect.png]
 """

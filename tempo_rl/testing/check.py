@@ -33,6 +33,8 @@ from hypothesis import strategies as st
 
 import tempo_rl
 from tempo_rl.reference import PrefixTree, group_rows
+from tempo_rl.tolerances import allowed_error
+from tempo_rl.tolerances import relative_tolerance as _rtol
 
 from .adapters import Implementation, plain
 from .minimise import minimise
@@ -116,37 +118,6 @@ class _Run:
 
 
 # ------------------------------------------------------------------ tolerance and reference
-
-
-def allowed_error(case: Case, dtype: torch.dtype, *, norm_by_std: bool, eps: float) -> torch.Tensor:
-    """(B, 1) absolute part of the documented tolerance for each row (proofs_notes/fast-algorithm.md).
-
-    float64 rounding of the centring, 4 * 64 * 2^-52 * (max_g |R| + 1), scaled like the advantages
-    (divided by sigma_g + eps when norm_by_std). An entry passes when |returned - reference| <=
-    rtol * |reference| + allowed_error, with rtol one rounding of the returned dtype (2^-23 for
-    float32, 4 * 2^-52 for float64). `dtype` is the returned dtype (the absolute part does not
-    depend on it; it is taken so callers state which output they bound).
-    """
-    r = case.rewards.double().cpu()
-    tol = torch.zeros(r.shape[0], 1, dtype=torch.float64)
-    for rows in group_rows(case.group_list).values():
-        g = r[rows]
-        top = g.abs().max().item()
-        if norm_by_std:
-            sigma = g.std().item() if len(rows) > 1 else 0.0
-            if math.isfinite(sigma):
-                ratio = (top + 1.0) / max(sigma + eps, 1e-300)
-            else:  # rewards near 1e308: sigma^2 overflows; the same ratio on g / top
-                ratio = (1.0 + 1.0 / top) / ((g / top).std().item() + eps / top)
-        else:
-            ratio = top + 1.0
-        tol[rows] = 4 * 64 * 2.0**-52 * ratio
-    return tol
-
-
-def _rtol(dtype: torch.dtype) -> float:
-    """One rounding of the output dtype (2^-23 for float32), 4 * 2^-52 at float64."""
-    return max(torch.finfo(dtype).eps, 4 * 2.0**-52)
 
 
 def _reference(case: Case, run: _Run) -> torch.Tensor:

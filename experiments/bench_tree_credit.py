@@ -1,6 +1,6 @@
 """Gradient signal of GRPO and TEMPO under independent and tree rollouts, at one fixed policy.
 
-    python -m tempo_rl.benchmarks.bench_tree_credit --model runs/tiny-chain --task chain
+    python -m experiments.bench_tree_credit --model runs/tiny-chain --task chain
 
 For each of K rollout batches (P prompts) and each rollout kind, the policy gradient of the
 token-mean surrogate sum_t A[i,t] log pi(y_i,t) / n_tokens is computed under both estimators

@@ -1,8 +1,11 @@
-"""The pieces of `tempo-rl compare`: best-lr selection, steps to target, report, gradient agreement."""
+"""The pieces of `python -m experiments.compare`: best-lr selection, steps to target, report, gradient agreement."""
 
+import argparse
+import importlib.util
 import math
+from pathlib import Path
 
-from tempo_rl.trainer import compare
+from experiments import compare
 from tempo_rl.trainer.config import TrainConfig
 from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
@@ -44,7 +47,7 @@ def test_each_estimator_gets_its_own_best_lr(tmp_path):
         [1e-4, 2e-4],
         [0, 1, 2],
         0.8,
-        "tempo-rl compare",
+        "python -m experiments.compare",
     )
     assert "| tempo | 0.0001 | 10 (10, 10, 10; 3/3 within" in md and "| grpo | 0.0002 | 10 (" in md
     assert compare._fmt_steps([None, 20, None], 60) == "not reached (-, 20, -; 1/3 within 60)"
@@ -104,3 +107,18 @@ def test_batch_snr_sees_noise_in_the_size_along_one_direction():
     grad = [{"rollout": "independent", "cos_other_batches_grpo": 0.5, "cos_other_batches_tempo": 0.5,
              "direct_snr_grpo": 2.0, "direct_snr_tempo": 5.0}]  # fmt: skip
     assert compare.gradient_snr(grad)["independent"]["direct_snr_ratio"] == 2.5
+
+
+def test_compare_names_a_missing_extra_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # whatever happens, nothing is written into the repository
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "matplotlib" else real(n, *a))
+    assert compare.main(["--steps", "1", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "'matplotlib'" in capsys.readouterr().err
+
+
+def test_compare_writes_to_the_working_directory_by_default():
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    out = Path(parser.parse_args([]).out)
+    assert not out.is_absolute() and out.parent == Path(".")

@@ -1,6 +1,6 @@
 """Predicted SNR(TEMPO) / SNR(GRPO) of the whole gradient in two tabular task models (a design tool).
 
-`python -m tempo_rl.benchmarks.predict_tree_gain` prints the table quoted in
+`python -m experiments.predict_tree_gain` prints the table quoted in
 proofs_notes/tree-rollouts.md, section 5. No training: each row simulates the gradient estimators
 of one group at a fixed policy (numpy, seeded, a few seconds in all) in the Dr. GRPO token-sum
 form at ratio 1, with TEMPO's TD taken from the realised group (V of parent and child, mu the

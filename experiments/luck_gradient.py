@@ -1,9 +1,9 @@
 """Gradient SNR of TEMPO and GRPO on the `luck` task and its control, at the initial policy (no training).
 
-`python -m tempo_rl.benchmarks.luck_gradient --out benchmarks/results/luck_gradient.json` runs the
-gradient diagnostic of `tempo-rl compare` (`compare.gradient_agreement`: the TEMPO and GRPO policy
+`python -m experiments.luck_gradient --out benchmarks/results/luck_gradient.json` runs the
+gradient diagnostic of `python -m experiments.compare` (`compare.gradient_agreement`: the TEMPO and GRPO policy
 gradients of the same batches, and each estimator's mean cosine between batches) on
-benchmarks/configs/luck.yaml with the task's reward ("luck": [heads] + 0.5 [answer right]) and with the
+experiments/configs/luck.yaml with the task's reward ("luck": [heads] + 0.5 [answer right]) and with the
 control's ("numeric": no coin term), for independent and tree rollouts, and prints the SNR each
 cosine implies (`compare.gradient_snr`) next to the prediction of
 benchmarks/results/luck_prediction.md.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tempo_rl.trainer import compare
+from experiments import compare
 from tempo_rl.trainer.config import TrainConfig, load_file
 
 PREDICTED = {"luck": "1.5-3.4 (3.37 carry only, 1.54 with reward noise sd 0.5)", "numeric": "0.79-0.98"}
@@ -26,7 +26,7 @@ PREDICTED = {"luck": "1.5-3.4 (3.37 carry only, 1.54 with reward noise sd 0.5)",
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="benchmarks/configs/luck.yaml")
+    parser.add_argument("--config", default="experiments/configs/luck.yaml")
     parser.add_argument("--batches", type=int, default=12, help="batches of prompts_per_step groups per arm")
     parser.add_argument("--tree-group-size", type=int, default=44)
     parser.add_argument("--rewards", nargs="+", default=["luck", "numeric"], choices=sorted(PREDICTED))

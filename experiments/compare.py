@@ -1,4 +1,4 @@
-"""`tempo-rl compare`: TEMPO vs GRPO on one budget, each at its own best learning rate.
+"""`python -m experiments.compare`: TEMPO vs GRPO on one budget, each at its own best learning rate.
 
 For every estimator, every learning rate of the sweep and every seed, one training run (same
 prompts, same budget). Each estimator is then judged at the learning rate that gives it the highest
@@ -24,15 +24,15 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig, load_file
-from .data import batch_for_step, load_dataset
-from .loss import policy_loss
-from .rewards import load_reward_functions
-from .rollout import forward_logprobs, sample_groups
+from tempo_rl.trainer.config import TrainConfig, load_file
+from tempo_rl.trainer.data import batch_for_step, load_dataset
+from tempo_rl.trainer.loss import policy_loss
+from tempo_rl.trainer.rewards import load_reward_functions
+from tempo_rl.trainer.rollout import forward_logprobs, sample_groups
 
 
 def _one_run(cfg: TrainConfig) -> list[dict[str, Any]]:
-    from .train import train
+    from tempo_rl.trainer.train import train
 
     return train(cfg)
 
@@ -213,9 +213,9 @@ def gradient_agreement(
     policy gradients (same samples, ratio 1, the configured aggregation). Each row also carries the
     mean cosine of its gradients with the other batches' (per estimator): a scale-free
     signal-to-noise measure, since independent noise averages to cosine 0."""
-    from .evaluate import score
-    from .loading import chance_token, load_policy, model_path
-    from .train import compute_advantages
+    from tempo_rl.trainer.evaluate import score
+    from tempo_rl.trainer.loading import chance_token, load_policy, model_path, sampling_config
+    from tempo_rl.trainer.train import compute_advantages
 
     cfg = replace(base, rollout=rollout, group_size=group_size or base.group_size)
     torch.manual_seed(cfg.seed)
@@ -228,16 +228,9 @@ def gradient_agreement(
     out, grads = [], {"tempo": [], "grpo": []}
     for b in range(n_batches):
         batch = batch_for_step(examples, 10_000 + b, cfg.prompts_per_step, cfg.seed)
+        sampling = sampling_config(tokenizer, cfg, chance_token(tokenizer, cfg))
         roll = sample_groups(
-            model,
-            tokenizer,
-            [e.prompt for e in batch],
-            group_size=cfg.group_size,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            tree=cfg.tree_config(),
-            chance=chance_token(tokenizer, cfg),
+            model, tokenizer, [e.prompt for e in batch], sampling, group_size=cfg.group_size, tree=cfg.tree_config()
         )
         rewards = score(roll, batch, cfg, reward_fns)
         for est in ("tempo", "grpo"):
@@ -494,19 +487,19 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from .config import INSTALL_TRAIN, UsageError
-    from .loading import TRAIN_MODULES, require_modules
+    from tempo_rl.trainer.config import INSTALL_TRAIN, UsageError
+    from tempo_rl.trainer.loading import TRAIN_MODULES, require_modules
 
     try:  # before 25 minutes of runs, not at the plot after them
-        require_modules((*TRAIN_MODULES, "matplotlib"), "tempo-rl compare", INSTALL_TRAIN)
+        require_modules((*TRAIN_MODULES, "matplotlib"), "python -m experiments.compare", INSTALL_TRAIN)
     except UsageError as e:
-        print(f"tempo-rl compare: error: {e}", file=sys.stderr)
+        print(f"python -m experiments.compare: error: {e}", file=sys.stderr)
         return 2
     if len(args.lrs) < 3 or len(args.seeds) < 3:
         print("warning: a fair comparison needs >= 3 learning rates and >= 3 seeds", file=sys.stderr)
     base = TrainConfig(**(load_file(args.config) if args.config else {}))
     base = replace(base, steps=args.steps, eval_every=args.eval_every).validate()
-    from .loading import model_path
+    from tempo_rl.trainer.loading import model_path
 
     model_path(base)  # build the shared initial policy once, before the workers start
     t0 = time.perf_counter()
@@ -527,7 +520,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(results, summary, names, args.lrs, args.seeds, args.target, out.with_suffix(".png"))
-    command = "tempo-rl compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else "tempo-rl compare"
+    command = "python -m experiments.compare"
+    if sys.argv[0].endswith("compare.py"):  # run as a script, not called from Python
+        command = " ".join([command, *sys.argv[1:]])
     md = markdown(summary, grad, base, names, args.lrs, args.seeds, args.target, command)
     out.with_suffix(".md").write_text(md)
     curves = {f"{e}|{lr:g}|{s}": eval_curve(h) for (e, lr, s), h in results.items()}
@@ -554,3 +549,15 @@ def run(args) -> int:
     )
     print(md)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
