@@ -91,7 +91,7 @@ def padded_tempo_advantages(
 ) -> list[list[float]]:
     """TEMPO advantages of padded (B, L) rows, left or right padded row by row, as (B, L) lists.
 
-    The response of row i is responses[i][s_i : s_i + n_i] (`response_span`); its advantages
+    The response of row i is `responses[i][s_i : s_i + n_i]` (`response_span`); its advantages
     (`reference.tempo_advantages`) go back to those columns, 0.0 elsewhere.
 
     >>> y = [[7, 1, 0], [0, 7, 2]]  # Example 1 of proofs_notes/tempo.md, the second row left padded
