@@ -28,9 +28,10 @@ and raises `tempo_rl.AdvantageMismatch` on a difference; its cost does not grow 
 `tempo_log_branch_snr` (default False: True adds the per-node diagnostic of
 `tempo_rl.branch_snr_stats` to the tempo/* metrics, at about 2x the advantages' cost).
 
-The tree covers each response's tokens (its length in the TransferQueue); verl's
-`response_mask`, which is 0 on tool output inside a multi-turn response, is the loss mask and
-never changes the tree. The legacy trainer (`trainer.use_v1=False`) has no such hook: there the
+The tree covers each response's span, tool output included (verl's attention mask over the
+response, or its length in the TransferQueue); verl's `response_mask`, which is 0 on tool output
+inside a multi-turn response and so has holes, is passed as the loss mask and never changes the
+tree (`tree_and_loss_masks`). The legacy trainer (`trainer.use_v1=False`) has no such hook: there the
 estimator raises, naming the trainer mode to use.
 """
 
@@ -48,7 +49,14 @@ from verl.trainer.ppo import core_algos
 
 import tempo_rl
 
-__all__ = ["TEMPO", "compute_tempo_outcome_advantage", "response_tokens", "step_options", "TempoAdvantageMixin"]
+__all__ = [
+    "TEMPO",
+    "compute_tempo_outcome_advantage",
+    "response_tokens",
+    "step_options",
+    "tree_and_loss_masks",
+    "TempoAdvantageMixin",
+]
 
 TEMPO = "tempo"
 logger = logging.getLogger(__name__)
@@ -58,6 +66,7 @@ logger = logging.getLogger(__name__)
 class _ResponseTokens:
     responses: torch.Tensor  # (B, L') int token ids, right-padded
     lengths: torch.Tensor | None  # (B,) tokens per response; None: take them from response_mask
+    attention_mask: torch.Tensor | None = None  # (B, P + L) verl's; its last L columns: the spans
     stats: dict[str, float] = field(default_factory=dict)  # filled by the estimator, for metrics
 
 
@@ -65,13 +74,17 @@ _CURRENT: contextvars.ContextVar[_ResponseTokens | None] = contextvars.ContextVa
 
 
 @contextlib.contextmanager
-def response_tokens(responses: torch.Tensor, lengths: torch.Tensor | None = None) -> Iterator[dict[str, float]]:
+def response_tokens(
+    responses: torch.Tensor, lengths: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+) -> Iterator[dict[str, float]]:
     """Make `responses` (B, L) visible to the "tempo" estimator while verl computes advantages.
 
-    `lengths` (B,) gives each response's token count; without it a response runs to the last
-    position where verl's `response_mask` is 1. Yields a dict that receives the tree statistics.
+    Each response's span (its tree) comes from `attention_mask` (B, P + L), verl's, whose last L
+    columns cover the response, tool output included; else from `lengths` (B,), its token count;
+    else it runs to the last position where verl's `response_mask` is 1. Yields a dict that
+    receives the tree statistics.
     """
-    call = _ResponseTokens(responses, lengths)
+    call = _ResponseTokens(responses, lengths, attention_mask)
     token = _CURRENT.set(call)
     try:
         yield call.stats
@@ -86,13 +99,61 @@ def _option(config: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _tree_mask(response_mask: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """(B, L) contiguous prefix of ones covering each response's tokens."""
-    positions = torch.arange(response_mask.shape[1], device=response_mask.device)  # (L,)
-    if lengths is None:
-        # One past the last 1 of each row; tool output inside the response stays in the tree.
-        lengths = torch.where(response_mask.bool(), positions + 1, 0).amax(dim=1)  # (B,)
-    return positions[None, :] < lengths.to(response_mask.device)[:, None]  # bool: one byte a token
+def tree_and_loss_masks(
+    response_mask: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's masks as TEMPO takes them: (the response's span, the tokens to train), both (B, L).
+
+    verl's multi-turn `response_mask` is 0 on tool output inside a response, so it has holes;
+    TEMPO's response mask must be the contiguous span of the response (its tree runs over every
+    token, tool output included) and the holes belong in the loss mask. The span comes from, in
+    order: `attention_mask` (B, P + L) over prompt and response, whose last L columns are 1 on
+    each response's tokens; `lengths` (B,), tokens per response; else one past the last 1 of
+    `response_mask`.
+
+    Args:
+        response_mask: (B, L) 0/1, verl's (the loss mask: 0 on padding and on tool output).
+        attention_mask: optional (B, P + L) 0/1, verl's, P >= 0 prompt columns before the response.
+        lengths: optional (B,) int tokens per response.
+
+    Returns:
+        (span, loss): span (B, L) bool, a contiguous run of ones per row; loss = `response_mask`.
+        ValueError, naming the row and position, where `response_mask` is 1 outside the span.
+
+    >>> m = torch.tensor([[1, 1, 0, 0, 1, 0]])  # tool output at positions 2 and 3
+    >>> span, loss = tree_and_loss_masks(m, attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0]]))
+    >>> span.int().tolist(), loss.tolist()
+    ([[1, 1, 1, 1, 1, 0]], [[1, 1, 0, 0, 1, 0]])
+    """
+    width = response_mask.shape[1]
+    positions = torch.arange(width, device=response_mask.device)  # (L,)
+    if attention_mask is not None:
+        if (
+            attention_mask.dim() != 2
+            or attention_mask.shape[0] != response_mask.shape[0]
+            or attention_mask.shape[1] < width
+        ):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected (B, P + L) with B, L "
+                f"{tuple(response_mask.shape)} like response_mask"
+            )
+        span = attention_mask[:, attention_mask.shape[1] - width :].to(response_mask.device).bool()  # (B, L)
+    else:
+        if lengths is None:
+            # One past the last 1 of each row; tool output inside the response stays in the tree.
+            lengths = torch.where(response_mask.bool(), positions + 1, 0).amax(dim=1)  # (B,)
+        span = positions[None, :] < lengths.to(response_mask.device)[:, None]  # bool: one byte a token
+    outside = response_mask.bool() & ~span  # (B, L)
+    if bool(outside.any()):
+        row, t = (int(v) for v in torch.nonzero(outside)[0])
+        raise ValueError(
+            f"response_mask row {row} is 1 at position {t}, outside the response's span "
+            f"({'attention_mask' if attention_mask is not None else 'response_lengths'})"
+        )
+    return span, response_mask
 
 
 def compute_tempo_outcome_advantage(
@@ -103,6 +164,7 @@ def compute_tempo_outcome_advantage(
     *,
     responses: torch.Tensor | None = None,
     response_lengths: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
     **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TEMPO advantages in verl's estimator signature; returns (advantages, returns), both (B, L).
@@ -115,6 +177,11 @@ def compute_tempo_outcome_advantage(
         responses: (B, L') int token ids, L' >= L; default: the ones set by `response_tokens`.
         response_lengths: (B,) tokens per response; default: from `response_tokens`, else the
             last 1 of `response_mask`.
+        attention_mask: (B, P + L) verl's attention mask over prompt and response; where given
+            (here or to `response_tokens`) its last L columns are each response's span.
+
+    The span of each response is its tree, tool output included; verl's `response_mask` is the
+    loss mask (`tree_and_loss_masks`).
 
     A[i, t] = (R_i - mu_g + td_coef * (V(child) - V(parent))) / (sigma_g + eps) on loss tokens
     (arXiv 2509.18314; `tempo_rl.tempo_advantages`), 0 elsewhere; returns equal advantages, as
@@ -123,6 +190,7 @@ def compute_tempo_outcome_advantage(
     call = _CURRENT.get()
     if responses is None and call is not None:
         responses, response_lengths = call.responses, call.lengths if response_lengths is None else response_lengths
+        attention_mask = call.attention_mask if attention_mask is None else attention_mask
     if responses is None:
         raise ValueError(
             "tempo estimator: no response token ids. Run verl's v1 trainer with "
@@ -138,12 +206,12 @@ def compute_tempo_outcome_advantage(
             f"{tuple(response_mask.shape)}; expected the same rows and at least as many columns"
         )
     responses = responses[:, :width].to(response_mask.device)
-    tree_mask = _tree_mask(response_mask, response_lengths)
+    span, loss = tree_and_loss_masks(response_mask, attention_mask=attention_mask, lengths=response_lengths)
     group_ids = list(index)
     scores = token_level_rewards.sum(dim=-1)
     # Tree statistics and the branch-node diagnostic only when a trainer mode receives them.
     result = tempo_rl.advantage_step(
-        responses, tree_mask, scores, group_ids, loss_mask=response_mask, options=step_options(config, call is not None)
+        responses, span, scores, group_ids, loss_mask=loss, options=step_options(config, call is not None)
     )
     if call is not None:
         call.stats.update(result.metrics)

@@ -14,19 +14,24 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 
+from .reference.padding import both_sides_message, hole_message
+
 _INT_DTYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Validated inputs, in the form every backend takes.
+    """Validated inputs, in the form every backend takes: right padded.
 
-    responses: (B, L) integer tensor, as given (int32 or int64 kept).
+    responses: (B, L) integer tensor (int32 or int64 kept), as given when every row is right
+        padded; a left-padded row is rotated so that its response starts at column 0.
     lengths: (B,) int64, n_i = number of ones in row i of the response mask.
     rewards: (B,) float tensor in the output dtype (float64 if given float64, else float32).
     group_index: (B,) int64 dense group index in [0, n_groups).
     group_keys: the original group id of each dense index (for per-group results).
-    loss_mask: (B, L) bool, or None.
+    loss_mask: (B, L) bool, or None; rotated with its row of responses.
+    starts: (B,) int64 first column s_i of each response in the caller's layout (0 when right
+        padded), or None when every row is right padded. `to_caller` puts a (B, L) result back.
     """
 
     responses: torch.Tensor
@@ -35,6 +40,11 @@ class Batch:
     group_index: torch.Tensor
     group_keys: list[Hashable]
     loss_mask: torch.Tensor | None
+    starts: torch.Tensor | None = None
+
+    def to_caller(self, x: torch.Tensor) -> torch.Tensor:
+        """A right-padded (B, L) result at the caller's columns (left-padded rows shifted back)."""
+        return x if self.starts is None else shift_rows(x, -self.starts.to(x.device))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -98,22 +108,53 @@ def _is_binary(mask: torch.Tensor) -> bool:
     return bool(low >= 0) and bool(high <= 1)
 
 
-def check_prefix_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Lengths n_i of a mask whose every row is a contiguous prefix of ones.
+def check_response_mask(mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(starts, lengths), each (B,) int64: the first column s_i and the length n_i of the response
+    in every row, a prefix of ones (right padded, s_i = 0) or a suffix (left padded, s_i = L - n_i).
+    starts is None when every row is right padded.
 
-    A row is a prefix iff it never rises from 0 to 1; its length is then the position of its
-    first 0 (L if none). Two byte passes: torch's sum over a bool row is several times slower.
+    A row is a prefix iff it never rises from 0 to 1, a suffix iff it never falls from 1 to 0
+    (reference/padding.py is the definition). Right-padded batches pay two byte passes as before;
+    only a batch with a rising row pays the passes that find its suffixes.
     """
     b, length = mask.shape
     if length == 0:
-        return torch.zeros(b, dtype=torch.int64, device=mask.device)
+        return None, torch.zeros(b, dtype=torch.int64, device=mask.device)
     bits = mask.view(torch.uint8)  # (B, L)
-    not_prefix = (bits[:, 1:] > bits[:, :-1]).any(dim=1)  # (B,) a 0 -> 1 step
-    if bool(not_prefix.any()):
-        row = _first_bad_row(not_prefix)
-        raise ValueError(f"response_mask row {row} is not a contiguous prefix of ones (responses must be right-padded)")
+    rises = (bits[:, 1:] > bits[:, :-1]).any(dim=1)  # (B,) a 0 -> 1 step: not a prefix
     first_zero = bits.argmin(dim=1)  # (B,) the first 0, or 0 for a row of ones
-    return torch.where(bits[:, -1].bool(), length, first_zero).to(torch.int64)
+    lengths = torch.where(bits[:, -1].bool(), length, first_zero).to(torch.int64)
+    if not bool(rises.any()):
+        return None, lengths
+    falls = (bits[:, 1:] < bits[:, :-1]).any(dim=1)  # (B,) a 1 -> 0 step: not a suffix
+    bad = rises & falls
+    if bool(bad.any()):
+        raise ValueError(_span_error(bits, _first_bad_row(bad)))
+    starts = torch.where(rises, bits.argmax(dim=1), 0).to(torch.int64)  # (B,) the first 1 of a suffix
+    return starts, torch.where(rises, length - starts, lengths)
+
+
+def _span_error(bits: torch.Tensor, row: int) -> str:
+    """The message for a row that is neither a prefix nor a suffix: a hole, or padding on both sides."""
+    ones = torch.nonzero(bits[row])[:, 0].tolist()
+    start, stop = ones[0], ones[-1] + 1
+    if len(ones) != stop - start:
+        holes = torch.nonzero(bits[row, start:stop] == 0)[:, 0]
+        return hole_message(row, start + int(holes[0]))
+    return both_sides_message(row, start, stop)
+
+
+def shift_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """out[i, t] = x[i, (t + shift_i) mod L] for a (B, L) tensor: one gather, no loop over rows.
+
+    With shift = starts it moves every response to column 0 (right padding); with -starts it moves
+    a right-padded result back to the response's own columns. What wraps round is padding.
+    """
+    length = x.shape[1]
+    if length == 0:
+        return x
+    cols = (torch.arange(length, device=x.device) + shift[:, None]) % length  # (B, L)
+    return torch.gather(x, 1, cols)
 
 
 def check_rewards(rewards: Any, batch: int, device: torch.device) -> torch.Tensor:
@@ -196,13 +237,18 @@ def validate(
     group_ids: Any,
     loss_mask: Any = None,
 ) -> Batch:
-    """Check every input once and return them in the form all backends take."""
+    """Check every input once and return them in the form all backends take (right padded; a
+    backend's (B, L) result goes back to the caller's columns through `Batch.to_caller`)."""
     responses = check_responses(responses)
     shape = tuple(responses.shape)
     device = responses.device
     mask = check_mask(response_mask, "response_mask", shape, device)
-    lengths = check_prefix_mask(mask)
+    starts, lengths = check_response_mask(mask)
     reward_t = check_rewards(rewards, shape[0], device)
     group_index, group_keys = check_group_ids(group_ids, shape[0], device)
     loss = None if loss_mask is None else check_mask(loss_mask, "loss_mask", shape, device)
-    return Batch(responses, lengths, reward_t, group_index, group_keys, loss)
+    if starts is None:  # right padded throughout: nothing moves, nothing is copied
+        return Batch(responses, lengths, reward_t, group_index, group_keys, loss)
+    responses = shift_rows(responses, starts)  # (B, L) every response from column 0
+    loss = None if loss is None else shift_rows(loss, starts)
+    return Batch(responses, lengths, reward_t, group_index, group_keys, loss, starts)

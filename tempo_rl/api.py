@@ -47,8 +47,8 @@ def _run(
         eps=float(eps),
         td_coef=float(td_coef),
         with_stats=with_stats,
-    )
-    return out, None if table is None else stats_from_table(table, batch.group_keys)
+    )  # (B, L) right padded
+    return batch.to_caller(out), None if table is None else stats_from_table(table, batch.group_keys)
 
 
 def stats_from_table(table: torch.Tensor, group_keys: Sequence[Hashable]) -> TreeStats:
@@ -81,8 +81,9 @@ def tempo_advantages(
     group does not branch the TD term is exactly 0 and A equals GRPO bitwise.
 
     Args:
-        responses: (B, L) int token ids, right-padded (padding values are never read).
-        response_mask: (B, L) bool or 0/1; each row a contiguous prefix of ones (n_i of them).
+        responses: (B, L) int token ids, right- or left-padded (padding values are never read).
+        response_mask: (B, L) bool or 0/1; each row a prefix of ones (right padding) or a suffix
+            of ones (left padding), n_i of them; rows of a batch may differ.
         rewards: (B,) finite float rewards, one per response.
         group_ids: (B,) ints or hashables (e.g. verl's uid strings); same id = same prompt.
         loss_mask: optional (B, L) 0/1; 0 forces the advantage to 0 without changing the tree.
@@ -92,7 +93,8 @@ def tempo_advantages(
         backend: "auto", "reference", "torch" or "triton".
 
     Returns:
-        (B, L) advantages, float32 (float64 when rewards are float64), 0 outside the mask,
+        (B, L) advantages at the response's own columns, float32 (float64 when rewards are
+        float64): a left-padded row gets the right-padded row's values shifted, 0 outside the mask,
         where loss_mask is 0, and for groups of one or with equal rewards.
 
     >>> import torch, tempo_rl

@@ -2,6 +2,8 @@
 against the exact reference with `tempo_rl.testing.check_implementation`; prints the report and
 exits 1 on a counterexample, 2 on a usage error (a bad flag, a device this machine lacks) or when
 the target cannot be loaded; usage errors are one line on stderr, reported before any check runs.
+Every option the target takes is swept unless a flag pins it (`--td-coef 1`, `--no-norm-by-std`,
+`--eps 1e-6`, `--no-loss-mask`).
 
 The target is a function with the signature of `tempo_rl.tempo_advantages` (`--adapter plain`),
 a verl advantage estimator (`--adapter verl`), a loop over Python lists (`--adapter per-row`), or
@@ -37,10 +39,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-examples", type=int, default=500, help="random batches to check (default 500)")
     parser.add_argument("--seed", type=int, default=None, help="fix the random draws")
-    parser.add_argument("--td-coef", type=float, default=1.0, help="td_coef to check with (default 1.0)")
-    parser.add_argument("--eps", type=float, default=1e-6, help="eps to check with (default 1e-6)")
     parser.add_argument(
-        "--no-norm-by-std", dest="norm_by_std", action="store_false", help="check the Dr. GRPO form (norm_by_std=False)"
+        "--td-coef",
+        default=None,
+        help="pin td_coef to these comma-separated values (default: sweep 1, 0, 0.5, 2)",
+    )
+    parser.add_argument(
+        "--eps", default=None, help="pin eps to these comma-separated values (default: sweep 1e-6, 0.25)"
+    )
+    norm = parser.add_mutually_exclusive_group()
+    norm.add_argument(
+        "--norm-by-std", dest="norm_by_std", action="store_const", const=True, default=None, help="pin norm_by_std=True"
+    )
+    norm.add_argument(
+        "--no-norm-by-std",
+        dest="norm_by_std",
+        action="store_const",
+        const=False,
+        help="pin the Dr. GRPO form, norm_by_std=False (default: sweep both)",
+    )
+    loss = parser.add_mutually_exclusive_group()
+    loss.add_argument(
+        "--loss-mask",
+        dest="loss_mask",
+        action="store_const",
+        const=True,
+        default=None,
+        help="every batch has a loss mask",
+    )
+    loss.add_argument(
+        "--no-loss-mask",
+        dest="loss_mask",
+        action="store_const",
+        const=False,
+        help="no batch has a loss mask (default: both, when the target takes one)",
     )
     parser.add_argument(
         "--no-exact-non-branch",
@@ -57,15 +89,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="move tensors there first (plain, verl), e.g. cuda")
 
 
+def _floats(text: str | None) -> list[float] | None:
+    """A comma-separated list of numbers (one number pins the option to it); None: not given.
+    ValueError when it holds something else, or nothing."""
+    if text is None:
+        return None
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError("no number given")
+    return values
+
+
 def usage_error(args: argparse.Namespace) -> str | None:
     """Why these flags cannot run a check (one line), or None: checked before anything is loaded."""
     if args.max_examples < 1:
         return f"--max-examples must be >= 1, got {args.max_examples}"
-    for flag, value in (("--td-coef", args.td_coef), ("--eps", args.eps)):
-        if value is not None and not math.isfinite(value):
-            return f"{flag} must be a finite number, got {value}"
-    if args.eps is not None and args.eps < 0:
-        return f"--eps must be >= 0, got {args.eps}"
+    for flag, text in (("--td-coef", args.td_coef), ("--eps", args.eps)):
+        try:
+            values = _floats(text) or []
+        except ValueError:
+            return f"{flag} must be comma-separated numbers, got {text!r}"
+        for value in values:
+            if not math.isfinite(value):
+                return f"{flag} must be a finite number, got {value}"
+            if flag == "--eps" and value < 0:
+                return f"--eps must be >= 0, got {value}"
     if args.device is not None:
         if args.adapter == "per-row":
             return "--device: the per-row adapter passes Python lists, not tensors; drop --device"
@@ -111,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
         report = testing.check_implementation(
             impl,
             norm_by_std=args.norm_by_std,
-            td_coef=args.td_coef,
-            eps=args.eps,
+            td_coef=_floats(args.td_coef),
+            eps=_floats(args.eps),
+            loss_mask=args.loss_mask,
             exact_non_branch=args.exact_non_branch,
             batch_invariant=args.batch_invariant,
             max_examples=args.max_examples,
@@ -121,5 +170,8 @@ def run(args: argparse.Namespace) -> int:
     except testing.Counterexample as e:
         print(e)
         return 1
+    except ValueError as e:  # an option pinned to several values that the target does not take
+        print(f"tempo-rl check: error: {e}", file=sys.stderr)
+        return 2
     print(report)
     return 0

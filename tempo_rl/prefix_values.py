@@ -19,12 +19,12 @@ section 1: per branch node its size m and unbiased estimates of delta^2 and sigm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Hashable, Sequence
 
 import torch
 
-from ._validate import Batch, validate
+from ._validate import Batch, shift_rows, validate
 from .backends import get_backend, resolve_backend
 
 
@@ -71,7 +71,9 @@ class PrefixValues:
     run_count, run_first (int64): (P + B,), row i's J_i + 1 runs start at branch_offsets[i] + i;
     run 0 holds depths 0..t_1 (the whole group), run j depths t_j + 1..t_{j+1}; run_first is the
     smallest batch row among the run's members (it names the member set).  group_index: (B,) int64
-    dense group of each row (groups numbered in order of first appearance).
+    dense group of each row (groups numbered in order of first appearance).  Depths t count from
+    a response's first token; starts: (B,) int64 column of that token in the caller's layout
+    (left-padded rows), or None when every row is right padded (depth t is then column t).
     """
 
     lengths: torch.Tensor
@@ -82,6 +84,7 @@ class PrefixValues:
     run_first: torch.Tensor
     width: int  # L
     group_index: torch.Tensor
+    starts: torch.Tensor | None = None
 
     def _root_runs(self) -> torch.Tensor:
         """(B,) index of each row's run 0 (the root's)."""
@@ -108,7 +111,17 @@ class PrefixValues:
         return self._root_runs()[:, None] + torch.cumsum(steps, 1)  # (B, L + 1)
 
     def dense(self) -> DensePrefixValues:
-        """The (B, L) tensors, zero past each response."""
+        """The (B, L) tensors at the responses' own columns, zero (False) on padding."""
+        d = self._dense_right()
+        if self.starts is None:
+            return d
+        back = -self.starts  # (B,) a left-padded row's depth t sits at column s_i + t
+        return DensePrefixValues(
+            *(shift_rows(x, back) for x in (d.v_parent, d.v_child, d.n_parent, d.n_child, d.branch))
+        )
+
+    def _dense_right(self) -> DensePrefixValues:
+        """The (B, L) tensors by depth, zero past each response."""
         b, length = self.lengths.shape[0], self.width
         device = self.lengths.device
         if b == 0 or length == 0:
@@ -162,6 +175,7 @@ def _runs(batch: Batch, backend: str) -> PrefixValues:
         runs.run_first,
         width=batch.shape[1],
         group_index=batch.group_index,
+        starts=batch.starts,
     )
 
 
@@ -176,8 +190,9 @@ def prefix_values(
     """V and member counts of the parent and child of every token (proofs_notes/prefix-values.md).
 
     Args:
-        responses: (B, L) int token ids, right-padded (padding values are never read).
-        response_mask: (B, L) bool or 0/1; each row a contiguous prefix of ones (n_i of them).
+        responses: (B, L) int token ids, right- or left-padded (padding values are never read).
+        response_mask: (B, L) bool or 0/1; each row a prefix (right padding) or a suffix (left
+            padding) of ones, n_i of them.
         rewards: (B,) finite float rewards; used raw (float32 rewards are exact in float64).
         group_ids: (B,) ints or hashables; same id = same prompt.
         backend: "reference" (exact, then one rounding to float64), "torch" (float64 sums from the
@@ -285,7 +300,7 @@ def branch_snr_stats(
     batch = validate(responses, response_mask, rewards, group_ids)
     first = _runs(batch, backend)
     squares = (batch.rewards.to(torch.float64) - first.mu) ** 2  # (B,)
-    second = _runs(Batch(batch.responses, batch.lengths, squares, batch.group_index, batch.group_keys, None), backend)
+    second = _runs(replace(batch, rewards=squares, loss_mask=None), backend)
     p, q = first.points(), second.points()
     keep = _first_of_each(p.node)  # one entry per node (its rows all report it)
     m = p.n_parent[keep]

@@ -76,8 +76,9 @@ def advantage_step(
     """One engine step on a batch (arXiv 2509.18314; `tempo_rl.tempo_advantages` gives the formula).
 
     Args:
-        responses: (B, L) int token ids, right-padded.
-        response_mask: (B, L) 0/1, a prefix of ones per row: the tokens of each response's tree.
+        responses: (B, L) int token ids, right- or left-padded.
+        response_mask: (B, L) 0/1, a prefix (right padding) or a suffix (left padding) of ones per
+            row: the tokens of each response's tree.
         rewards: (B,) finite float rewards.
         group_ids: (B,) ints or hashables; same id = same prompt.
         loss_mask: optional (B, L) 0/1; 0 forces the advantage to 0 without changing the tree.

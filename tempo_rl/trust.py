@@ -15,7 +15,7 @@ from typing import Any, Hashable, Sequence
 
 import torch
 
-from ._validate import validate
+from ._validate import shift_rows, validate
 from .api import tempo_advantages
 from .tolerances import trust_bound
 
@@ -108,21 +108,20 @@ def check_against_reference(
         return TrustReport(0, 0, 0, 0.0)
     rows = torch.nonzero(torch.isin(batch.group_index.cpu(), torch.tensor(chosen)))[:, 0]  # (b,) batch order
     take = rows.to(batch.device)
-    ref = (
-        tempo_advantages(
-            batch.responses[take],
-            batch.lengths[take, None] > torch.arange(batch.shape[1], device=batch.device),
-            batch.rewards[take],
-            batch.group_index[take],
-            loss_mask=None if batch.loss_mask is None else batch.loss_mask[take],
-            norm_by_std=norm_by_std,
-            eps=eps,
-            td_coef=td_coef,
-            backend="reference",
-        )
-        .double()
-        .cpu()
-    )  # (b, L)
+    ref = tempo_advantages(
+        batch.responses[take],
+        batch.lengths[take, None] > torch.arange(batch.shape[1], device=batch.device),
+        batch.rewards[take],
+        batch.group_index[take],
+        loss_mask=None if batch.loss_mask is None else batch.loss_mask[take],
+        norm_by_std=norm_by_std,
+        eps=eps,
+        td_coef=td_coef,
+        backend="reference",
+    ).double()  # (b, L) right padded
+    if batch.starts is not None:  # back to the caller's columns, where `advantages` has them
+        ref = shift_rows(ref, -batch.starts[take].to(ref.device))
+    ref = ref.cpu()
     got = advantages[take].double().cpu()
     err = (got - ref).abs()  # NaN where got is NaN, inf where got is inf
     bound = trust_bound(atol, ref)

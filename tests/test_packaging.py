@@ -15,6 +15,7 @@ import pytest
 
 import tempo_rl
 from tempo_rl.reference import advantage as ref_advantage
+from tempo_rl.reference import padding as ref_padding
 from tempo_rl.reference.example import render
 from tempo_rl.testing import adapters as testing_adapters
 from tempo_rl.testing import check as testing_check
@@ -103,7 +104,9 @@ def test_python_m_tempo_rl_example_prints_it():
     assert out.stdout == render()
 
 
-@pytest.mark.parametrize("module", [ref_advantage, tempo_rl.api, testing_strategies, testing_adapters, testing_check])
+@pytest.mark.parametrize(
+    "module", [ref_advantage, ref_padding, tempo_rl.api, testing_strategies, testing_adapters, testing_check]
+)
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -224,6 +224,10 @@ def test_bad_arguments_are_named():
         tt.check_implementation(_backend("torch"), eps=-1.0)
     with pytest.raises(ValueError, match="td_coef"):
         tt.check_implementation(_backend("torch"), td_coef=math.nan)
+    with pytest.raises(ValueError, match="td_coef must be a value or a non-empty sequence"):
+        tt.check_implementation(_backend("torch"), td_coef=[])
+    with pytest.raises(TypeError, match="loss_mask must be a bool"):
+        tt.check_implementation(_backend("torch"), loss_mask="yes")
 
 
 # ------------------------------------------------------------------ wrong implementations are caught
@@ -243,10 +247,11 @@ def _caught(impl, **kw) -> tt.Counterexample:
     return info.value
 
 
-def _really_differs(impl, found: tt.Counterexample, **options) -> bool:
-    """The minimised batch, run again outside the checker, does give another answer than the reference."""
+def _really_differs(impl, found: tt.Counterexample) -> bool:
+    """The minimised batch, run again outside the checker under the option setting it failed
+    under, does give another answer than the reference."""
     case = found.trial.case
-    opts = {"norm_by_std": True, "eps": 1e-6, "td_coef": 1.0, **options}
+    opts = {k: found.options[k] for k in ("norm_by_std", "eps", "td_coef")}
     out = impl.call(case, opts)
     if isinstance(out, list):  # per-row: n_i values a row
         out = torch.tensor([row + [0.0] * (case.responses.shape[1] - len(row)) for row in out])
@@ -268,6 +273,55 @@ def test_wrong_variant_is_caught_with_a_small_counterexample(mistake):
     assert "first difference at (row" in message and "expected" in message and "returned" in message
     assert "reproduce:" in message and f"B = {B}, L = {L}" in message
     assert _really_differs(impl, found)
+
+
+IGNORED = {
+    "td_coef": wrong.ignores_td_coef,
+    "norm_by_std": wrong.ignores_norm_by_std,
+    "eps": wrong.ignores_eps,
+    "loss_mask": wrong.ignores_loss_mask,
+}
+
+
+@pytest.mark.parametrize("option", list(IGNORED))
+def test_an_ignored_option_is_caught_with_default_arguments(option):
+    """Each function takes every option and drops one; with its default arguments the checker
+    sweeps the options, so it finds a setting where that one matters and names it."""
+    impl = tt.plain(IGNORED[option])
+    found = _caught(impl, seed=0)
+    assert found.property in ("grpo", "reference"), str(found)
+    default = {"norm_by_std": True, "eps": 1e-6, "td_coef": 1.0}
+    if option == "loss_mask":
+        assert found.trial.case.loss_mask is not None and found.options["loss_mask"], str(found)
+    else:
+        assert found.options[option] != default[option], str(found)
+    assert f"{option}={found.options[option]}" in str(found) or option == "loss_mask", str(found)
+    assert "(setting " in str(found) and "counterexample batch" in str(found)
+    assert _really_differs(impl, found)
+
+
+def test_pinned_options_check_only_those():
+    report = tt.check_implementation(wrong.ignores_td_coef, td_coef=1.0, max_examples=24, seed=0)
+    assert report.options["td_coef"] == (1.0,) and report.settings == 6  # norm_by_std x eps x loss mask
+    report = tt.check_implementation(
+        wrong.ignores_norm_by_std, norm_by_std=True, td_coef=[0.0, 0.5], eps=1e-6, loss_mask=False, max_examples=8
+    )
+    assert report.settings == 2 and report.options["norm_by_std"] == (True,)
+    found = _caught(tt.plain(wrong.ignores_td_coef), td_coef=[1.0, 0.5], norm_by_std=False, loss_mask=False)
+    assert found.options["td_coef"] == 0.5 and not found.options["norm_by_std"], str(found)
+
+
+def test_options_a_function_does_not_take_are_not_swept():
+    def no_options(responses, response_mask, rewards, group_ids):
+        return tempo_rl.tempo_advantages(responses, response_mask, rewards, group_ids, backend="torch")
+
+    report = tt.check_implementation(tt.plain(no_options, supports=()), max_examples=5)
+    assert report.settings == 1 and report.options["td_coef"] == (1.0,)
+    assert any("td_coef: the function does not take it" in line for line in report.not_checked)
+    with pytest.raises(ValueError, match="td_coef: the function does not take it"):
+        tt.check_implementation(tt.plain(no_options, supports=()), td_coef=[0.0, 1.0])
+    with pytest.raises(ValueError, match="loss_mask=True"):
+        tt.check_implementation(tt.plain(no_options, supports=()), loss_mask=True)
 
 
 def test_authors_loop_is_reported():
@@ -349,6 +403,9 @@ def test_check_command(tmp_path, capsys):
 
         def grpo_only(*args, td_coef=1.0, **options):
             return tempo_rl.grpo_advantages(*args, backend="torch", **options)
+
+        def td_coef_ignored(*args, td_coef=1.0, **options):
+            return tempo_rl.tempo_advantages(*args, backend="torch", **options)
     """)
     )
     common = ["check", "--max-examples", "15", "--seed", "0"]
@@ -359,6 +416,15 @@ def test_check_command(tmp_path, capsys):
     assert "fails: equals the reference" in out and "first difference at (row" in out
     assert cli_main([*common, "tempo_rl.reference:loop_tempo_advantages", "--adapter", "per-row"]) == 0
     capsys.readouterr()
+    # the options are swept by default, so an ignored td_coef is caught; pinning td_coef=1 passes
+    assert cli_main([*common, f"{tmp_path}/engine_impl.py:td_coef_ignored"]) == 1
+    out = capsys.readouterr().out
+    assert "(setting " in out and "td_coef=1.0" not in out.splitlines()[1], out
+    assert cli_main([*common, f"{tmp_path}/engine_impl.py:td_coef_ignored", "--td-coef", "1"]) == 0
+    assert "td_coef in (1.0)" in capsys.readouterr().out
+    pinned = ["--td-coef", "0,2", "--no-norm-by-std", "--no-loss-mask"]
+    assert cli_main([*common, f"{tmp_path}/engine_impl.py:tempo", *pinned]) == 0
+    assert "2 option settings" in capsys.readouterr().out
     assert cli_main([*common, f"{tmp_path}/engine_impl.py:missing"]) == 2
     assert "cannot load" in capsys.readouterr().err
 
@@ -381,6 +447,7 @@ def test_edge_cases_are_checked_too():
     [
         (["--max-examples", "0"], "--max-examples"),
         (["--td-coef", "nan"], "--td-coef"),
+        (["--td-coef", "0,x"], "--td-coef"),
         (["--eps", "inf"], "--eps"),
         (["--eps", "-1"], "--eps"),
         (["--device", "nosuchdevice"], "--device"),

@@ -31,9 +31,11 @@ def test_non_finite_rewards(fn, bad):
 
 
 @pytest.mark.parametrize("fn", FNS)
-def test_mask_not_a_prefix(fn):
-    with pytest.raises(ValueError, match=r"response_mask row 2 is not a contiguous prefix"):
+def test_mask_neither_prefix_nor_suffix(fn):
+    with pytest.raises(ValueError, match=r"response_mask row 2 is padded on both sides"):
         call(fn, mask=torch.tensor([[1, 1, 1], [1, 1, 0], [0, 1, 0]]))
+    with pytest.raises(ValueError, match=r"response_mask row 1 has a hole at position 1"):
+        call(fn, mask=torch.tensor([[1, 1, 1], [1, 0, 1], [1, 0, 0]]))
 
 
 @pytest.mark.parametrize("fn", FNS)
@@ -139,8 +141,8 @@ def test_zero_eps_with_equal_rewards_is_not_nan():
 
 
 def test_tree_stats_validates_too():
-    with pytest.raises(ValueError, match=r"response_mask row 0 is not a contiguous prefix"):
-        tempo_rl.tree_stats(Y, torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 0]]), G)
+    with pytest.raises(ValueError, match=r"response_mask row 0 has a hole at position 1"):
+        tempo_rl.tree_stats(Y, torch.tensor([[1, 0, 1], [1, 1, 0], [1, 0, 0]]), G)
     stats = tempo_rl.tree_stats(Y, M, G)
     assert set(stats.groups) == {"a", "b"}
     assert stats.groups["a"].n_branch_tokens == 1  # token 3 vs end of response at depth 2

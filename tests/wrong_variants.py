@@ -114,3 +114,53 @@ def authors_loop(
                 out[i, t] = x / (std + eps) if norm_by_std else x
                 alive, parent = child, value
     return out * mask
+
+
+def ignores_td_coef(
+    responses, response_mask, rewards, group_ids, *, loss_mask=None, norm_by_std=True, eps=1e-6, td_coef=1.0
+):
+    """Takes td_coef and drops it: TEMPO at td_coef = 1 whatever is asked."""
+    return tempo_rl.tempo_advantages(
+        responses,
+        response_mask,
+        rewards,
+        group_ids,
+        loss_mask=loss_mask,
+        norm_by_std=norm_by_std,
+        eps=eps,
+        backend="torch",
+    )
+
+
+def ignores_norm_by_std(
+    responses, response_mask, rewards, group_ids, *, loss_mask=None, norm_by_std=True, eps=1e-6, td_coef=1.0
+):
+    """Takes norm_by_std and drops it: always divides by sigma_g + eps."""
+    return tempo_rl.tempo_advantages(
+        responses, response_mask, rewards, group_ids, loss_mask=loss_mask, eps=eps, td_coef=td_coef, backend="torch"
+    )
+
+
+def ignores_eps(
+    responses, response_mask, rewards, group_ids, *, loss_mask=None, norm_by_std=True, eps=1e-6, td_coef=1.0
+):
+    """Takes eps and drops it: always adds 1e-6."""
+    return tempo_rl.tempo_advantages(
+        responses,
+        response_mask,
+        rewards,
+        group_ids,
+        loss_mask=loss_mask,
+        norm_by_std=norm_by_std,
+        td_coef=td_coef,
+        backend="torch",
+    )
+
+
+def ignores_loss_mask(
+    responses, response_mask, rewards, group_ids, *, loss_mask=None, norm_by_std=True, eps=1e-6, td_coef=1.0
+):
+    """Takes loss_mask and drops it: advantages on tokens the loss mask leaves out."""
+    return tempo_rl.tempo_advantages(
+        responses, response_mask, rewards, group_ids, norm_by_std=norm_by_std, eps=eps, td_coef=td_coef, backend="torch"
+    )

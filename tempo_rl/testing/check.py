@@ -15,15 +15,21 @@ For each batch drawn (`tempo_rl.testing.strategies`), the function under test mu
    interleaved otherwise (each group's members in their order), and the first group alone, give
    the same bits.
 
-Hypothesis shrinks a failure to a small batch; the AssertionError says which property failed, the
-batch, the expected and returned values and the first differing (row, token).
+By default every option the function takes (its `supports`) is swept: each setting of SWEEP
+(td_coef 1, 0, 0.5 and 2; norm_by_std True and False; eps 1e-6 and 0.25, with norm_by_std; loss
+masks on every batch and on none) is checked on its share of the batches and on the pinned edge
+cases, so a function that ignores an option is caught. Passing a value (or a sequence of values)
+for an option pins it. Hypothesis shrinks a failure to a small batch; the AssertionError says which
+property failed, under which option setting, the batch, the expected and returned values and the
+first differing (row, token).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +46,18 @@ from .adapters import Implementation, plain
 from .minimise import minimise
 from .strategies import Case, Presentation, case_from, cases, interleave, layouts_of, take
 
-__all__ = ["PROPERTIES", "CheckReport", "Counterexample", "Trial", "allowed_error", "check_implementation"]
+__all__ = ["PROPERTIES", "SWEEP", "CheckReport", "Counterexample", "Trial", "allowed_error", "check_implementation"]
+
+# The values each option is checked at when not pinned: td_coef 0 (GRPO) and values other than 1,
+# both normalisations, an eps large enough to move every normalised advantage, loss masks on every
+# batch and on none. eps is swept only with norm_by_std=True, the only form that reads it.
+SWEEP: dict[str, tuple[Any, ...]] = {
+    "norm_by_std": (True, False),
+    "eps": (1e-6, 0.25),
+    "td_coef": (1.0, 0.0, 0.5, 2.0),
+    "loss_mask": (True, False),
+}
+_DEFAULTS = {"norm_by_std": True, "eps": 1e-6, "td_coef": 1.0, "loss_mask": False}
 
 PROPERTIES = {
     "accepts": "accepts every valid batch (no exception)",
@@ -73,12 +90,14 @@ class CheckReport:
     name: str
     examples: int  # batches the function was run on (each property checked on each)
     properties: tuple[str, ...]  # properties checked
-    options: dict[str, Any]
+    options: dict[str, tuple[Any, ...]]  # each option's values checked (loss_mask: with, without)
     not_checked: tuple[str, ...] = field(default=())  # properties left out, and why
+    settings: int = 1  # option settings checked (combinations of the values in `options`)
 
     def __str__(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        lines = [f"{self.name}: no counterexample in {self.examples} batches ({opts})"]
+        opts = ", ".join(f"{k} in {_values(v)}" for k, v in self.options.items())
+        head = f"{self.name}: no counterexample in {self.examples} batches, {self.settings} option settings"
+        lines = [f"{head} ({opts})"]
         lines += [f"  ok   {p}" for p in self.properties]
         lines += [f"  --   {p}" for p in self.not_checked]
         return "\n".join(lines)
@@ -100,13 +119,16 @@ class Trial:
 class Counterexample(AssertionError):
     """A batch on which the function breaks a property; the message is the readable report.
 
-    property: a key of PROPERTIES; trial: the batch (`trial.case`) and how it was handed over.
+    property: a key of PROPERTIES; trial: the batch (`trial.case`) and how it was handed over;
+    options: the option setting it failed under (norm_by_std, eps, td_coef, and loss_mask: whether
+    the batches of that setting carry a loss mask).
     """
 
-    def __init__(self, message: str, property: str, trial: Trial) -> None:
+    def __init__(self, message: str, property: str, trial: Trial, options: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.property = property
         self.trial = trial
+        self.options = dict(options or {})
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,13 @@ class _Run:
     options: dict[str, Any]  # norm_by_std, eps, td_coef
     exact_non_branch: bool
     batch_invariant: bool
+    loss_mask: bool = False  # the drawn batches carry a loss mask (only when the function takes one)
+    setting: str = ""  # "setting k of n" in a failure's report
+
+    @property
+    def described(self) -> dict[str, Any]:
+        """The option setting as a failure reports it."""
+        return {**self.options, "loss_mask": self.loss_mask}
 
 
 # ------------------------------------------------------------------ tolerance and reference
@@ -227,7 +256,9 @@ def _fail(
     case = trial.case
     B, L = case.responses.shape
     opts = ", ".join(f"{k}={v}" for k, v in run.options.items())
-    lines = [f"{run.impl.name} fails: {PROPERTIES[prop]}", f"  options: {opts}"]
+    loss = "batches drawn with loss masks" if run.loss_mask else "batches drawn without loss masks"
+    where = f" ({run.setting})" if run.setting else ""
+    lines = [f"{run.impl.name} fails: {PROPERTIES[prop]}", f"  options{where}: {opts}; {loss}"]
     if detail:
         lines.append(f"  {detail}")
     if at is not None and expected is not None and returned is not None:
@@ -248,8 +279,8 @@ def _fail(
         lines += ["expected:", _matrix(expected)]
     if returned is not None:
         lines += ["returned:", _matrix(returned)]
-    lines += ["reproduce:", _reproduce(case, run.impl.device)]
-    raise Counterexample("\n".join(lines), prop, trial)
+    lines += ["reproduce:", _reproduce(case, run.impl.device), f"  options = {run.options!r}"]
+    raise Counterexample("\n".join(lines), prop, trial, run.described)
 
 
 def _first(bad: torch.Tensor) -> tuple[int, int]:
@@ -479,8 +510,8 @@ def _check_one(trial: Trial, run: _Run, stop_after: str | None = None) -> None:
 
 
 @st.composite
-def _trials(draw, impl: Implementation) -> Trial:
-    loss = None if "loss_mask" in impl.supports else False
+def _trials(draw, run: _Run) -> Trial:
+    impl, loss = run.impl, run.loss_mask
     case = draw(
         st.one_of(
             cases(max_batch=12, max_len=10, max_group=6, with_loss_mask=loss),
@@ -492,14 +523,56 @@ def _trials(draw, impl: Implementation) -> Trial:
     return Trial(case, presentation, order)
 
 
-def _check_arguments(norm_by_std: Any, td_coef: Any, eps: Any, max_examples: Any) -> None:
-    if not isinstance(norm_by_std, bool):
-        raise TypeError(f"norm_by_std must be a bool, got {type(norm_by_std).__name__}")
-    for name, value in (("td_coef", td_coef), ("eps", eps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+def _pinned(name: str, value: Any) -> tuple[Any, ...] | None:
+    """An option's values as given (a value or a non-empty sequence of them), checked; None: sweep."""
+    if value is None:
+        return None
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not values:
+        raise ValueError(f"{name} must be a value or a non-empty sequence of values, got {value!r}")
+    for v in values:
+        if name in ("norm_by_std", "loss_mask"):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool (or a sequence of bools), got {type(v).__name__}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite real number (or a sequence of them), got {v!r}")
+        elif name == "eps" and v < 0:
+            raise ValueError(f"eps must be >= 0, got {v}")
+    return tuple(float(v) if name in ("eps", "td_coef") else v for v in values)
+
+
+def _option_values(impl: Implementation, pins: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """Each option's values to check: pinned, swept (SWEEP) when the function takes it, else the
+    default (the behaviour a function that does not take the option is assumed to have)."""
+    out = {}
+    for name in SWEEP:
+        values = _pinned(name, pins[name])
+        taken = name in impl.supports
+        if values is None:
+            values = SWEEP[name] if taken else (_DEFAULTS[name],)
+        elif not taken and len(values) > 1:
+            raise ValueError(f"{name}: the function does not take it (supports), so give one value, not {values}")
+        if name == "loss_mask" and not taken and values != (False,):
+            raise ValueError("loss_mask=True: the function does not take a loss mask (supports)")
+        out[name] = values
+    return out
+
+
+def _settings(values: dict[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Every combination, except eps beyond its first value where norm_by_std=False (not read there)."""
+    combos = []
+    for norm, eps, td, loss in itertools.product(*(values[k] for k in SWEEP)):
+        if not norm and eps != values["eps"][0]:
+            continue
+        combos.append({"norm_by_std": norm, "eps": eps, "td_coef": td, "loss_mask": loss})
+    return combos
+
+
+def _values(values: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(map(str, values)) + ")"
+
+
+def _check_arguments(max_examples: Any) -> None:
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
 
@@ -519,55 +592,92 @@ def _minimised(found: Counterexample, run: _Run) -> Counterexample:
     small = minimise(found.trial, lambda t: getattr(_failure(t, run, prop), "property", None) == prop)
     final = _failure(small, run) or found
     note = f"(minimised from a batch of B = {start[0]}, L = {start[1]})"
-    return Counterexample(f"{final}\n{note}", final.property, final.trial)
+    return Counterexample(f"{final}\n{note}", final.property, final.trial, final.options)
 
 
 def check_implementation(
     fn: Callable[..., Any] | Implementation,
     *,
-    norm_by_std: bool = True,
-    td_coef: float = 1.0,
-    eps: float = 1e-6,
+    norm_by_std: bool | Sequence[bool] | None = None,
+    td_coef: float | Sequence[float] | None = None,
+    eps: float | Sequence[float] | None = None,
+    loss_mask: bool | Sequence[bool] | None = None,
     exact_non_branch: bool = True,
     batch_invariant: bool = True,
     max_examples: int = 500,
     seed: int | None = None,
 ) -> CheckReport:
-    """Check a TEMPO implementation against the exact reference on `max_examples` random batches.
+    """Check a TEMPO implementation against the exact reference on `max_examples` random batches,
+    under every setting of the options it takes.
 
     Args:
         fn: `fn(responses, response_mask, rewards, group_ids, **options) -> (B, L)` tensor or
             array (as `tempo_rl.tempo_advantages`), or an `Implementation` from `plain`,
             `verl_estimator` or `per_row` for other signatures and for functions that do not take
             every option (loss_mask, norm_by_std, eps, td_coef).
-        norm_by_std, td_coef, eps: the options the function is checked with.
+        norm_by_std, td_coef, eps: None (default) sweeps the option through SWEEP's values when
+            the function takes it; a value, or a sequence of values, pins it. An option the
+            function does not take is assumed fixed at the value given (default: True, 1.0, 1e-6).
+        loss_mask: None sweeps batches with a loss mask and without (when the function takes
+            one); True or False pins either.
         exact_non_branch: non-branch tokens must equal GRPO bitwise (spec: "bitwise in every
             implementation"); False checks them within the tolerance.
         batch_invariant: check bitwise batch invariance (spec 5b).
-        max_examples: random batches to draw (the pinned edge cases come on top).
+        max_examples: random batches to draw in all, shared evenly by the option settings (at
+            least one each); the pinned edge cases run under every setting on top.
         seed: fix hypothesis's random draws (default: a fresh seed each run).
 
     Returns:
         A CheckReport (print it for a summary).
 
     Raises:
-        AssertionError: a counterexample, minimised by hypothesis: the property, the batch, the
-            expected and returned values and the first differing (row, token). A
-            `Counterexample`, whose `.property` and `.trial` hold the same.
+        AssertionError: a counterexample, minimised by hypothesis: the property, the option
+            setting, the batch, the expected and returned values and the first differing
+            (row, token). A `Counterexample`, whose `.property`, `.options` and `.trial` hold the same.
 
     >>> import tempo_rl, tempo_rl.testing as tt
     >>> fn = lambda *a, **kw: tempo_rl.tempo_advantages(*a, backend="torch", **kw)
-    >>> tt.check_implementation(fn, max_examples=5).examples >= 5
-    True
+    >>> report = tt.check_implementation(fn, max_examples=5)
+    >>> report.settings, report.options["td_coef"]
+    (24, (1.0, 0.0, 0.5, 2.0))
     """
-    _check_arguments(norm_by_std, td_coef, eps, max_examples)
+    _check_arguments(max_examples)
     impl = fn if isinstance(fn, Implementation) else plain(fn)
-    run = _Run(
-        impl,
-        {"norm_by_std": norm_by_std, "eps": float(eps), "td_coef": float(td_coef)},
-        exact_non_branch,
-        batch_invariant,
-    )
+    values = _option_values(impl, {"norm_by_std": norm_by_std, "eps": eps, "td_coef": td_coef, "loss_mask": loss_mask})
+    settings_ = _settings(values)
+    share = -(-max_examples // len(settings_))  # ceil: every setting gets its share
+    count = 0
+    for k, setting in enumerate(settings_):
+        options = {key: setting[key] for key in ("norm_by_std", "eps", "td_coef")}
+        run = _Run(
+            impl,
+            options,
+            exact_non_branch,
+            batch_invariant,
+            loss_mask=setting["loss_mask"],
+            setting=f"setting {k + 1} of {len(settings_)}",
+        )
+        count += _check_setting(run, share, None if seed is None else seed + k)
+    grpo = PROPERTIES["grpo"] + (" (bitwise)" if exact_non_branch else " (within tolerance)")
+    checked = ["accepts", "shape", "finite", "degenerate", "grpo", "reference"]
+    names = [grpo if p == "grpo" else PROPERTIES[p] for p in checked]
+    skipped = []
+    if batch_invariant:
+        names.append(PROPERTIES["invariance"])
+    else:
+        skipped.append(PROPERTIES["invariance"] + ": not asked (batch_invariant=False)")
+    if "loss_mask" not in impl.supports:
+        skipped.append("loss masks: the function does not take one (supports)")
+    for name in ("norm_by_std", "eps", "td_coef"):
+        if name not in impl.supports:
+            skipped.append(f"{name}: the function does not take it (supports); assumed {values[name][0]}")
+    if not impl.layouts:
+        skipped.append("memory layouts and dtypes: the adapter builds its own inputs")
+    return CheckReport(impl.name, count, tuple(names), values, tuple(skipped), len(settings_))
+
+
+def _check_setting(run: _Run, max_examples: int, seed: int | None) -> int:
+    """Random batches, then the pinned edge cases, under one option setting; the batches run."""
     count = [0]
 
     def check(trial: Trial) -> None:
@@ -584,10 +694,10 @@ def check_implementation(
     )
     # Random batches first, then the pinned edge cases. Hypothesis only finds a failure; `minimise`
     # shrinks it (rows, columns, tokens, rewards, layouts) to a small batch failing the same way.
-    drawn = settings(max_examples=max_examples, phases=(Phase.generate,), **base)(given(trial=_trials(impl))(check))
+    drawn = settings(max_examples=max_examples, phases=(Phase.generate,), **base)(given(trial=_trials(run))(check))
     if seed is not None:
         drawn = hypothesis_seed(seed)(drawn)
-    pinned = given(trial=_trials(impl))(check)
+    pinned = given(trial=_trials(run))(check)
     for case in EDGE:
         pinned = example(trial=Trial(case, None, torch.arange(case.responses.shape[0])))(pinned)
     pinned = settings(phases=(Phase.explicit,), **base)(pinned)
@@ -596,16 +706,4 @@ def check_implementation(
             stage()
         except Counterexample as found:
             raise _minimised(found, run) from None
-    grpo = PROPERTIES["grpo"] + (" (bitwise)" if exact_non_branch else " (within tolerance)")
-    checked = ["accepts", "shape", "finite", "degenerate", "grpo", "reference"]
-    names = [grpo if p == "grpo" else PROPERTIES[p] for p in checked]
-    skipped = []
-    if batch_invariant:
-        names.append(PROPERTIES["invariance"])
-    else:
-        skipped.append(PROPERTIES["invariance"] + ": not asked (batch_invariant=False)")
-    if "loss_mask" not in impl.supports:
-        skipped.append("loss masks: the function does not take one (supports)")
-    if not impl.layouts:
-        skipped.append("memory layouts and dtypes: the adapter builds its own inputs")
-    return CheckReport(impl.name, count[0], tuple(names), dict(run.options), tuple(skipped))
+    return count[0]

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from ..reference.padding import response_spans, unpad
+
 __all__ = [
     "GROUP_ID_FORMS",
     "ID_DTYPES",
@@ -44,6 +46,7 @@ __all__ = [
     "interleave",
     "Presentation",
     "layouts_for",
+    "left_pad",
     "layouts_of",
     "presentations",
     "relayout",
@@ -82,9 +85,14 @@ class Case:
         return self.response_mask.bool().sum(1).tolist()
 
     @property
+    def spans(self) -> list[tuple[int, int]]:
+        """(s_i, n_i): first column and length of each response (s_i > 0 only for left padding)."""
+        return response_spans(self.response_mask.bool().tolist())
+
+    @property
     def sequences(self) -> list[list[int]]:
-        """y_i = responses[i, :n_i] as lists (padding dropped)."""
-        return [row[:n] for row, n in zip(self.responses.tolist(), self.lengths)]
+        """y_i = responses[i, s_i : s_i + n_i] as lists (padding dropped)."""
+        return unpad(self.responses.tolist(), self.spans)
 
     @property
     def reward_list(self) -> list[float]:
@@ -102,7 +110,7 @@ class Case:
         """The loss mask cut to each response's tokens, or None."""
         if self.loss_mask is None:
             return None
-        return [row[:n] for row, n in zip(self.loss_mask.bool().tolist(), self.lengths)]
+        return unpad(self.loss_mask.bool().tolist(), self.spans)
 
     def kwargs(self) -> dict:
         return {"loss_mask": self.loss_mask}
@@ -268,6 +276,23 @@ def take(case: Case, rows: torch.Tensor) -> Case:
         [ids[i] for i in rows.tolist()],
         None if case.loss_mask is None else case.loss_mask[rows],
     )
+
+
+def left_pad(case: Case, rows: Sequence[bool]) -> Case:
+    """The same batch with the rows marked True left padded: each such right-padded row rotated
+    right by L - n_i, its padding values (and its loss mask's padding) carried round to the front.
+
+    >>> left_pad(case_from([[7, 1], [7]], [1.0, 0.0], ["q", "q"]), [False, True]).responses.tolist()
+    [[7, 1], [0, 7]]
+    """
+    width = case.responses.shape[1]
+    shifts = [width - n if left else 0 for left, n in zip(rows, case.lengths)]
+
+    def roll(t: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.roll(row, k) for row, k in zip(t, shifts)]) if shifts else t.clone()
+
+    loss = None if case.loss_mask is None else roll(case.loss_mask)
+    return replace(case, responses=roll(case.responses), response_mask=roll(case.response_mask), loss_mask=loss)
 
 
 def interleave(group_ids: Sequence[Hashable], shuffled: Sequence[int]) -> torch.Tensor:

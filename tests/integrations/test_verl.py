@@ -106,6 +106,33 @@ def test_tool_tokens_are_masked_not_cut_from_the_tree():
     assert torch.equal(adv, expected)
 
 
+def test_multi_turn_span_comes_from_the_attention_mask():
+    """verl's multi-turn response_mask has holes (tool output, here at the end of response 3, the
+    token response 0 continues with); its attention mask gives each response's span. The span is
+    the tree, verl's response_mask the loss mask."""
+    width = 6
+    span = prefix_mask(width)
+    holey = span.clone()
+    holey[0, 1] = 0  # tool output inside response 0
+    holey[3, 1] = 0  # response 3 ends in tool output: [5, 2], its 2 a tool token
+    attention = torch.cat([torch.ones(len(RESPONSES), 3, dtype=torch.long), span], dim=1)  # (B, P + L)
+    data = DataProto.from_dict(
+        tensors={
+            "responses": padded(RESPONSES, width),
+            "response_mask": holey,
+            "attention_mask": attention,
+            "token_level_rewards": token_level_rewards(width),
+        },
+        non_tensors={"uid": np.array(UIDS, dtype=object)},
+    )
+    with pytest.raises(ValueError, match="hole at position 1"):
+        tempo_rl.tempo_advantages(padded(RESPONSES, width), holey, torch.tensor(REWARDS), UIDS)
+    with response_tokens(data.batch["responses"], attention_mask=data.batch["attention_mask"]):
+        out = compute_advantage(data, adv_estimator="tempo", config=AlgoConfig(norm_adv_by_std_in_grpo=True))
+    expected = tempo_rl.tempo_advantages(padded(RESPONSES, width), span, torch.tensor(REWARDS), UIDS, loss_mask=holey)
+    assert torch.equal(out.batch["advantages"], expected)
+
+
 def test_without_responses_the_error_names_the_trainer_mode():
     with pytest.raises(ValueError, match="trainer_mode=tempo_sync"):
         compute_tempo_outcome_advantage(token_level_rewards(), prefix_mask(), np.array(UIDS, dtype=object))
