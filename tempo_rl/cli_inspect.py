@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+from .extras import install_command
+
 INPUT_HELP = """\
 input format: JSONL, one response per line, with fields
   group_id   string or integer; responses with the same (step, group_id) form a group
@@ -74,9 +76,9 @@ def _missing_extra(args: argparse.Namespace) -> str | None:
     import importlib.util
 
     if args.png and importlib.util.find_spec("matplotlib") is None:
-        return "the PNG needs matplotlib: pip install 'tempo-rl[viz]' (or pass --no-png)"
+        return f"the PNG needs the Python package 'matplotlib', which is not installed: {install_command('viz')} (or pass --no-png)"
     if args.tokenizer and importlib.util.find_spec("tokenizers") is None:
-        return "--tokenizer needs the tokenizers package: pip install 'tempo-rl[train]'"
+        return f"--tokenizer needs the Python package 'tokenizers', which is not installed: {install_command('train')}"
     return None
 
 

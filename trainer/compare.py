@@ -494,11 +494,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from .config import INSTALL_TRAIN, UsageError
+    from .config import UsageError
     from .loading import TRAIN_MODULES, require_modules
 
     try:  # before 25 minutes of runs, not at the plot after them
-        require_modules((*TRAIN_MODULES, "matplotlib"), "tempo-rl compare", INSTALL_TRAIN)
+        require_modules((*TRAIN_MODULES, "matplotlib"), "tempo-rl compare", "train")
     except UsageError as e:
         print(f"tempo-rl compare: error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
 
-INSTALL_TRAIN = "pip install 'tempo-rl[train]'"
+from tempo_rl.extras import install_command
+
+INSTALL_TRAIN = install_command("train")
 
 
 class UsageError(ValueError):
@@ -277,8 +279,8 @@ class TrainConfig:
     progress: bool = _f(True, "tqdm progress bar", "run")
     report_to: list[str] = _f(
         [],
-        "also log metrics to 'tensorboard' (output_dir/tb; pip install "
-        "'tempo-rl[tensorboard]') and/or 'wandb' (pip install 'tempo-rl[wandb]')",
+        "also log metrics to 'tensorboard' (output_dir/tb; pip install -e "
+        "'.[tensorboard]') and/or 'wandb' (pip install -e '.[wandb]')",
         "run",
         choices=("tensorboard", "wandb", "none"),
     )
@@ -394,7 +396,9 @@ def _validator():
     try:
         from pydantic import BeforeValidator, ConfigDict, Field, create_model
     except ImportError:
-        raise UsageError(f"tempo-rl train needs pydantic: {INSTALL_TRAIN}") from None
+        raise UsageError(
+            f"tempo-rl train needs the Python package 'pydantic', which is not installed: {INSTALL_TRAIN}"
+        ) from None
 
     hints = get_type_hints(TrainConfig)
     spec = {}

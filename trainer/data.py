@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tempo_rl.extras import install_command
+
 from .config import UsageError
 
 Chat = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
@@ -197,7 +199,7 @@ def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "ans
     except ImportError:
         raise UsageError(
             f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
-            "package: pip install 'tempo-rl[train]'"
+            f"package: {install_command('train')}"
         ) from None
     try:
         if path.is_dir():

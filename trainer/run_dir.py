@@ -40,6 +40,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tempo_rl.extras import install_command
+
 from .config import TrainConfig, UsageError
 from .rewards import TrainingStopped
 
@@ -302,7 +304,9 @@ def lock_run(out_dir: Path):
     try:
         from filelock import FileLock, Timeout
     except ImportError:
-        raise UsageError("tempo-rl train needs the filelock package: pip install 'tempo-rl[train]'") from None
+        raise UsageError(
+            f"tempo-rl train needs the Python package 'filelock', which is not installed: {install_command('train')}"
+        ) from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(out_dir / LOCK_FILE), timeout=0)
