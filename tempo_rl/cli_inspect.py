@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+from .backends import BACKENDS, get_backend
+from .cli import UsageError
 from .extras import install_command
 
 INPUT_HELP = """\
@@ -52,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not divide by the group std (Dr. GRPO form)",
     )
-    parser.add_argument("--backend", default="auto", help="advantage backend: auto, reference, torch, triton")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="advantage backend (default: auto)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="skip the matplotlib PNG")
     parser.add_argument("--top", type=int, default=5, help="tokens listed per group in the summary (default 5)")
 
@@ -82,16 +84,29 @@ def _missing_extra(args: argparse.Namespace) -> str | None:
     return None
 
 
+def usage_error(args: argparse.Namespace) -> str | None:
+    """Why these paths and flags cannot run (one line), or None: checked before anything is read."""
+    if args.input.is_dir():
+        return f"{args.input}: a directory; give a JSONL file of rollouts"
+    if args.out.exists() and not args.out.is_dir():
+        return f"-o {args.out}: an existing file; give a directory for the page and PNGs"
+    if args.backend != "auto":
+        try:
+            get_backend(args.backend)
+        except RuntimeError as e:
+            return f"--backend {args.backend}: {e}"
+    return _missing_extra(args)
+
+
 def run(args: argparse.Namespace) -> int:
     from .viz import RolloutError, Settings, build_views, load_tokenizer, read_rollouts
     from .viz.figure import draw_tree_png
     from .viz.page import write_html
     from .viz.summary import summarize
 
-    missing = _missing_extra(args)
-    if missing:
-        print(f"tempo-rl inspect: error: {missing}", file=sys.stderr)
-        return 2
+    problem = usage_error(args)
+    if problem:
+        raise UsageError(problem)
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         rollouts = _selected(read_rollouts(args.input, tokenizer), args.group)

@@ -16,13 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
 
+from tempo_rl.cli import UsageError  # a bad option, file or environment: the CLI prints one line, exit 2
 from tempo_rl.extras import install_command
 
 INSTALL_TRAIN = install_command("train")
-
-
-class UsageError(ValueError):
-    """A bad option, file or environment, found before training starts; the CLI prints it on one line."""
 
 
 def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
