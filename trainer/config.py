@@ -452,7 +452,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
             for k in ("ge", "gt", "le", "lt")
             if k in f.metadata
         )
-        help_text = f"{f.metadata['help']} (default: {default!r}{'; ' + bounds if bounds else ''})"
+        said = "(default:" in f.metadata["help"]  # the help text states the default in its own words
+        shown = [] if said else [f"default: {default!r}"]
+        shown += [bounds] if bounds else []
+        help_text = f"{f.metadata['help']} ({'; '.join(shown)})" if shown else f.metadata["help"]
         kind = hints[f.name]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -3,8 +3,11 @@ optimizer, the data, and a run's loaded state (`Run`), resumed from a checkpoint
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,22 @@ def pick_device(name: str) -> torch.device:
 
 
 TRAIN_MODULES = ("transformers", "tokenizers", "safetensors", "tqdm")
+# Progress bars of the Hugging Face libraries (downloads, loading and writing weights, datasets).
+HF_PROGRESS_SWITCHES = (
+    ("huggingface_hub.utils", "disable_progress_bars"),
+    ("transformers.utils.logging", "disable_progress_bar"),
+    ("datasets", "disable_progress_bars"),
+)
+
+
+def quiet_hf_progress() -> None:
+    """`--no-progress`: switch off the Hugging Face libraries' own progress bars too (they ignore
+    the trainer's tqdm), in this process and in any it starts."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for module, switch in HF_PROGRESS_SWITCHES:
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            getattr(importlib.import_module(module), switch)()
 
 
 def require_modules(modules: tuple[str, ...], what: str, extra: str) -> None:
