@@ -27,6 +27,7 @@ What may delete something:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -351,14 +352,17 @@ def guarded(train: F) -> F:
     def run(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
         check_model_location(cfg)
         out = Path(cfg.output_dir)
-        created = not out.exists()
+        made = [p for p in (out, *out.parents) if not p.exists()]  # what lock_run's mkdir creates
         lock = lock_run(out)
         try:
             return train(cfg, *args, **kwargs)
         finally:
             unlock_run(lock, out)
-            if created and all(p.name in BOOKKEEPING for p in out.iterdir()):
+            if made and all(p.name in BOOKKEEPING for p in out.iterdir()):
                 shutil.rmtree(out, ignore_errors=True)
+                for parent in made[1:]:  # runs/ of runs/demo too, while nothing else went in
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
 
     return run  # type: ignore[return-value]
 
