@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from tempo_rl import extras
 from tempo_rl.cli import UsageError
 
 from .limits import check_fits, int_at_least
@@ -299,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tree_hidden % 4:
         raise UsageError(f"--tree-hidden must be a multiple of 4 (the model's heads), got {args.tree_hidden}")
     check_fits("--op tree_forward", need_bytes(args))
+    extras.require(("transformers", "matplotlib"), "--op tree_forward", "train")  # the model, the plot
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, env = measure(args)

@@ -36,6 +36,10 @@ EXTRA_OF = {
 }
 
 
+# Where the package's name differs from the name it is imported by.
+PACKAGE_OF = {"yaml": "pyyaml"}
+
+
 def install_command(extra: str) -> str:
     """The command that installs `extra` into a clone: `pip install -e '.[extra]'`."""
     return f"pip install -e '.[{extra}]'"
@@ -46,7 +50,8 @@ class MissingExtra(ModuleNotFoundError):
 
     def __init__(self, what: str, module: str, extra: str):
         super().__init__(
-            f"{what} needs the Python package {module!r}, which is not installed: {install_command(extra)}",
+            f"{what} needs the Python package {PACKAGE_OF.get(module, module)!r}, which is not installed: "
+            + install_command(extra),
             name=module,
         )
         self.extra = extra

@@ -72,16 +72,25 @@ def test_require_checks_without_importing(monkeypatch):
     "argv, package, extra",
     [
         (["bench", "--quick", "--shape", "8x4x8"], "matplotlib", "viz"),
+        (["bench", "--op", "tree_forward", "--tree-layers", "1"], "transformers", "train"),
+        (["train", "--config", "c.yaml"], "pyyaml", "train"),
+        (
+            ["inspect", "-o", "o", "--no-png", str(ROOT / "examples" / "worked_example.jsonl"), "--tokenizer", "."],
+            "transformers",
+            "train",
+        ),
         (["inspect", str(ROOT / "examples" / "worked_example.jsonl")], "matplotlib", "viz"),
     ],
 )
 def test_cli_without_an_extra_is_one_line_before_any_work(monkeypatch, tmp_path, capsys, argv, package, extra):
     monkeypatch.chdir(tmp_path)
-    _hide(monkeypatch, package)
+    _hide(monkeypatch, {"pyyaml": "yaml"}.get(package, package))
+    if argv[:2] == ["train", "--config"]:
+        (tmp_path / "c.yaml").write_text("steps: 1\n")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     _one_line_hint(err.removesuffix(" (or pass --no-png)"), package, extra)
-    assert not list(tmp_path.iterdir())  # refused before anything was written
+    assert not [p for p in tmp_path.iterdir() if p.name != "c.yaml"]  # refused before anything was written
 
 
 def test_triton_backend_without_triton_names_the_extra(monkeypatch, tmp_path, capsys):

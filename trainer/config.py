@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
 
 from tempo_rl.cli import UsageError  # a bad option, file or environment: the CLI prints one line, exit 2
-from tempo_rl.extras import install_command
+from tempo_rl.extras import install_command, requires
 
 INSTALL_TRAIN = install_command("train")
 
@@ -353,7 +353,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise UsageError(f"--config {path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
+        with requires("train", f"--config {path}"):
+            import yaml
 
         try:
             data = yaml.safe_load(text) or {}

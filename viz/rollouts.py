@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Protocol
 
+from tempo_rl.extras import requires
+
 
 class RolloutError(ValueError):
     """A malformed rollout file; the message names the file and the line."""
@@ -71,7 +73,8 @@ class _HFTokenizer:
     """A `transformers` tokenizer saved in a local directory."""
 
     def __init__(self, path: Path):
-        from transformers import AutoTokenizer
+        with requires("train", f"--tokenizer {path}"):
+            from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
@@ -86,7 +89,8 @@ class _TokenizersJSON:
     """A `tokenizers` tokenizer.json file."""
 
     def __init__(self, path: Path):
-        from tokenizers import Tokenizer as _Tokenizer
+        with requires("train", f"--tokenizer {path}"):
+            from tokenizers import Tokenizer as _Tokenizer
 
         self._tok = _Tokenizer.from_file(str(path))
 
