@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .backends import BACKENDS, get_backend
 from .cli import UsageError
-from .extras import install_command
+from .extras import MissingExtra, require
 
 INPUT_HELP = """\
 input format: JSONL, one response per line, with fields
@@ -75,12 +75,13 @@ def _selected(rollouts: list, wanted: list[str] | None) -> list:
 
 def _missing_extra(args: argparse.Namespace) -> str | None:
     """Say which install the command needs before it fails half-way (None when all is there)."""
-    import importlib.util
-
-    if args.png and importlib.util.find_spec("matplotlib") is None:
-        return f"the PNG needs the Python package 'matplotlib', which is not installed: {install_command('viz')} (or pass --no-png)"
-    if args.tokenizer and importlib.util.find_spec("tokenizers") is None:
-        return f"--tokenizer needs the Python package 'tokenizers', which is not installed: {install_command('train')}"
+    try:
+        if args.png:
+            require(("matplotlib",), "the PNG", "viz")
+        if args.tokenizer:
+            require(("tokenizers",), "--tokenizer", "train")
+    except MissingExtra as e:
+        return f"{e} (or pass --no-png)" if e.name == "matplotlib" else str(e)
     return None
 
 
