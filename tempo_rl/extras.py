@@ -77,8 +77,15 @@ def requires(extra: str, what: str) -> Iterator[None]:
         raise MissingExtra(what, module, EXTRA_OF.get(module, extra)) from None
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # a module object without a spec (made in memory) is in sys.modules: it is there
+        return True
+
+
 def require(modules: tuple[str, ...] | list[str], what: str, extra: str | None = None) -> None:
     """`MissingExtra` for the first of `modules` that is not installed (checked, not imported)."""
     for name in modules:
-        if importlib.util.find_spec(name) is None:
+        if not _installed(name):
             raise MissingExtra(what, name, extra or EXTRA_OF.get(_top(name), "train"))

@@ -68,6 +68,14 @@ def test_require_checks_without_importing(monkeypatch):
     extras.require(("json",), "nothing optional")
 
 
+def test_a_module_made_in_memory_counts_as_installed(monkeypatch):
+    """Stand-ins built with types.ModuleType (no __spec__) are present, as an import would find them."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "an_engine_stand_in", types.ModuleType("an_engine_stand_in"))
+    extras.require(("an_engine_stand_in",), "a test")
+
+
 @pytest.mark.parametrize(
     "argv, package, extra",
     [
