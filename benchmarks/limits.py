@@ -4,25 +4,11 @@ failure is a `UsageError` (one line, exit 2) naming the flag."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tempo_rl.cli import UsageError
+from tempo_rl.cli import UsageError, int_at_least
 
-
-def int_at_least(low: int):
-    """An argparse `type`: an integer >= low, else one line naming the bound."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
+__all__ = ["check_fits", "check_out", "int_at_least", "mem_available_gib"]
 
 
 def mem_available_gib() -> float:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .backends import BACKENDS, get_backend
-from .cli import UsageError
+from .cli import UsageError, int_at_least
 from .extras import MissingExtra, require
 
 INPUT_HELP = """\
@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="advantage backend (default: auto)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="skip the matplotlib PNG")
-    parser.add_argument("--top", type=int, default=5, help="tokens listed per group in the summary (default 5)")
+    parser.add_argument(
+        "--top", type=int_at_least(0), default=5, help="tokens listed per group in the summary (default 5)"
+    )
 
 
 def _slug(text: str) -> str:

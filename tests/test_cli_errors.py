@@ -104,7 +104,12 @@ CASES = [
     (["check", "no_such_module_here:f"], "cannot load no_such_module_here:f", None),
     (["compare", "--config", "bad.yaml"], "--config bad.yaml: not valid YAML", None),
     (["compare", "--config", "a_dir"], "--config a_dir: a directory", None),
-    (["compare", "--steps", "0", "--runs-dir", "runs"], "--steps", None),
+    (["compare", "--steps", "0", "--runs-dir", "runs"], "argument --steps: must be at least 1, got 0", None),
+    (["compare", "--jobs", "0", "--runs-dir", "runs"], "argument --jobs: must be at least 1, got 0", None),
+    (["compare", "--grad-batches", "-1", "--runs-dir", "runs"], "argument --grad-batches", None),
+    (["compare", "--eval-every", "-1", "--runs-dir", "runs"], "argument --eval-every", None),
+    (["inspect", EXAMPLE, "--top", "-1"], "argument --top: must be at least 0, got -1", None),
+    (["inspect", EXAMPLE, "--eps", "-1"], "eps must be >= 0", None),
     (["nope"], "argument COMMAND: invalid choice: 'nope'", None),
 ]
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from tempo_rl.cli import int_at_least
+
 from .config import TrainConfig, load_file
 from .data import batch_for_step, load_dataset
 from .loss import policy_loss
@@ -460,7 +462,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--tree-group-size",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="leaves per group for tree arms (0: the config's group_size); a tree generates fewer "
         "tokens per leaf, so more leaves give the arms equal tokens per step",
@@ -473,11 +475,13 @@ def add_arguments(parser) -> None:
         help="learning-rate sweep, run for every estimator (at least 3 values)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="at least 3 seeds")
-    parser.add_argument("--steps", type=int, default=60, help="steps per run (the shared budget)")
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--steps", type=int_at_least(1), default=60, help="steps per run (the shared budget)")
+    parser.add_argument("--eval-every", type=int_at_least(0), default=5, help="eval every N steps (0: never)")
     parser.add_argument("--target", type=float, default=0.8, help="eval accuracy that counts as reached")
-    parser.add_argument("--grad-batches", type=int, default=4, help="batches for the gradient cosine (0: skip)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument(
+        "--grad-batches", type=int_at_least(0), default=4, help="batches for the gradient cosine (0: skip)"
+    )
+    parser.add_argument("--jobs", type=int_at_least(1), default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--runs-dir", default="runs/compare", help="per-run metrics go here")
     parser.add_argument(
         "--fresh",
