@@ -234,20 +234,28 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = figure(rows)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(rows: list[dict]):
+    """Time ratios against the unique fraction, one colour per comparison, with the floor."""
+    import matplotlib.pyplot as plt
+
     x = [r["unique_fraction"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [r["tree_over_rows"] for r in rows], "o-", color="tab:blue", label="tree / rows (unpadded)")
     ax.plot(x, [r["tree_over_padded"] for r in rows], "s-", color="tab:orange", label="tree / padded batch")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="floor: the unique fraction")
-    ax.set_xlabel("unique tokens / row tokens")
-    ax.set_ylabel("time ratio (forward + backward)")
+    ax.set_xlabel("unique fraction (trie nodes / row tokens)")
+    ax.set_ylabel("time ratio, forward + backward (tree ms / other ms)")
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, max(1.2, *(r["tree_over_padded"] for r in rows)) * 1.05)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:

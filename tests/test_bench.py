@@ -55,3 +55,23 @@ def test_plot_has_one_colour_per_backend_a_legend_and_axis_units():
         assert "(padded tokens)" in ax.get_xlabel() and "(ms)" in ax.get_ylabel()
     finally:
         plt.close(fig)
+
+
+def test_tree_forward_plot_has_distinct_colours_a_legend_and_axis_units():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tempo_rl.benchmarks.bench_tree_forward import figure
+
+    rows = [{"unique_fraction": f, "tree_over_rows": 1.2 * f, "tree_over_padded": f} for f in (0.3, 0.6, 1.0)]
+    fig = figure(rows)
+    try:
+        ax = fig.axes[0]
+        lines = ax.get_lines()
+        assert len({matplotlib.colors.to_hex(line.get_color()) for line in lines}) == len(lines)
+        assert ax.get_legend() is not None and len(ax.get_legend().get_texts()) == len(lines)
+        assert "(trie nodes / row tokens)" in ax.get_xlabel() and "(tree ms / other ms)" in ax.get_ylabel()
+    finally:
+        plt.close(fig)
