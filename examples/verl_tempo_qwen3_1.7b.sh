@@ -19,8 +19,9 @@
 # Everything the run writes (the parquet data, verl's checkpoints and Hydra's outputs/) goes under
 # RUN_DIR, by default runs/verl-tempo-qwen3-1.7b in the directory the script is started from.
 # Data: TRAIN_FILES / VAL_FILES (verl parquet). By default examples/data/arithmetic.jsonl is converted
-# with examples/verl_prepare_data.py into RUN_DIR/data: 44 training rows, so BATCH defaults to 16
-# prompts per step, which checks the pipeline; for the recipe point TRAIN_FILES at a MATH-style
+# with examples/verl_prepare_data.py into RUN_DIR/data: 44 training rows, so BATCH defaults to 32
+# prompts per step (x 7 responses, each of the 4 mini-batches 7 responses per GPU on GPUS=8), which
+# checks the pipeline; for the recipe point TRAIN_FILES at a MATH-style
 # training set and set BATCH=512. The script refuses a BATCH larger than the training file.
 # The reward is compute_score in examples/rewards.py (exact match of the final answer).
 # ppo_mini_batch_size (4 updates per step) and the memory settings are this script's choices, not the recipe's.
@@ -30,7 +31,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 MODEL=${MODEL:-Qwen/Qwen3-1.7B}
 GPUS=${GPUS:-8}
-BATCH=${BATCH:-16}
+BATCH=${BATCH:-32}
 RUN_DIR=${RUN_DIR:-runs/verl-tempo-qwen3-1.7b}
 [[ "$RUN_DIR" == /* ]] || RUN_DIR="$PWD/$RUN_DIR"  # absolute: verl runs from inside it
 DATA_DIR=${DATA_DIR:-$RUN_DIR/data}

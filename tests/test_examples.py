@@ -151,6 +151,8 @@ def test_verl_script_defaults_fit_the_shipped_data_and_write_outside_the_reposit
     assert prepare.main([str(EXAMPLES / "data" / "arithmetic.jsonl"), str(train_file.parent)]) == 0
     rows = len(pd.read_parquet(train_file))
     assert 0 < batch <= rows and batch % mini == 0 and batch // mini == 4
+    gpus, n = int(overrides["trainer.n_gpus_per_node"]), int(overrides["actor_rollout_ref.rollout.n"])
+    assert (batch * n) % gpus == 0 and (mini * n) % gpus == 0  # responses split evenly over the GPUs
 
 
 @pytest.mark.parametrize(
