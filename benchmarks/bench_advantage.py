@@ -31,11 +31,16 @@ from typing import Callable
 
 import torch
 
+from tempo_rl import extras
+from tempo_rl.cli import UsageError
+
 from . import bench_policy_loss, bench_tree_forward
+from .limits import check_fits, check_out, int_at_least
 
 KINDS = ("branching", "distinct", "identical")
 BASELINES = ("loop", "loop-tensor")  # per-token loops: timed once, at the small shape only
 VOCAB = 32000
+BYTES_PER_TOKEN = 64  # int64 ids in a few copies while the batch is built, mask, advantages, temporaries
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,28 @@ def shapes_for(device: str, quick: bool) -> list[tuple[str, Shape]]:
     return [(b, s) for s in small + authors + grid for b in fast]
 
 
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """`--shape BxGxL`: B responses in groups of G (G <= B), L padded tokens, each at least 1."""
+    try:
+        b, g, l = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxGxL, e.g. 256x8x512, got {text!r}") from None
+    if min(b, g, l) < 1 or g > b:
+        raise argparse.ArgumentTypeError(f"B, G and L must be at least 1 and G at most B, got {text!r}")
+    return b, g, l
+
+
+def backends_for(device: str) -> tuple[str, ...]:
+    return BASELINES + ("reference", "torch") if device == "cpu" else ("torch", "triton")
+
+
+def pairs_for(args: argparse.Namespace) -> list[tuple[str, Shape]]:
+    """(backend, shape) pairs to time: every backend at each `--shape`, else the built-in grid."""
+    if not args.shape:
+        return shapes_for(args.device, args.quick)
+    return [(b, Shape(*s, kind)) for s in args.shape for kind in KINDS for b in backends_for(args.device)]
+
+
 def run_one(backend: str, shape: Shape, *, device: str, repeats: int) -> Row:
     inputs = make_batch(shape, device=device)
     slow = backend in BASELINES + ("reference",)
@@ -245,23 +272,33 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = figure(rows, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(rows: list[Row], title: str):
+    """Median time against batch size: one colour per backend, one marker and line style per data kind."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for backend in dict.fromkeys(r.backend for r in rows):
-        for kind, marker in zip(KINDS, "o^s"):
+    colours = plt.get_cmap("tab10").colors
+    for colour, backend in zip(colours, dict.fromkeys(r.backend for r in rows)):
+        for kind, marker, style in zip(KINDS, "o^s", ("-", "--", ":")):
             pts = sorted((r.batch * r.length, r.median_ms) for r in rows if r.backend == backend and r.kind == kind)
             if pts:
-                ax.plot(
-                    *zip(*pts),
-                    marker=marker,
-                    linestyle="-" if kind == "branching" else ":",
-                    label=f"{backend} ({kind})",
-                )
-    ax.set(xscale="log", yscale="log", xlabel="B x L (padded tokens)", ylabel="median ms", title=title)
+                ax.plot(*zip(*pts), color=colour, marker=marker, linestyle=style, label=f"{backend} ({kind})")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size B x L (padded tokens)",
+        ylabel="median time per call (ms)",
+        title=title,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def write(rows: list[Row], env: dict, out: Path, name: str) -> None:
@@ -284,14 +321,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu: loops, reference and torch; cuda: torch and Triton (do_bench)",
     )
     parser.add_argument("--quick", action="store_true", help="the small shape and the authors' batch only")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per CPU measurement")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--shape",
+        type=parse_shape,
+        action="append",
+        metavar="BxGxL",
+        help="advantage: time every backend on this shape only, B responses in groups of G, L padded tokens "
+        "(repeatable), e.g. 256x8x512",
+    )
+    parser.add_argument("--repeats", type=int_at_least(1), default=5, help="timed runs per CPU measurement")
+    parser.add_argument(
+        "--threads", type=int_at_least(0), default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("."), help="directory for the results (default: the current directory)"
     )
     parser.add_argument(
         "--op",
-        choices=("advantage", "policy_loss", "tree_forward"),
+        choices=tuple(OPS),
         default="advantage",
         help="advantage: the TEMPO advantage backends; policy_loss: fused policy loss memory and time; "
         "tree_forward: log-probs on the prefix tree vs row by row",
@@ -309,21 +356,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device here")
     if args.scale:
         from .bench_scale import run as run_scale
 
         return run_scale(args)
-    if args.op == "policy_loss":
-        return bench_policy_loss.run(args)
-    if args.op == "tree_forward":
-        return bench_tree_forward.run(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
+    return OPS[args.op](args)
+
+
+def run_advantage(args: argparse.Namespace) -> int:
+    """`--op advantage`: every backend on the shapes of `pairs_for`; tables and a plot to `--out`."""
+    pairs = pairs_for(args)
+    if pairs:
+        check_fits("--op advantage", BYTES_PER_TOKEN * max(s.batch * s.length for _, s in pairs))
+    extras.require(("matplotlib",), "the benchmark's plot")  # before the timings, not after them
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(args.device)
     rows = []
-    for backend, shape in shapes_for(args.device, args.quick):
+    for backend, shape in pairs:
         row = run_one(backend, shape, device=args.device, repeats=args.repeats)
         rows.append(row)
         print(
@@ -340,3 +393,11 @@ def run(args: argparse.Namespace) -> int:
     print(markdown(rows, env))
     print(f"wrote {args.out}/{name}.{{md,csv,json,png}}")
     return 0
+
+
+# --op NAME runs OPS[NAME](args); `--scale` runs bench_scale.run.
+OPS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "advantage": run_advantage,
+    "policy_loss": bench_policy_loss.run,
+    "tree_forward": bench_tree_forward.run,
+}

@@ -30,6 +30,10 @@ from pathlib import Path
 
 import torch
 
+from tempo_rl.cli import UsageError
+
+from .limits import check_fits, int_at_least, mem_available_gib
+
 METHODS = ("torch", "reference")  # the chunked path first: the reference's big allocation runs last
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -99,12 +103,6 @@ def worker(method: str, tokens: int, hidden: int, vocab: int, repeats: int) -> d
 
 
 # ----------------------------------------------------------------------------- the parent
-def mem_available_gib() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def run_method(method: str, args: argparse.Namespace) -> dict:
@@ -127,8 +125,9 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # one line: the worker's last, its exception
+        last = ([line for line in done.stderr.splitlines() if line.strip()] or [f"exit status {done.returncode}"])[-1]
+        raise SystemExit(f"tempo-rl bench: error: the {method} worker failed: {last.strip()}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -188,9 +187,9 @@ def markdown(rows: list[dict], env: dict) -> str:
 
 def add_arguments(parser) -> None:
     """Options of `--op policy_loss` (added to `tempo-rl bench`'s parser)."""
-    parser.add_argument("--tokens", type=int, default=4096, help="policy_loss: B x T tokens (B = 4)")
-    parser.add_argument("--hidden", type=int, default=1024, help="policy_loss: H")
-    parser.add_argument("--vocab", type=int, default=151_936, help="policy_loss: V (default: Qwen3's)")
+    parser.add_argument("--tokens", type=int_at_least(4), default=4096, help="policy_loss: B x T tokens (B = 4)")
+    parser.add_argument("--hidden", type=int_at_least(1), default=1024, help="policy_loss: H")
+    parser.add_argument("--vocab", type=int_at_least(1), default=151_936, help="policy_loss: V (default: Qwen3's)")
     parser.add_argument("--methods", default=",".join(METHODS), help="policy_loss: comma-separated, run in order")
     parser.add_argument(
         "--min-free-gib",
@@ -200,15 +199,36 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def need_bytes(method: str, tokens: int, hidden: int, vocab: int) -> int:
+    """About what one method holds at its peak: hidden, weight and their gradients, and for the
+    reference a few (N, V) float32 tensors (the chunked path holds one chunk of them)."""
+    inputs = 4 * 2 * (tokens * hidden + vocab * hidden)
+    return inputs + (4 * 4 * tokens * vocab if method == "reference" else 0)
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """Why these flags cannot run (one line), or None: checked before any worker starts."""
     if args.device != "cpu":
-        raise SystemExit("--op policy_loss: only --device cpu is measured here")
+        return "--op policy_loss: only --device cpu is measured here"
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        return f"--methods: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})"
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = usage_error(args)
+    if problem:
+        raise UsageError(problem)
+    methods = args.methods.split(",")
+    for method in methods:
+        check_fits(f"--op policy_loss ({method})", need_bytes(method, args.tokens, args.hidden, args.vocab))
     out = Path(args.out) if args.out else Path.cwd()
     env = environment(args)
     rows = []
-    for method in args.methods.split(","):
+    for method in methods:
         if method == "reference" and mem_available_gib() < args.min_free_gib:
-            raise SystemExit(
+            raise UsageError(
                 f"reference: MemAvailable {mem_available_gib():.1f} GiB < --min-free-gib "
                 f"{args.min_free_gib}; not started"
             )

@@ -37,7 +37,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tempo_rl.backends import BACKENDS, get_backend
+from tempo_rl.cli import UsageError
+
+from .limits import check_fits, int_at_least
+
 PROMPTS, GROUP, LENGTH, VOCAB = 512, 7, 8192, 151_936
+BYTES_PER_TOKEN = 80  # int64 ids and the copies made while drawing them, the mask, and each part's peak
 
 
 def make_inputs(prompts: int = PROMPTS, group: int = GROUP, length: int = LENGTH, seed: int = 0) -> dict:
@@ -254,15 +260,15 @@ def markdown(result: dict) -> str:
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     """The options `tempo-rl bench --scale` adds (with --repeats, --threads and --out)."""
-    parser.add_argument("--prompts", type=int, default=PROMPTS, help="--scale: prompts (x 7 responses)")
-    parser.add_argument("--length", type=int, default=LENGTH, help="--scale: padded response length")
-    parser.add_argument("--backend", default="auto", help="--scale: tempo_rl backend")
+    parser.add_argument("--prompts", type=int_at_least(1), default=PROMPTS, help="--scale: prompts (x 7 responses)")
+    parser.add_argument("--length", type=int_at_least(1), default=LENGTH, help="--scale: padded response length")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="--scale: tempo_rl backend (default: auto)")
     parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int_at_least(1), default=5)
+    parser.add_argument("--threads", type=int_at_least(0), default=1)
     parser.add_argument("--out", type=Path, default=Path("."), help="directory for scale_cpu.{md,json}")
     add_scale_arguments(parser)
 
@@ -273,6 +279,12 @@ def run(args: argparse.Namespace) -> int:
     if args.part:
         print(json.dumps(run_part(args.part, args)))
         return 0
+    check_fits("--scale", BYTES_PER_TOKEN * args.prompts * GROUP * args.length)
+    if args.backend != "auto":
+        try:
+            get_backend(args.backend)
+        except RuntimeError as e:
+            raise UsageError(f"--backend {args.backend}: {e}") from None
     load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rows = run_part("core", args)
     for name in ("verl", "trl"):

@@ -32,6 +32,11 @@ from pathlib import Path
 
 import torch
 
+from tempo_rl import extras
+from tempo_rl.cli import UsageError
+
+from .limits import check_fits, int_at_least
+
 FRACTIONS = (0.3, 0.45, 0.6, 0.9, 1.0)
 METHODS = ("tree", "rows", "padded")
 
@@ -244,57 +249,82 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = figure(rows)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(rows: list[dict]):
+    """Time ratios against the unique fraction, one colour per comparison, with the floor."""
+    import matplotlib.pyplot as plt
+
     x = [r["unique_fraction"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [r["tree_over_rows"] for r in rows], "o-", color="tab:blue", label="tree / rows (unpadded)")
     ax.plot(x, [r["tree_over_padded"] for r in rows], "s-", color="tab:orange", label="tree / padded batch")
     ax.plot(x, [r["cpu_tree_over_rows"] for r in rows], "^--", color="tab:green", label="tree / rows, thread CPU time")
     ax.plot([0, 1], [0, 1], ":", color="gray", label="floor: the unique fraction")
-    ax.set_xlabel("unique tokens / row tokens")
-    ax.set_ylabel("time ratio (forward + backward)")
+    ax.set_xlabel("unique fraction (trie nodes / row tokens)")
+    ax.set_ylabel("time ratio, forward + backward (tree ms / other ms)")
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, max(1.2, *(r["tree_over_padded"] for r in rows)) * 1.05)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """`--fractions 0.3,0.6`: comma-separated numbers in (0, 1]."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0 < f <= 1 for f in values):
+        raise argparse.ArgumentTypeError(f"each must lie in (0, 1], got {text!r}")
+    return values
 
 
 def add_arguments(parser) -> None:
     """Options of `--op tree_forward` (added to `tempo-rl bench`'s parser)."""
     parser.add_argument(
         "--fractions",
-        type=lambda s: tuple(float(x) for x in s.split(",")),
+        type=parse_fractions,
         default=FRACTIONS,
         help="tree_forward: unique-token fractions to measure, comma-separated (default: 0.3,0.45,0.6,0.9,1.0)",
     )
-    parser.add_argument("--tree-prompts", type=int, default=2, help="tree_forward: prompts per batch")
-    parser.add_argument("--tree-group", type=int, default=8, help="tree_forward: completions per prompt")
-    parser.add_argument("--tree-prompt-len", type=int, default=100, help="tree_forward: prompt tokens")
-    parser.add_argument("--tree-completion", type=int, default=256, help="tree_forward: longest completion")
-    parser.add_argument("--tree-layers", type=int, default=4, help="tree_forward: model layers")
-    parser.add_argument("--tree-hidden", type=int, default=256, help="tree_forward: model hidden size")
-    parser.add_argument("--tree-vocab", type=int, default=4096, help="tree_forward: model vocabulary")
+    size = int_at_least(1)
+    parser.add_argument("--tree-prompts", type=size, default=2, help="tree_forward: prompts per batch")
+    parser.add_argument("--tree-group", type=size, default=8, help="tree_forward: completions per prompt")
+    parser.add_argument("--tree-prompt-len", type=size, default=100, help="tree_forward: prompt tokens")
+    parser.add_argument("--tree-completion", type=int_at_least(2), default=256, help="tree_forward: longest completion")
+    parser.add_argument("--tree-layers", type=size, default=4, help="tree_forward: model layers")
+    parser.add_argument(
+        "--tree-hidden",
+        type=int_at_least(4),
+        default=256,
+        help="tree_forward: model hidden size (a multiple of 4, the heads)",
+    )
+    parser.add_argument("--tree-vocab", type=int_at_least(4), default=4096, help="tree_forward: model vocabulary")
+
+
+def need_bytes(args: argparse.Namespace) -> int:
+    """About what the padded method holds at its peak: the model and its gradients, and per layer
+    the activations of every row (a few hidden-size tensors and the attention scores) plus the logits."""
+    h, layers, v = args.tree_hidden, args.tree_layers, args.tree_vocab
+    params = 2 * v * h + layers * (4 * h * h + 3 * h * h * 11 // 4)
+    rows, t = args.tree_prompts * args.tree_group, args.tree_prompt_len + args.tree_completion
+    activations = rows * layers * (16 * t * h + 4 * t * t) + 2 * rows * t * v
+    return 4 * (2 * params + activations)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.device != "cpu":
-        raise SystemExit("--op tree_forward: only --device cpu is measured here")
-    for name in (
-        "tree_prompts",
-        "tree_group",
-        "tree_prompt_len",
-        "tree_completion",
-        "tree_layers",
-        "tree_hidden",
-        "tree_vocab",
-        "repeats",
-    ):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
-    if any(not 0 < f <= 1 for f in args.fractions):
-        raise SystemExit("--fractions must lie in (0, 1]")
+        raise UsageError("--op tree_forward: only --device cpu is measured here")
+    if args.tree_hidden % 4:
+        raise UsageError(f"--tree-hidden must be a multiple of 4 (the model's heads), got {args.tree_hidden}")
+    check_fits("--op tree_forward", need_bytes(args))
+    extras.require(("transformers", "matplotlib"), "--op tree_forward", "train")  # the model, the plot
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, env = measure(args)

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# TEMPO in verl (0.9.x), the authors' recipe for Qwen3-1.7B (arXiv 2509.18314): 512 prompts per step,
-# n = 7 responses each, lr 1e-6, PPO clip 0.2 / 0.28, responses up to 8192 tokens, no KL term.
+# TEMPO in verl, the authors' recipe for Qwen3-1.7B (arXiv 2509.18314): n = 7 responses per prompt,
+# lr 1e-6, PPO clip 0.2 / 0.28, responses up to 8192 tokens, no KL term; 512 prompts per step with
+# BATCH=512 on your own training set.
+#
+# Tested with verl 0.9.1 (`pip install 'verl[verl-core]==0.9.1'`); the script stops, naming the version
+# found, outside verl >= 0.9.1, < 0.10 (the trainer-mode registry it hooks into is verl 0.9's).
 #
 #   pip install -e .                     # tempo-rl, from the repository root, into verl's environment
 #   bash examples/verl_tempo_qwen3_1.7b.sh [more Hydra overrides]
@@ -12,19 +16,25 @@
 #                                         TEMPO needs the ids to build each group's prefix tree). With verl's
 #                                         async modes use tempo_colocate_async / tempo_separate_async.
 #
-# Data: TRAIN_FILES / VAL_FILES (verl parquet). By default the example JSONL is converted with
-# examples/verl_prepare_data.py; it has 48 rows, enough to check the pipeline with BATCH=16, not for the
-# recipe's 512-prompt batches: point TRAIN_FILES at your own MATH-style training set for that.
+# Everything the run writes (the parquet data, verl's checkpoints and Hydra's outputs/) goes under
+# RUN_DIR, by default runs/verl-tempo-qwen3-1.7b in the directory the script is started from.
+# Data: TRAIN_FILES / VAL_FILES (verl parquet). By default examples/data/arithmetic.jsonl is converted
+# with examples/verl_prepare_data.py into RUN_DIR/data: 44 training rows, so BATCH defaults to 32
+# prompts per step (x 7 responses, each of the 4 mini-batches 7 responses per GPU on GPUS=8), which
+# checks the pipeline; for the recipe point TRAIN_FILES at a MATH-style
+# training set and set BATCH=512. The script refuses a BATCH larger than the training file.
 # The reward is compute_score in examples/rewards.py (exact match of the final answer).
 # ppo_mini_batch_size (4 updates per step) and the memory settings are this script's choices, not the recipe's.
-# DRY_RUN=1 prints the overrides and exits.
+# DRY_RUN=1 prints the overrides and exits (it needs neither verl nor the data).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 MODEL=${MODEL:-Qwen/Qwen3-1.7B}
 GPUS=${GPUS:-8}
-BATCH=${BATCH:-512}
-DATA_DIR=${DATA_DIR:-data/verl-arithmetic}
+BATCH=${BATCH:-32}
+RUN_DIR=${RUN_DIR:-runs/verl-tempo-qwen3-1.7b}
+[[ "$RUN_DIR" == /* ]] || RUN_DIR="$PWD/$RUN_DIR"  # absolute: verl runs from inside it
+DATA_DIR=${DATA_DIR:-$RUN_DIR/data}
 TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/test.parquet}
 
@@ -54,22 +64,50 @@ ARGS=(
   actor_rollout_ref.rollout.temperature=1.0
   actor_rollout_ref.rollout.tensor_model_parallel_size=1
   actor_rollout_ref.rollout.gpu_memory_utilization=0.6
-  reward.custom_reward_function.path=examples/rewards.py
+  reward.custom_reward_function.path="$ROOT/examples/rewards.py"
   reward.custom_reward_function.name=compute_score
   trainer.n_gpus_per_node="$GPUS"
   trainer.nnodes=1
   trainer.logger=[console]
   trainer.project_name=tempo-rl
   trainer.experiment_name=qwen3-1.7b-tempo
+  trainer.default_local_dir="$RUN_DIR/checkpoints"
   trainer.save_freq=50
   trainer.test_freq=10
 )
 
+if (( BATCH < 4 || BATCH % 4 )); then
+  echo "verl_tempo_qwen3_1.7b.sh: BATCH=$BATCH must be a multiple of 4 (4 PPO mini-batches per step)" >&2
+  exit 2
+fi
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   printf '%s\n' "${ARGS[@]}" "$@"
   exit 0
 fi
+python - <<'PY' || exit 2
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    found = version("verl")
+except PackageNotFoundError:
+    sys.exit("verl_tempo_qwen3_1.7b.sh: verl is not installed: pip install 'verl[verl-core]==0.9.1'")
+parts = tuple(int(p) for p in found.split("+")[0].split(".")[:3] if p.isdigit())
+if not (0, 9, 1) <= parts < (0, 10):
+    sys.exit(f"verl_tempo_qwen3_1.7b.sh: tested with verl >= 0.9.1, < 0.10; found verl {found}")
+PY
 if [[ ! -f "$TRAIN_FILES" && "$TRAIN_FILES" == "$DATA_DIR/train.parquet" ]]; then
-  python examples/verl_prepare_data.py examples/data/arithmetic.jsonl "$DATA_DIR"
+  python "$ROOT/examples/verl_prepare_data.py" "$ROOT/examples/data/arithmetic.jsonl" "$DATA_DIR"
 fi
+python - "$TRAIN_FILES" "$BATCH" <<'PY' || exit 2
+import sys
+
+import pyarrow.parquet as pq
+
+path, batch = sys.argv[1], int(sys.argv[2])
+rows = pq.ParquetFile(path).metadata.num_rows
+if batch > rows:
+    sys.exit(f"verl_tempo_qwen3_1.7b.sh: BATCH={batch} prompts per step, but {path} has {rows} rows")
+PY
+mkdir -p "$RUN_DIR" && cd "$RUN_DIR"  # verl's checkpoints and Hydra's outputs/ land here, not in the repository
 exec python -m verl.trainer.main_ppo "${ARGS[@]}" "$@"

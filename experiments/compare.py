@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tempo_rl.cli import int_at_least
 from tempo_rl.trainer.config import TrainConfig, load_file
 from tempo_rl.trainer.data import batch_for_step, load_dataset
 from tempo_rl.trainer.loss import policy_loss
@@ -453,7 +455,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--tree-group-size",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="leaves per group for tree arms (0: the config's group_size); a tree generates fewer "
         "tokens per leaf, so more leaves give the arms equal tokens per step",
@@ -466,11 +468,13 @@ def add_arguments(parser) -> None:
         help="learning-rate sweep, run for every estimator (at least 3 values)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="at least 3 seeds")
-    parser.add_argument("--steps", type=int, default=60, help="steps per run (the shared budget)")
-    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--steps", type=int_at_least(1), default=60, help="steps per run (the shared budget)")
+    parser.add_argument("--eval-every", type=int_at_least(0), default=5, help="eval every N steps (0: never)")
     parser.add_argument("--target", type=float, default=0.8, help="eval accuracy that counts as reached")
-    parser.add_argument("--grad-batches", type=int, default=4, help="batches for the gradient cosine (0: skip)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument(
+        "--grad-batches", type=int_at_least(0), default=4, help="batches for the gradient cosine (0: skip)"
+    )
+    parser.add_argument("--jobs", type=int_at_least(1), default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--runs-dir", default="runs/compare", help="per-run metrics go here")
     parser.add_argument(
         "--fresh",
@@ -487,11 +491,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from tempo_rl.trainer.config import INSTALL_TRAIN, UsageError
+    from tempo_rl.trainer.config import UsageError
     from tempo_rl.trainer.loading import TRAIN_MODULES, require_modules
 
     try:  # before 25 minutes of runs, not at the plot after them
-        require_modules((*TRAIN_MODULES, "matplotlib"), "python -m experiments.compare", INSTALL_TRAIN)
+        require_modules((*TRAIN_MODULES, "matplotlib"), "python -m experiments.compare", "train")
     except UsageError as e:
         print(f"python -m experiments.compare: error: {e}", file=sys.stderr)
         return 2
@@ -554,9 +558,15 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from tempo_rl.cli import UsageError
+
     parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except UsageError as e:  # a bad --config or option: one line, no traceback
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -49,10 +49,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from accelerate.utils import gather
-from trl import GRPOConfig, GRPOTrainer
 
 import tempo_rl
+from tempo_rl.extras import require, requires
+
+require(("trl", "accelerate"), "tempo_rl.integrations.trl", "trl")  # trl itself named first when both are missing
+with requires("trl", "tempo_rl.integrations.trl"):
+    from accelerate.utils import gather
+    from trl import GRPOConfig, GRPOTrainer
 
 __all__ = ["TempoGRPOConfig", "TempoGRPOTrainer", "step_options"]
 

@@ -45,9 +45,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from verl.trainer.ppo import core_algos
 
 import tempo_rl
+from tempo_rl.extras import requires
+
+with requires("verl", "tempo_rl.integrations.verl"):
+    from verl.trainer.ppo import core_algos
 
 __all__ = [
     "TEMPO",

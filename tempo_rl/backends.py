@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from .extras import requires
 from .fast.prefix_values_torch import Runs
 from .fast.stats_torch import NO_BRANCH, STAT_COLUMNS
 from .reference import advantage as ref_advantage
@@ -148,11 +149,8 @@ def _load_torch() -> Backend:
 def _load_triton() -> Backend:
     if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
         raise ImportError("Triton needs a CUDA device here (or TRITON_INTERPRET=1 to interpret it on CPU)")
-    from .fast import (  # import triton: ImportError where it is missing
-        advantage_triton,
-        policy_loss_triton,
-        prefix_values_torch,
-    )
+    with requires("triton", "the Triton backend"):  # MissingExtra (an ImportError) without triton
+        from .fast import advantage_triton, policy_loss_triton, prefix_values_torch
 
     # Prefix values have no kernel of their own: the torch path runs on the same CUDA tensors.
     return Backend(

@@ -148,12 +148,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         from tempo_rl import testing
     except ImportError as e:
-        print(f"tempo-rl check: {e}", file=sys.stderr)
+        print(f"tempo-rl check: error: {e}", file=sys.stderr)
         return 2
     try:
         impl = _implementation(load_target(args.target), args)
     except Exception as e:  # any failure to import the user's code is reported, not raised
-        print(f"tempo-rl check: cannot load {args.target}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"tempo-rl check: error: cannot load {args.target}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     try:
         report = testing.check_implementation(

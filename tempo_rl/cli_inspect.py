@@ -12,6 +12,10 @@ import re
 import sys
 from pathlib import Path
 
+from .backends import BACKENDS, get_backend
+from .cli import UsageError, int_at_least
+from .extras import MissingExtra, require
+
 INPUT_HELP = """\
 input format: JSONL, one response per line, with fields
   group_id   string or integer; responses with the same (step, group_id) form a group
@@ -50,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not divide by the group std (Dr. GRPO form)",
     )
-    parser.add_argument("--backend", default="auto", help="advantage backend: auto, reference, torch, triton")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="advantage backend (default: auto)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="skip the matplotlib PNG")
-    parser.add_argument("--top", type=int, default=5, help="tokens listed per group in the summary (default 5)")
+    parser.add_argument(
+        "--top", type=int_at_least(0), default=5, help="tokens listed per group in the summary (default 5)"
+    )
 
 
 def _slug(text: str) -> str:
@@ -71,13 +77,28 @@ def _selected(rollouts: list, wanted: list[str] | None) -> list:
 
 def _missing_extra(args: argparse.Namespace) -> str | None:
     """Say which install the command needs before it fails half-way (None when all is there)."""
-    import importlib.util
-
-    if args.png and importlib.util.find_spec("matplotlib") is None:
-        return "the PNG needs matplotlib: pip install 'tempo-rl[viz]' (or pass --no-png)"
-    if args.tokenizer and importlib.util.find_spec("tokenizers") is None:
-        return "--tokenizer needs the tokenizers package: pip install 'tempo-rl[train]'"
+    try:
+        if args.png:
+            require(("matplotlib",), "the PNG", "viz")
+        if args.tokenizer:
+            require(("tokenizers",), "--tokenizer", "train")
+    except MissingExtra as e:
+        return f"{e} (or pass --no-png)" if e.name == "matplotlib" else str(e)
     return None
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """Why these paths and flags cannot run (one line), or None: checked before anything is read."""
+    if args.input.is_dir():
+        return f"{args.input}: a directory; give a JSONL file of rollouts"
+    if args.out.exists() and not args.out.is_dir():
+        return f"-o {args.out}: an existing file; give a directory for the page and PNGs"
+    if args.backend != "auto":
+        try:
+            get_backend(args.backend)
+        except RuntimeError as e:
+            return f"--backend {args.backend}: {e}"
+    return _missing_extra(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,10 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from .viz.page import write_html
     from .viz.summary import summarize
 
-    missing = _missing_extra(args)
-    if missing:
-        print(f"tempo-rl inspect: error: {missing}", file=sys.stderr)
-        return 2
+    problem = usage_error(args)
+    if problem:
+        raise UsageError(problem)
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         rollouts = _selected(read_rollouts(args.input, tokenizer), args.group)

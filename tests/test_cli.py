@@ -39,4 +39,4 @@ def test_inspect_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "matplotlib" else real(n, *a))
     example = Path(__file__).resolve().parent.parent / "examples" / "worked_example.jsonl"
     assert cli.main(["inspect", str(example), "-o", str(tmp_path)]) == 2
-    assert "pip install 'tempo-rl[viz]'" in capsys.readouterr().err
+    assert "pip install -e '.[viz]'" in capsys.readouterr().err

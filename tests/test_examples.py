@@ -1,10 +1,15 @@
 """The examples run as shipped: the YAML config, the JSONL data and the TRL-style reward module drive
 `tempo-rl train` on a tiny local model (only the model and the GPU options are overridden). The TRL
-and verl scripts are exercised in tests/integrations/, in their engines' own environments."""
+and verl scripts are exercised in tests/integrations/, in their engines' own environments; here the
+verl launch script's defaults are checked against the shipped data, and its refusals."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +106,67 @@ def test_tempo_rl_train_runs_the_example_config(tiny_path, tmp_path, monkeypatch
     assert {"reward/correct", "reward/boxed"} <= set(rows[1])
     dumped = [json.loads(line) for line in open(out / "rollouts.jsonl")]
     assert all(d["prompt"].endswith("Put the final answer in \\boxed{}.") for d in dumped)
+
+
+# ----------------------------------------------------------------------------- the verl launch script
+VERL_SCRIPT = EXAMPLES / "verl_tempo_qwen3_1.7b.sh"
+
+
+def _verl_script(cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` is this one
+    return subprocess.run(
+        ["bash", str(VERL_SCRIPT)],
+        cwd=cwd,
+        env={**os.environ, "PATH": path, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _fake_verl(where: Path, version: str) -> str:
+    """A directory that makes importlib.metadata report verl `version` (no code: the script stops first)."""
+    info = where / f"verl-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: verl\nVersion: {version}\n")
+    return str(where)
+
+
+def test_verl_script_defaults_fit_the_shipped_data_and_write_outside_the_repository(tmp_path):
+    done = _verl_script(tmp_path, DRY_RUN="1")
+    assert done.returncode == 0, done.stderr
+    overrides = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    batch, mini = int(overrides["data.train_batch_size"]), int(overrides["actor_rollout_ref.actor.ppo_mini_batch_size"])
+    train_file = Path(overrides["data.train_files"])
+    for key in ("data.train_files", "data.val_files", "trainer.default_local_dir"):
+        assert Path(overrides[key]).is_relative_to(tmp_path / "runs"), (key, overrides[key])
+    assert Path(overrides["reward.custom_reward_function.path"]) == EXAMPLES / "rewards.py"
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("verl_prepare_data", EXAMPLES / "verl_prepare_data.py")
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    assert prepare.main([str(EXAMPLES / "data" / "arithmetic.jsonl"), str(train_file.parent)]) == 0
+    rows = len(pd.read_parquet(train_file))
+    assert 0 < batch <= rows and batch % mini == 0 and batch // mini == 4
+    gpus, n = int(overrides["trainer.n_gpus_per_node"]), int(overrides["actor_rollout_ref.rollout.n"])
+    assert (batch * n) % gpus == 0 and (mini * n) % gpus == 0  # responses split evenly over the GPUs
+
+
+@pytest.mark.parametrize(
+    "version, env, message",
+    [
+        (None, {}, "verl is not installed"),
+        ("0.8.3", {}, "tested with verl >= 0.9.1, < 0.10; found verl 0.8.3"),
+        ("0.10.0", {}, "tested with verl >= 0.9.1, < 0.10; found verl 0.10.0"),
+        ("0.9.1", {"BATCH": "64"}, "BATCH=64 prompts per step, but"),
+    ],
+)
+def test_verl_script_stops_in_one_line_outside_what_it_was_tested_with(tmp_path, version, env, message):
+    path = _fake_verl(tmp_path / "site", version) if version else str(tmp_path / "empty")
+    done = _verl_script(tmp_path, PYTHONPATH=path, **env)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
+    assert not (ROOT / "data").exists()  # never into the repository

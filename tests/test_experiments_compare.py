@@ -2,12 +2,16 @@
 
 import argparse
 import importlib.util
+import json
 import math
 from pathlib import Path
+
+import pytest
 
 from experiments import compare
 from tempo_rl.trainer.config import TrainConfig
 from tempo_rl.trainer.tiny import build_model, build_tokenizer
+from tests.test_entry_points import assert_tables_have_headers
 
 
 def _history(accs, every=5):
@@ -122,3 +126,44 @@ def test_compare_writes_to_the_working_directory_by_default():
     compare.add_arguments(parser)
     out = Path(parser.parse_args([]).out)
     assert not out.is_absolute() and out.parent == Path(".")
+
+
+BAD_ARGUMENTS = [
+    (["--config", "bad.yaml"], "--config bad.yaml: not valid YAML"),
+    (["--config", "a_dir"], "--config a_dir: a directory"),
+    (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["--jobs", "0"], "argument --jobs: must be at least 1, got 0"),
+    (["--grad-batches", "-1"], "argument --grad-batches"),
+    (["--eval-every", "-1"], "argument --eval-every"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_argument_is_refused_before_any_run(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("steps: [1,\n")
+    (tmp_path / "a_dir").mkdir()
+    try:
+        rc = compare.main([*argv, "--runs-dir", "runs"])
+    except SystemExit as e:  # argparse's errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_compare_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    """The study end to end at its smallest: one step, one rate, one seed; its table has a header row."""
+    monkeypatch.chdir(tmp_path)
+    tok = build_tokenizer()
+    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    base = {"model": str(tmp_path / "model"), "prompts_per_step": 2, "group_size": 2}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    argv = ["--config", "base.json", "--steps", "1", "--eval-every", "1", "--lrs", "1e-4", "--seeds", "0"]
+    assert compare.main([*argv, "--grad-batches", "0", "--jobs", "1", "--runs-dir", "runs", "--out", "cmp"]) == 0
+    md = (tmp_path / "cmp.md").read_text()
+    assert_tables_have_headers(md, "cmp.md")
+    assert (tmp_path / "cmp.png").is_file()
+    out = capsys.readouterr().out
+    assert "tempo" in out and "grpo" in out

@@ -156,6 +156,8 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_path, here, capsys, capl
 def test_a_refused_run_leaves_no_directory_behind(here, capsys):
     rc, _, err = _train(_args("no-such-model", "fresh"), capsys)
     assert rc == 2 and not (here / "fresh").exists()
+    rc, _, err = _train(_args("no-such-model", "runs/fresh"), capsys)  # nor the parent it made
+    assert rc == 2 and not (here / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- exact resume of the loop's counters

@@ -321,7 +321,7 @@ def test_missing_extra_names_the_install_command(tiny_path, scratch, capsys, mon
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tokenizers" else real(name, *a))
     rc, _, err = _train(_args(tiny_path, "out"), capsys)
-    assert rc == 2 and "'tokenizers'" in err and "pip install 'tempo-rl[train]'" in err
+    assert rc == 2 and "'tokenizers'" in err and "pip install -e '.[train]'" in err
 
 
 def test_report_to_a_missing_library_names_its_extra(tiny_path, scratch, capsys, monkeypatch):
@@ -330,7 +330,7 @@ def test_report_to_a_missing_library_names_its_extra(tiny_path, scratch, capsys,
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     rc, _, err = _train(_args(tiny_path, "out", "--report-to", "wandb"), capsys)
-    assert rc == 2 and "pip install 'tempo-rl[wandb]'" in err
+    assert rc == 2 and "pip install -e '.[wandb]'" in err
 
 
 def test_trains_on_a_parquet_dataset_of_chat_prompts(tmp_path_factory, scratch, capsys):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import UsageError, add_config_arguments, config_from_args
+from .loading import quiet_hf_progress
 from .rewards import TrainingStopped
 from .train import train
 
@@ -20,6 +21,8 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
+        if not cfg.progress:
+            quiet_hf_progress()
         history = train(cfg)
     except UsageError as e:
         print(f"tempo-rl train: error: {e}", file=sys.stderr)
@@ -38,7 +41,7 @@ def run(args) -> int:
         width = max(1, len(history) // 10)
         chunks = [history[i : i + width] for i in range(0, len(history), width)]
         print(
-            f"reward_mean per {width} steps: "
+            f"reward_mean per {'step' if width == 1 else f'{width} steps'}: "
             + " ".join(f"{sum(r['reward_mean'] for r in c) / len(c):.2f}" for c in chunks)
         )
         if evals:

@@ -16,11 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
 
-INSTALL_TRAIN = "pip install 'tempo-rl[train]'"
+from tempo_rl.cli import UsageError  # a bad option, file or environment: the CLI prints one line, exit 2
+from tempo_rl.extras import install_command, requires
 
-
-class UsageError(ValueError):
-    """A bad option, file or environment, found before training starts; the CLI prints it on one line."""
+INSTALL_TRAIN = install_command("train")
 
 
 def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
@@ -277,8 +276,8 @@ class TrainConfig:
     progress: bool = _f(True, "tqdm progress bar", "run")
     report_to: list[str] = _f(
         [],
-        "also log metrics to 'tensorboard' (output_dir/tb; pip install "
-        "'tempo-rl[tensorboard]') and/or 'wandb' (pip install 'tempo-rl[wandb]')",
+        "also log metrics to 'tensorboard' (output_dir/tb; pip install -e "
+        "'.[tensorboard]') and/or 'wandb' (pip install -e '.[wandb]')",
         "run",
         choices=("tensorboard", "wandb", "none"),
     )
@@ -354,7 +353,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise UsageError(f"--config {path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
+        with requires("train", f"--config {path}"):
+            import yaml
 
         try:
             data = yaml.safe_load(text) or {}
@@ -394,7 +394,9 @@ def _validator():
     try:
         from pydantic import BeforeValidator, ConfigDict, Field, create_model
     except ImportError:
-        raise UsageError(f"tempo-rl train needs pydantic: {INSTALL_TRAIN}") from None
+        raise UsageError(
+            f"tempo-rl train needs the Python package 'pydantic', which is not installed: {INSTALL_TRAIN}"
+        ) from None
 
     hints = get_type_hints(TrainConfig)
     spec = {}
@@ -451,7 +453,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
             for k in ("ge", "gt", "le", "lt")
             if k in f.metadata
         )
-        help_text = f"{f.metadata['help']} (default: {default!r}{'; ' + bounds if bounds else ''})"
+        said = "(default:" in f.metadata["help"]  # the help text states the default in its own words
+        shown = [] if said else [f"default: {default!r}"]
+        shown += [bounds] if bounds else []
+        help_text = f"{f.metadata['help']} ({'; '.join(shown)})" if shown else f.metadata["help"]
         kind = hints[f.name]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -30,11 +30,15 @@ alone the same task is its control.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from tempo_rl.extras import install_command
 
 from .config import UsageError
 
@@ -189,6 +193,38 @@ def load_jsonl(path: str | Path, prompt_column: str = "prompt", answer_column: s
 HF_FORMATS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def check_text_file(path: Path) -> None:
+    """A JSON or CSV file must be UTF-8 and, for CSV, hold a row below its header: checked here, in
+    1 MiB pieces, because the datasets library reports either as a parse error of its own."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines, offset = 0, 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise UsageError(
+                    f"dataset {str(path)!r}: not UTF-8 text (byte {offset + e.start}); save it as UTF-8"
+                ) from None
+            offset += len(chunk)
+            lines += sum(1 for line in text.splitlines() if line.strip())
+    if path.suffix == ".csv" and lines < 2:
+        raise UsageError(f"dataset {str(path)!r}: no rows (a CSV file needs a header line and at least one row)")
+
+
+@contextlib.contextmanager
+def quiet_datasets(datasets: Any) -> Iterator[None]:
+    """No progress bars while a local file is parsed: they say nothing there, and on an error they
+    would come before the one-line message."""
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "answer") -> list[Example]:
     """A JSON / CSV / Parquet file or a `save_to_disk` directory through the `datasets` library
     (a DatasetDict gives its "train" split)."""
@@ -197,13 +233,16 @@ def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "ans
     except ImportError:
         raise UsageError(
             f"dataset {str(path)!r}: reading {path.suffix or 'a saved dataset'} needs the datasets "
-            "package: pip install 'tempo-rl[train]'"
+            f"package: {install_command('train')}"
         ) from None
+    if path.suffix in (".csv", ".json"):
+        check_text_file(path)
     try:
-        if path.is_dir():
-            data = datasets.load_from_disk(str(path))
-        else:
-            data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
+        with quiet_datasets(datasets):
+            if path.is_dir():
+                data = datasets.load_from_disk(str(path))
+            else:
+                data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
     except FileNotFoundError:
         raise UsageError(f"dataset {str(path)!r}: not a directory written by save_to_disk (nor a data file)") from None
     except UnicodeDecodeError:

@@ -3,9 +3,11 @@ optimizer, the data, and a run's loaded state (`Run`), resumed from a checkpoint
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tempo_rl import extras
+
 from . import checkpoint, run_dir
-from .config import INSTALL_TRAIN, TrainConfig, UsageError
+from .config import TrainConfig, UsageError
 from .data import BUILTIN_TASKS, CHANCE_TOKENS, Example, hold_out, load_dataset, reward_columns
 from .logs import LOGGER_MODULES, MetricLog
 from .rewards import RewardFunction, check_reward_arguments, load_reward_functions
@@ -48,13 +52,30 @@ def pick_device(name: str) -> torch.device:
 
 
 TRAIN_MODULES = ("transformers", "tokenizers", "safetensors", "tqdm")
+# Progress bars of the Hugging Face libraries (downloads, loading and writing weights, datasets).
+HF_PROGRESS_SWITCHES = (
+    ("huggingface_hub.utils", "disable_progress_bars"),
+    ("transformers.utils.logging", "disable_progress_bar"),
+    ("datasets", "disable_progress_bars"),
+)
 
 
-def require_modules(modules: tuple[str, ...], what: str, install: str) -> None:
-    """UsageError naming the first missing module and the install command."""
-    for name in modules:
-        if importlib.util.find_spec(name) is None:
-            raise UsageError(f"{what} needs the Python package {name!r}, which is not installed: {install}")
+def quiet_hf_progress() -> None:
+    """`--no-progress`: switch off the Hugging Face libraries' own progress bars too (they ignore
+    the trainer's tqdm), in this process and in any it starts."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for module, switch in HF_PROGRESS_SWITCHES:
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            getattr(importlib.import_module(module), switch)()
+
+
+def require_modules(modules: tuple[str, ...], what: str, extra: str) -> None:
+    """UsageError naming the first missing module and the command that installs `extra`."""
+    try:
+        extras.require(modules, what, extra)
+    except extras.MissingExtra as e:
+        raise UsageError(str(e)) from None
 
 
 def check_model_dir(cfg: TrainConfig) -> None:
@@ -186,9 +207,9 @@ def prepare(cfg: TrainConfig) -> Setup:
     """Every check that can fail on the user's input, in the order a user fixes them: options, installed
     extras, device, model directory, data, rewards, output directory / checkpoint. Raises UsageError."""
     cfg.validate()
-    require_modules(TRAIN_MODULES, "tempo-rl train", INSTALL_TRAIN)
+    require_modules(TRAIN_MODULES, "tempo-rl train", "train")
     for name in cfg.loggers:
-        require_modules(LOGGER_MODULES[name], f"report_to {name}", f"pip install 'tempo-rl[{name}]'")
+        require_modules(LOGGER_MODULES[name], f"report_to {name}", name)
     device = pick_device(cfg.device)
     check_model_dir(cfg)
     examples, evals = train_and_eval_examples(cfg)

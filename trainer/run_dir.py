@@ -27,6 +27,7 @@ What may delete something:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -39,6 +40,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tempo_rl.extras import install_command
 
 from .config import TrainConfig, UsageError
 from .rewards import TrainingStopped
@@ -302,7 +305,9 @@ def lock_run(out_dir: Path):
     try:
         from filelock import FileLock, Timeout
     except ImportError:
-        raise UsageError("tempo-rl train needs the filelock package: pip install 'tempo-rl[train]'") from None
+        raise UsageError(
+            f"tempo-rl train needs the Python package 'filelock', which is not installed: {install_command('train')}"
+        ) from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(out_dir / LOCK_FILE), timeout=0)
@@ -347,14 +352,17 @@ def guarded(train: F) -> F:
     def run(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
         check_model_location(cfg)
         out = Path(cfg.output_dir)
-        created = not out.exists()
+        made = [p for p in (out, *out.parents) if not p.exists()]  # what lock_run's mkdir creates
         lock = lock_run(out)
         try:
             return train(cfg, *args, **kwargs)
         finally:
             unlock_run(lock, out)
-            if created and all(p.name in BOOKKEEPING for p in out.iterdir()):
+            if made and all(p.name in BOOKKEEPING for p in out.iterdir()):
                 shutil.rmtree(out, ignore_errors=True)
+                for parent in made[1:]:  # runs/ of runs/demo too, while nothing else went in
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
 
     return run  # type: ignore[return-value]
 

@@ -17,7 +17,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Protocol
+from typing import Any, Hashable, Iterator, Protocol
+
+from tempo_rl.extras import requires
 
 
 class RolloutError(ValueError):
@@ -71,7 +73,8 @@ class _HFTokenizer:
     """A `transformers` tokenizer saved in a local directory."""
 
     def __init__(self, path: Path):
-        from transformers import AutoTokenizer
+        with requires("train", f"--tokenizer {path}"):
+            from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
@@ -86,7 +89,8 @@ class _TokenizersJSON:
     """A `tokenizers` tokenizer.json file."""
 
     def __init__(self, path: Path):
-        from tokenizers import Tokenizer as _Tokenizer
+        with requires("train", f"--tokenizer {path}"):
+            from tokenizers import Tokenizer as _Tokenizer
 
         self._tok = _Tokenizer.from_file(str(path))
 
@@ -100,11 +104,16 @@ class _TokenizersJSON:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer.json file (`tokenizers`), or a directory `AutoTokenizer` can load offline."""
     path = Path(path)
-    if path.is_dir():
-        return _HFTokenizer(path)
-    if path.is_file():
-        return _TokenizersJSON(path)
-    raise FileNotFoundError(f"tokenizer {path} does not exist")
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer {path} does not exist")
+    try:
+        return _HFTokenizer(path) if path.is_dir() else _TokenizersJSON(path)
+    except ModuleNotFoundError:
+        raise
+    except Exception as e:  # tokenizers and transformers raise many kinds, none of them shared
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        what = "a directory AutoTokenizer can load" if path.is_dir() else "a tokenizer.json file"
+        raise RolloutError(f"tokenizer {path}: not {what} ({reason})") from None
 
 
 def _field(record: dict[str, Any], name: str, where: str) -> Any:
@@ -151,14 +160,26 @@ def _token_ids(value: Any, where: str) -> list[int] | str:
     raise RolloutError(f"{where}: response must be a string or a list of non-negative integer token ids")
 
 
+def _lines(f: Any, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of an open file; RolloutError naming the line where it is not UTF-8."""
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(f, start=1):
+            yield line_no, raw
+    except UnicodeDecodeError:
+        raise RolloutError(f"{path}:{line_no + 1}: not UTF-8 text; save the file as UTF-8") from None
+
+
 def read_rollouts(path: str | Path, tokenizer: Tokenizer | None = None) -> list[ResponseRecord]:
     """Every rollout of a JSONL file, in file order, with tokens and their display text."""
     path = Path(path)
+    if path.is_dir():
+        raise RolloutError(f"{path}: a directory; give a JSONL file of rollouts")
     vocab = WhitespaceVocab()
     rollouts: list[ResponseRecord] = []
     kinds: dict[str, int] = {}  # "ids"/"text" -> first line of that kind (for mixing errors)
-    with path.open(encoding="utf-8") as f:
-        for line_no, raw in enumerate(f, start=1):
+    with path.open(encoding="utf-8", errors="strict") as f:
+        for line_no, raw in _lines(f, path):
             if not raw.strip():
                 continue
             where = f"{path}:{line_no}"

@@ -11,17 +11,15 @@ real ids, several reward kinds, loss masks, memory layouts and dtypes). Adapters
 signatures: `plain`, `verl_estimator`, `per_row`. `tempo-rl check module:function` runs the same
 check from the shell. See docs/testing.md.
 
-Needs hypothesis: `pip install 'tempo-rl[testing]'`.
+Needs hypothesis: `pip install -e '.[testing]'` in a clone of tempo-rl.
 """
 
 from __future__ import annotations
 
-try:
+from ..extras import requires
+
+with requires("testing", "tempo_rl.testing"):
     import hypothesis  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "tempo_rl.testing needs hypothesis, which the core install does not include: pip install 'tempo-rl[testing]'"
-    ) from e
 
 from .adapters import OPTIONS, Implementation, per_row, plain, verl_estimator
 from .check import PROPERTIES, CheckReport, Counterexample, Trial, allowed_error, check_implementation

@@ -244,7 +244,7 @@ def test_verl_example_script_composes_with_verls_config(tmp_path):
     import verl
     from hydra import compose, initialize_config_dir
 
-    overrides = _script_overrides(tmp_path)
+    overrides = _script_overrides(tmp_path, BATCH="512")  # the recipe's batch (the default fits the example data)
     config_dir = Path(verl.__file__).parent / "trainer" / "config"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=overrides)
@@ -255,7 +255,7 @@ def test_verl_example_script_composes_with_verls_config(tmp_path):
     actor = cfg.actor_rollout_ref.actor
     assert (actor.optim.lr, actor.clip_ratio_low, actor.clip_ratio_high) == (1e-6, 0.2, 0.28)
     assert cfg.data.max_response_length == 8192 and not actor.use_kl_loss
-    assert cfg.reward.custom_reward_function.path == "examples/rewards.py"
+    assert cfg.reward.custom_reward_function.path == str(EXAMPLES / "rewards.py")
 
 
 def test_verl_example_data_and_reward(tmp_path):
