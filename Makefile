@@ -44,12 +44,18 @@ docs: $(STAMP)
 example: $(STAMP)
 	$(PY) -m tempo_rl example
 
-# TRL and verl pin their own versions of transformers and friends: each gets its own venv.
+# Each engine pins its own versions of transformers and friends: each gets its own venv.
 TRL_VENV  := .venv-trl
 VERL_VENV := .venv-verl
 TRL_PIN   := trl==1.16.0
 VERL_PIN  := verl[verl-core]==0.9.1
 INTEGRATION_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100'
+# skyrl-train declares Python 3.12 and pulls vLLM, flash-attn and DeepSpeed extras: it goes in with
+# --no-deps (and --ignore-requires-python on 3.11; it runs there) plus what its trainer imports.
+SKYRL_VENV := .venv-skyrl
+SKYRL_PIN  := skyrl-train==0.3.1
+SKYRL_DEPS := 'ray==2.51.1' 'hydra-core==1.3.2' omegaconf 'datasets==4.0.0' transformers jaxtyping loguru tqdm \
+              torchdata fastapi uvicorn 'skyrl-gym==0.4.0' func_timeout pandas requests
 
 $(TRL_VENV)/.installed: pyproject.toml Makefile
 	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
@@ -63,10 +69,18 @@ $(VERL_VENV)/.installed: pyproject.toml Makefile
 	$(VERL_VENV)/bin/python -m pip install -q -e '.[verl]' '$(VERL_PIN)' $(INTEGRATION_TEST_DEPS) $(TORCH)
 	touch $@
 
+$(SKYRL_VENV)/.installed: pyproject.toml Makefile
+	test -x $(SKYRL_VENV)/bin/python || $(PYTHON) -m venv $(SKYRL_VENV)
+	$(SKYRL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(SKYRL_VENV)/bin/python -m pip install -q --no-deps --ignore-requires-python '$(SKYRL_PIN)'
+	$(SKYRL_VENV)/bin/python -m pip install -q -e . $(SKYRL_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
+	touch $@
+
 # TEMPO_INTEGRATIONS turns "engine not installed" from a skip into a failure.
-test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed
+test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed
 	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
 	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py
+	TEMPO_INTEGRATIONS=skyrl_train $(SKYRL_VENV)/bin/python -m pytest -q tests/integrations/test_skyrl.py
 
 clean-venv:
-	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV)
+	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV)
