@@ -76,11 +76,29 @@ $(SKYRL_VENV)/.installed: pyproject.toml Makefile
 	$(SKYRL_VENV)/bin/python -m pip install -q -e . $(SKYRL_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
 	touch $@
 
+# AReaL's own requirements pull agent frameworks (openhands, litellm, langchain, claude-agent-sdk),
+# SGLang/vLLM and GPU kernels: it goes in with --no-deps plus what its PPO actor, trainer and FSDP
+# engine import, with AReaL's pins.
+AREAL_VENV := .venv-areal
+AREAL_PIN  := areal==1.0.4
+AREAL_DEPS := 'transformers>=5.0,<=5.3' 'hydra-core==1.4.0.dev1' 'omegaconf==2.4.0.dev2' 'peft<=0.18.1' \
+              'datasets>=3' ray aiohttp httpx colorlog tenacity flask torchdata lark uvloop pyyaml numba pillow \
+              orjson einops aiofiles openai swanlab trackio wandb tensorboardX tabulate pybase64
+
+$(AREAL_VENV)/.installed: pyproject.toml Makefile
+	test -x $(AREAL_VENV)/bin/python || $(PYTHON) -m venv $(AREAL_VENV)
+	$(AREAL_VENV)/bin/python -m pip install -q $(TORCH)
+	$(AREAL_VENV)/bin/python -m pip install -q --no-deps '$(AREAL_PIN)'
+	$(AREAL_VENV)/bin/python -m pip install -q -e . $(AREAL_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
+	touch $@
+
 # TEMPO_INTEGRATIONS turns "engine not installed" from a skip into a failure.
-test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed
+test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed \
+                   $(AREAL_VENV)/.installed
 	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
 	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py
 	TEMPO_INTEGRATIONS=skyrl_train $(SKYRL_VENV)/bin/python -m pytest -q tests/integrations/test_skyrl.py
+	TEMPO_INTEGRATIONS=areal $(AREAL_VENV)/bin/python -m pytest -q tests/integrations/test_areal.py
 
 clean-venv:
-	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV)
+	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV) $(AREAL_VENV)
