@@ -76,6 +76,26 @@ $(SKYRL_VENV)/.installed: pyproject.toml Makefile
 	$(SKYRL_VENV)/bin/python -m pip install -q -e . $(SKYRL_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
 	touch $@
 
+# OpenRLHF's requirements pull CUDA builds of vLLM, flash-attn and DeepSpeed. OpenRLHF and vLLM go in
+# with --no-deps plus what their modules import; flash-attn is built without its CUDA kernels, and its
+# Triton backend (FLASH_ATTENTION_TRITON_AMD_ENABLE, Triton 3.2) lets OpenRLHF's models import on CPU.
+# DeepSpeed 0.19.8, not OpenRLHF's 0.19.6: 0.19.6 builds Triton kernels at import and needs a GPU.
+OPENRLHF_VENV := .venv-openrlhf
+OPENRLHF_PIN  := openrlhf==0.11.2
+OPENRLHF_DEPS := 'transformers==5.15.0' 'ray==2.55.0' 'deepspeed==0.19.8' 'triton==3.2.0' peft pylatexenc \
+                 datasets torchdata einops aiohttp pillow msgspec cbor2 pyzmq openai-harmony openai cloudpickle \
+                 pybase64 cachetools uvloop setuptools wheel packaging psutil ninja
+OPENRLHF_ENV  := FLASH_ATTENTION_TRITON_AMD_ENABLE=TRUE
+
+$(OPENRLHF_VENV)/.installed: pyproject.toml Makefile
+	test -x $(OPENRLHF_VENV)/bin/python || $(PYTHON) -m venv $(OPENRLHF_VENV)
+	$(OPENRLHF_VENV)/bin/python -m pip install -q $(TORCH)
+	$(OPENRLHF_VENV)/bin/python -m pip install -q --no-deps '$(OPENRLHF_PIN)' 'vllm==0.29.0'
+	$(OPENRLHF_VENV)/bin/python -m pip install -q -e . $(OPENRLHF_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
+	FLASH_ATTENTION_FORCE_BUILD=TRUE FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE \
+	  $(OPENRLHF_VENV)/bin/python -m pip install -q --no-build-isolation --no-deps 'flash-attn==2.8.3'
+	touch $@
+
 # AReaL's own requirements pull agent frameworks (openhands, litellm, langchain, claude-agent-sdk),
 # SGLang/vLLM and GPU kernels: it goes in with --no-deps plus what its PPO actor, trainer and FSDP
 # engine import, with AReaL's pins.
@@ -94,11 +114,12 @@ $(AREAL_VENV)/.installed: pyproject.toml Makefile
 
 # TEMPO_INTEGRATIONS turns "engine not installed" from a skip into a failure.
 test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed \
-                   $(AREAL_VENV)/.installed
+                   $(AREAL_VENV)/.installed $(OPENRLHF_VENV)/.installed
 	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
 	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py
 	TEMPO_INTEGRATIONS=skyrl_train $(SKYRL_VENV)/bin/python -m pytest -q tests/integrations/test_skyrl.py
 	TEMPO_INTEGRATIONS=areal $(AREAL_VENV)/bin/python -m pytest -q tests/integrations/test_areal.py
+	TEMPO_INTEGRATIONS=openrlhf $(OPENRLHF_ENV) $(OPENRLHF_VENV)/bin/python -m pytest -q tests/integrations/test_openrlhf.py
 
 clean-venv:
-	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV) $(AREAL_VENV)
+	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV) $(AREAL_VENV) $(OPENRLHF_VENV)
