@@ -99,6 +99,12 @@ def response_rows(
     return responses, tree, acted.gather(1, index) & tree, starts
 
 
+def _cat_right_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate (B_k, L_k) tensors along rows, right-padding each with zeros to the widest."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+
+
 def _to_actions(values: torch.Tensor, tree: torch.Tensor, starts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B, L) per response token -> (B, A) at OpenRLHF's action positions, zeros elsewhere."""
     offsets = torch.arange(values.shape[1], device=values.device)  # (L,)
@@ -122,11 +128,7 @@ class TempoExperienceMaker(RemoteExperienceMaker):
         apply_length_penalties(experiences, args)
 
         rows = [response_rows(e.sequences, e.action_mask) for e in experiences]
-        width = max(r[0].shape[1] for r in rows)
-        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-        responses = torch.cat([pad(r[0]) for r in rows])  # (N, L) the whole rollout
-        tree = torch.cat([pad(r[1]) for r in rows])
-        loss = torch.cat([pad(r[2]) for r in rows])
+        responses, tree, loss = (_cat_right_padded([r[k] for r in rows]) for k in range(3))  # (N, L) the rollout
         rewards = torch.cat([e.rewards for e in experiences])  # (N,)
         n = args.rollout.n_samples_per_prompt
         group_ids = torch.tensor([i // n for e in experiences for i in e.index])  # (N,) OpenRLHF's groups

@@ -157,10 +157,13 @@ def test_estimator_called_directly_with_responses():
     assert stats["tempo/nodes_per_group"] > 0
 
 
-def test_exp_builds_the_tempo_trainer():
-    assert TempoPPOExp.get_trainer is not None and issubclass(
-        TempoRayPPOTrainer, __import__("skyrl_train.trainer").trainer.RayPPOTrainer
-    )
+def test_exp_swaps_only_the_trainer():
+    from skyrl_train.entrypoints.main_base import BasePPOExp
+    from skyrl_train.trainer import RayPPOTrainer
+
+    assert issubclass(TempoPPOExp, BasePPOExp) and issubclass(TempoRayPPOTrainer, RayPPOTrainer)
+    overridden = {k for k in vars(TempoPPOExp) if not k.startswith("__")}
+    assert overridden == {"get_trainer"}
 
 
 def test_example_overrides_compose_with_skyrls_config():
