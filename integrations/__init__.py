@@ -5,6 +5,28 @@
 - `tempo_rl.integrations.verl`: the `tempo` advantage estimator for verl, registered through
   verl's `verl.plugins` entry point, with `tempo_*` v1 trainer modes that hand it the response
   token ids.
+- `tempo_rl.integrations.openrlhf`: `TempoExperienceMaker` for OpenRLHF 0.11.x and the launcher
+  `python -m tempo_rl.integrations.openrlhf` (`--algo.advantage.estimator tempo`).
+- `tempo_rl.integrations.skyrl`: the `tempo` advantage estimator and `TempoRayPPOTrainer` for
+  skyrl-train 0.3.x, launched with `python -m tempo_rl.integrations.skyrl`.
+- `tempo_rl.integrations.areal`: `TempoPPOActor` and `TempoPPOTrainer` for AReaL 1.0.x.
 
-Neither engine is a dependency of tempo-rl: each module imports its engine when imported.
+None of the engines is a dependency of tempo-rl: each module imports its engine when imported, and
+`require_engine` turns a missing engine into a one-line error naming the extra to install.
 """
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+def require_engine(module: str, extra: str) -> ModuleType:
+    """Import `module` or raise ImportError naming it and `pip install -e '.[extra]'`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing = e.name or module
+        raise ImportError(
+            f"tempo_rl.integrations.{extra} needs {module!r} ({missing!r} is missing): pip install -e '.[{extra}]'"
+        ) from None

@@ -1,9 +1,9 @@
 """`tempo_rl.advantage_step`: every option of `StepOptions` reaches every engine that calls it.
 
-The trainer, the TRL trainer, the verl estimator and `tempo-rl bench --scale` build their
-`StepOptions` from their own configuration. The TRL and verl modules are imported here against
-minimal stand-ins for the engines (their own tests, in tests/integrations, run them for real), so
-their engine-free code paths run in this suite.
+The trainer, the TRL trainer, the verl, SkyRL, AReaL and OpenRLHF integrations and
+`tempo-rl bench --scale` build their `StepOptions` from their own configuration. The integration
+modules are imported here against minimal stand-ins for the engines (their own tests, in
+tests/integrations, run them for real), so their engine-free code paths run in this suite.
 """
 
 from __future__ import annotations
@@ -87,6 +87,86 @@ def verl(monkeypatch):
     sys.modules.pop("tempo_rl.integrations.verl", None)
 
 
+def _stand_ins(monkeypatch, modules: dict[str, dict]) -> None:
+    """Put modules named `modules` (with the given attributes) in sys.modules, parents first."""
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        for key, value in attrs.items():
+            setattr(module, key, value)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.fixture
+def skyrl(monkeypatch):
+    def register(name):
+        return lambda fn: fn
+
+    ray = {"remote": lambda *a, **k: lambda fn: fn}
+    _stand_ins(
+        monkeypatch,
+        {
+            "ray": ray,
+            "skyrl_train": {},
+            "skyrl_train.trainer": {"RayPPOTrainer": type("RayPPOTrainer", (), {})},
+            "skyrl_train.entrypoints": {},
+            "skyrl_train.entrypoints.main_base": {"BasePPOExp": type("BasePPOExp", (), {}), "config_dir": "."},
+            "skyrl_train.utils": {},
+            "skyrl_train.utils.ppo_utils": {"register_advantage_estimator": register},
+        },
+    )
+    yield _fresh_import(monkeypatch, "tempo_rl.integrations.skyrl")
+    sys.modules.pop("tempo_rl.integrations.skyrl", None)
+
+
+@pytest.fixture
+def areal(monkeypatch):
+    @dataclass
+    class PPOActorConfig:
+        reward_norm: object = None
+
+    @dataclass
+    class GRPOConfig:
+        actor: PPOActorConfig = dataclasses.field(default_factory=PPOActorConfig)
+
+    _stand_ins(
+        monkeypatch,
+        {
+            "areal": {},
+            "areal.api": {},
+            "areal.api.cli_args": {"GRPOConfig": GRPOConfig, "PPOActorConfig": PPOActorConfig},
+            "areal.trainer": {},
+            "areal.trainer.ppo": {},
+            "areal.trainer.ppo.actor": {"PPOActor": type("PPOActor", (), {})},
+            "areal.trainer.rl_trainer": {"PPOTrainer": type("PPOTrainer", (), {})},
+            "areal.utils": {"stats_tracker": types.SimpleNamespace(scalar=lambda **kw: None)},
+            "areal.utils.environ": {"is_single_controller": lambda: False},
+        },
+    )
+    yield _fresh_import(monkeypatch, "tempo_rl.integrations.areal")
+    sys.modules.pop("tempo_rl.integrations.areal", None)
+
+
+@pytest.fixture
+def openrlhf(monkeypatch):
+    _stand_ins(
+        monkeypatch,
+        {
+            "openrlhf": {},
+            "openrlhf.models": {},
+            "openrlhf.models.utils": {"compute_reward": None},
+            "openrlhf.trainer": {},
+            "openrlhf.trainer.ppo_utils": {},
+            "openrlhf.trainer.ppo_utils.experience": {"Experience": object},
+            "openrlhf.trainer.ppo_utils.experience_maker": {
+                "RemoteExperienceMaker": type("RemoteExperienceMaker", (), {})
+            },
+            "openrlhf.trainer.ppo_utils.length_penalty": {"apply_length_penalties": None},
+        },
+    )
+    yield _fresh_import(monkeypatch, "tempo_rl.integrations.openrlhf")
+    sys.modules.pop("tempo_rl.integrations.openrlhf", None)
+
+
 def _fresh_import(monkeypatch, name: str):
     monkeypatch.delitem(sys.modules, name, raising=False)
     return importlib.import_module(name)
@@ -133,21 +213,72 @@ def verl_options(module, o: StepOptions) -> StepOptions:
     return module.step_options(config, with_metrics=o.tree_stats)
 
 
+def skyrl_options(module, o: StepOptions) -> StepOptions:
+    config = {
+        "tempo_td_coef": o.td_coef,
+        "tempo_eps": o.eps,
+        "tempo_backend": o.backend,
+        "tempo_trust_check": o.trust_check,
+        "tempo_trust_groups": o.trust_groups,
+        "tempo_log_branch_snr": o.log_branch_snr,
+    }
+    return module.step_options(config, o.norm_by_std, with_metrics=o.tree_stats)
+
+
+def areal_options(module, o: StepOptions) -> StepOptions:
+    norm = types.SimpleNamespace(
+        mean_level="group",
+        std_level="group" if o.norm_by_std else None,
+        mean_leave1out=False,
+        std_unbiased=True,
+        eps=o.eps,
+    )
+    config = types.SimpleNamespace(
+        reward_norm=norm,
+        tempo_td_coef=o.td_coef,
+        tempo_backend=o.backend,
+        tempo_trust_check=o.trust_check,
+        tempo_trust_groups=o.trust_groups,
+        tempo_log_branch_snr=o.log_branch_snr,
+    )
+    return module.step_options(config)
+
+
+def openrlhf_options(module, o: StepOptions) -> StepOptions:
+    options = {
+        "td_coef": o.td_coef,
+        "eps": o.eps,
+        "backend": o.backend,
+        "trust_check": o.trust_check,
+        "trust_groups": o.trust_groups,
+        "log_branch_snr": o.log_branch_snr,
+    }
+    return module.step_options(options, norm_by_std=o.norm_by_std)
+
+
 # What each engine fixes itself rather than exposing: the value it always uses.
+ENGINE_FIXED = dict(estimator="tempo", trust_atol=1e-5, trust_seed=0, metrics_prefix="tempo/")
 FIXED = {
     "trainer": dict(eps=1e-6, tree_stats=True, log_branch_snr=True, metrics_prefix=""),
-    "trl": dict(estimator="tempo", trust_atol=1e-5, trust_seed=0, metrics_prefix="tempo/"),
-    "verl": dict(estimator="tempo", trust_atol=1e-5, trust_seed=0, metrics_prefix="tempo/"),
+    "trl": ENGINE_FIXED,
+    "verl": ENGINE_FIXED,
+    "skyrl": ENGINE_FIXED,
+    "areal": dict(ENGINE_FIXED, tree_stats=True),
+    "openrlhf": dict(ENGINE_FIXED, tree_stats=True),
 }
 
 
 @pytest.mark.parametrize("caller", sorted(FIXED))
 @pytest.mark.parametrize("option", sorted(OTHER))
-def test_each_option_reaches_each_caller(caller, option, trl, verl):
+def test_each_option_reaches_each_caller(caller, option, request):
+    engine = request.getfixturevalue(caller) if caller != "trainer" else None
     build = {
         "trainer": trainer_options,
-        "trl": lambda o: trl_options(trl, o),
-        "verl": lambda o: verl_options(verl, o),
+        "trl": lambda o: trl_options(engine, o),
+        "verl": lambda o: verl_options(engine, o),
+        "skyrl": lambda o: skyrl_options(engine, o),
+        "areal": lambda o: areal_options(engine, o),
+        "openrlhf": lambda o: openrlhf_options(engine, o),
     }[caller]
     base = StepOptions(**FIXED[caller])
     if caller == "trainer":
