@@ -65,7 +65,10 @@ def test_tree_forward_plot_has_distinct_colours_a_legend_and_axis_units():
 
     from tempo_rl.benchmarks.bench_tree_forward import figure
 
-    rows = [{"unique_fraction": f, "tree_over_rows": 1.2 * f, "tree_over_padded": f} for f in (0.3, 0.6, 1.0)]
+    rows = [
+        {"unique_fraction": f, "tree_over_rows": 1.2 * f, "tree_over_padded": f, "cpu_tree_over_rows": 1.1 * f}
+        for f in (0.3, 0.6, 1.0)
+    ]
     fig = figure(rows)
     try:
         ax = fig.axes[0]
