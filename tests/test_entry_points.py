@@ -12,7 +12,6 @@ import pytest
 
 from tempo_rl import cli
 from tempo_rl.benchmarks import bench_advantage
-from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = str(ROOT / "examples" / "worked_example.jsonl")
@@ -20,15 +19,6 @@ SMALL_TRAIN = [
     *("--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4"),
     *("--mini-batches", "1", "--eval-every", "0", "--threads", "1", "--no-progress"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

@@ -17,19 +17,9 @@ import pytest
 from tempo_rl import cli
 from tempo_rl.trainer.config import load_file
 from tempo_rl.trainer.data import load_jsonl
-from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def test_example_dataset_is_well_formed():

@@ -16,18 +16,8 @@ import pytest
 
 from tempo_rl import cli
 from tempo_rl.trainer import checkpoint, run_dir
-from tempo_rl.trainer.tiny import build_model, build_tokenizer
 
 CONSTANT = "def constant(completion, answer):\n    return 1.0\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

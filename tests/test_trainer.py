@@ -16,21 +16,12 @@ from tempo_rl.trainer.config import TrainConfig
 from tempo_rl.trainer.loading import load_policy
 from tempo_rl.trainer.rollout import Rollout, response_mask_after_eos
 from tempo_rl.trainer.scoring import score_logprobs
-from tempo_rl.trainer.tiny import build_model, build_tokenizer
+from tempo_rl.trainer.tiny import build_tokenizer
 
 
 def digit_reward(completion: str, answer: str) -> float:
     """A dense reward so a random policy's groups have unequal rewards (non-zero advantages)."""
     return float(sum(c.isdigit() for c in completion))
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def _cfg(tiny_path, out, **kw):

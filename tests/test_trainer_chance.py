@@ -23,19 +23,10 @@ from tempo_rl.trainer.data import CHANCE_TOKENS, LUCK_PREAMBLE, load_dataset  # 
 from tempo_rl.trainer.loading import chance_token, load_policy  # noqa: E402
 from tempo_rl.trainer.rewards import luck_reward  # noqa: E402
 from tempo_rl.trainer.rollout import ChanceToken, Rollout, sample_groups  # noqa: E402
-from tempo_rl.trainer.tiny import _noisy_demo, build_model, build_tokenizer  # noqa: E402
+from tempo_rl.trainer.tiny import _noisy_demo, build_tokenizer  # noqa: E402
 from tempo_rl.trainer.tree_rollout import SamplingConfig, TreeConfig, sample_tree  # noqa: E402
 
 HEADS, TAILS = 30, 31  # token ids the environment draws in the sampler tests
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,6 @@ def constant(completion, answer):
 '''
 
 
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
     """A user's directory with their reward module in it, as the working directory."""

@@ -13,16 +13,7 @@ from tempo_rl.trainer.config import TrainConfig
 from tempo_rl.trainer.loading import load_policy
 from tempo_rl.trainer.rollout import SamplingConfig, sample_groups
 from tempo_rl.trainer.scoring import score_logprobs
-from tempo_rl.trainer.tiny import build_model, build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    tok = build_tokenizer()
-    build_model(len(tok), hidden=32, layers=2, heads=2, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+from tempo_rl.trainer.tiny import build_tokenizer
 
 
 def _tree_rollout(model, tok, cfg):
