@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 
 def require_engine(module: str, extra: str) -> ModuleType:
@@ -30,3 +31,12 @@ def require_engine(module: str, extra: str) -> ModuleType:
         raise ImportError(
             f"tempo_rl.integrations.{extra} needs {module!r} ({missing!r} is missing): pip install -e '.[{extra}]'"
         ) from None
+
+
+def config_option(config: Any, key: str, default: Any) -> Any:
+    """`config[key]` of an engine's config (a mapping such as OmegaConf's, or an object); `default`
+    where the config, the key or its value is missing."""
+    if config is None:
+        return default
+    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+    return default if value is None else value

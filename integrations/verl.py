@@ -48,6 +48,7 @@ import torch
 
 import tempo_rl
 from tempo_rl.extras import requires
+from tempo_rl.integrations import config_option
 
 with requires("verl", "tempo_rl.integrations.verl"):
     from verl.trainer.ppo import core_algos
@@ -93,13 +94,6 @@ def response_tokens(
         yield call.stats
     finally:
         _CURRENT.reset(token)
-
-
-def _option(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-    return default if value is None else value
 
 
 def tree_and_loss_masks(
@@ -224,14 +218,14 @@ def compute_tempo_outcome_advantage(
 def step_options(config: Any, with_metrics: bool = True) -> tempo_rl.StepOptions:
     """The engine step's options from verl's `algorithm` config (keys in the module docstring)."""
     return tempo_rl.StepOptions(
-        td_coef=float(_option(config, "tempo_td_coef", 1.0)),
-        norm_by_std=bool(_option(config, "norm_adv_by_std_in_grpo", True)),
-        eps=float(_option(config, "tempo_eps", 1e-6)),
-        backend=str(_option(config, "tempo_backend", "auto")),
+        td_coef=float(config_option(config, "tempo_td_coef", 1.0)),
+        norm_by_std=bool(config_option(config, "norm_adv_by_std_in_grpo", True)),
+        eps=float(config_option(config, "tempo_eps", 1e-6)),
+        backend=str(config_option(config, "tempo_backend", "auto")),
         tree_stats=with_metrics,
-        trust_check=bool(_option(config, "tempo_trust_check", False)),
-        trust_groups=int(_option(config, "tempo_trust_groups", 4)),
-        log_branch_snr=with_metrics and bool(_option(config, "tempo_log_branch_snr", False)),
+        trust_check=bool(config_option(config, "tempo_trust_check", False)),
+        trust_groups=int(config_option(config, "tempo_trust_groups", 4)),
+        log_branch_snr=with_metrics and bool(config_option(config, "tempo_log_branch_snr", False)),
         metrics_prefix="tempo/",
     )
 
