@@ -14,17 +14,15 @@ import random
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-import tempo_rl  # noqa: E402
-from tempo_rl.trainer import train as train_mod  # noqa: E402
-from tempo_rl.trainer.config import TrainConfig  # noqa: E402
-from tempo_rl.trainer.data import CHANCE_TOKENS, LUCK_PREAMBLE, load_dataset  # noqa: E402
-from tempo_rl.trainer.loading import chance_token, load_policy  # noqa: E402
-from tempo_rl.trainer.rewards import luck_reward  # noqa: E402
-from tempo_rl.trainer.rollout import ChanceToken, Rollout, sample_groups  # noqa: E402
-from tempo_rl.trainer.tiny import _noisy_demo, build_tokenizer  # noqa: E402
-from tempo_rl.trainer.tree_rollout import SamplingConfig, TreeConfig, sample_tree  # noqa: E402
+import tempo_rl
+from tempo_rl.trainer import train as train_mod
+from tempo_rl.trainer.config import TrainConfig
+from tempo_rl.trainer.data import CHANCE_TOKENS, LUCK_PREAMBLE, load_dataset
+from tempo_rl.trainer.loading import chance_token, load_policy
+from tempo_rl.trainer.rewards import luck_reward
+from tempo_rl.trainer.rollout import ChanceToken, Rollout, sample_groups
+from tempo_rl.trainer.tiny import _noisy_demo, build_tokenizer
+from tempo_rl.trainer.tree_rollout import SamplingConfig, TreeConfig, sample_tree
 
 HEADS, TAILS = 30, 31  # token ids the environment draws in the sampler tests
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-import tempo_rl  # noqa: E402
-from tempo_rl.reference import tree_stats as ref_tree_stats  # noqa: E402
-from tempo_rl.trainer.tree_rollout import (  # noqa: E402
+import tempo_rl
+from tempo_rl.reference import tree_stats as ref_tree_stats
+from tempo_rl.trainer.tree_rollout import (
     SamplingConfig,
     TreeConfig,
     sample_independent,
