@@ -40,3 +40,23 @@ def config_option(config: Any, key: str, default: Any) -> Any:
         return default
     value = config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
     return default if value is None else value
+
+
+def tempo_step_options(config: Any, *, norm_by_std: bool, with_metrics: bool = True) -> Any:
+    """`tempo_rl.StepOptions` from the `tempo_*` keys of an engine's config (verl's `algorithm`,
+    SkyRL's `trainer.algorithm`): tempo_td_coef (1.0), tempo_eps (1e-6), tempo_backend ("auto"),
+    tempo_trust_check (False), tempo_trust_groups (4), tempo_log_branch_snr (False); the tree
+    statistics and the branch diagnostic only with_metrics."""
+    import tempo_rl
+
+    return tempo_rl.StepOptions(
+        td_coef=float(config_option(config, "tempo_td_coef", 1.0)),
+        norm_by_std=norm_by_std,
+        eps=float(config_option(config, "tempo_eps", 1e-6)),
+        backend=str(config_option(config, "tempo_backend", "auto")),
+        tree_stats=with_metrics,
+        trust_check=bool(config_option(config, "tempo_trust_check", False)),
+        trust_groups=int(config_option(config, "tempo_trust_groups", 4)),
+        log_branch_snr=with_metrics and bool(config_option(config, "tempo_log_branch_snr", False)),
+        metrics_prefix="tempo/",
+    )

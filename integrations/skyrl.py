@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tempo_rl.integrations import config_option, require_engine
+from tempo_rl.integrations import require_engine, tempo_step_options
 
 if __name__ == "__main__":  # run the importable module, so Ray pickles its classes by reference
     from tempo_rl.integrations.skyrl import main
@@ -101,17 +101,7 @@ def response_tokens(responses: torch.Tensor, scored: torch.Tensor | None = None)
 
 def step_options(config: Any, norm_by_std: bool = True, with_metrics: bool = True) -> tempo_rl.StepOptions:
     """The engine step's options from SkyRL's `trainer.algorithm` config (keys in the module docstring)."""
-    return tempo_rl.StepOptions(
-        td_coef=float(config_option(config, "tempo_td_coef", 1.0)),
-        norm_by_std=norm_by_std,
-        eps=float(config_option(config, "tempo_eps", 1e-6)),
-        backend=str(config_option(config, "tempo_backend", "auto")),
-        tree_stats=with_metrics,
-        trust_check=bool(config_option(config, "tempo_trust_check", False)),
-        trust_groups=int(config_option(config, "tempo_trust_groups", 4)),
-        log_branch_snr=with_metrics and bool(config_option(config, "tempo_log_branch_snr", False)),
-        metrics_prefix="tempo/",
-    )
+    return tempo_step_options(config, norm_by_std=norm_by_std, with_metrics=with_metrics)
 
 
 @register_advantage_estimator(TEMPO)

@@ -48,7 +48,7 @@ import torch
 
 import tempo_rl
 from tempo_rl.extras import requires
-from tempo_rl.integrations import config_option
+from tempo_rl.integrations import config_option, tempo_step_options
 
 with requires("verl", "tempo_rl.integrations.verl"):
     from verl.trainer.ppo import core_algos
@@ -217,17 +217,8 @@ def compute_tempo_outcome_advantage(
 
 def step_options(config: Any, with_metrics: bool = True) -> tempo_rl.StepOptions:
     """The engine step's options from verl's `algorithm` config (keys in the module docstring)."""
-    return tempo_rl.StepOptions(
-        td_coef=float(config_option(config, "tempo_td_coef", 1.0)),
-        norm_by_std=bool(config_option(config, "norm_adv_by_std_in_grpo", True)),
-        eps=float(config_option(config, "tempo_eps", 1e-6)),
-        backend=str(config_option(config, "tempo_backend", "auto")),
-        tree_stats=with_metrics,
-        trust_check=bool(config_option(config, "tempo_trust_check", False)),
-        trust_groups=int(config_option(config, "tempo_trust_groups", 4)),
-        log_branch_snr=with_metrics and bool(config_option(config, "tempo_log_branch_snr", False)),
-        metrics_prefix="tempo/",
-    )
+    norm_by_std = bool(config_option(config, "norm_adv_by_std_in_grpo", True))
+    return tempo_step_options(config, norm_by_std=norm_by_std, with_metrics=with_metrics)
 
 
 core_algos.register_adv_est(TEMPO)(compute_tempo_outcome_advantage)
