@@ -186,43 +186,32 @@ def trainer_options(o: StepOptions) -> StepOptions:
     return train_mod.step_options(cfg, step=o.trust_seed - 3, trust=o.trust_check)
 
 
+def tempo_keys(o: StepOptions) -> dict:
+    """The `tempo_*` keys TRL, verl and SkyRL read, as each engine's config names them."""
+    return {
+        "tempo_td_coef": o.td_coef,
+        "tempo_eps": o.eps,
+        "tempo_backend": o.backend,
+        "tempo_trust_check": o.trust_check,
+        "tempo_trust_groups": o.trust_groups,
+        "tempo_log_branch_snr": o.log_branch_snr,
+    }
+
+
 def trl_options(module, o: StepOptions) -> StepOptions:
     args = types.SimpleNamespace(
-        scale_rewards="group" if o.norm_by_std else "none",
-        tempo_td_coef=o.td_coef,
-        tempo_eps=o.eps,
-        tempo_backend=o.backend,
-        tempo_log_tree_stats=o.tree_stats,
-        tempo_trust_check=o.trust_check,
-        tempo_trust_groups=o.trust_groups,
-        tempo_log_branch_snr=o.log_branch_snr,
+        scale_rewards="group" if o.norm_by_std else "none", tempo_log_tree_stats=o.tree_stats, **tempo_keys(o)
     )
     return module.step_options(args)
 
 
 def verl_options(module, o: StepOptions) -> StepOptions:
-    config = {
-        "norm_adv_by_std_in_grpo": o.norm_by_std,
-        "tempo_td_coef": o.td_coef,
-        "tempo_eps": o.eps,
-        "tempo_backend": o.backend,
-        "tempo_trust_check": o.trust_check,
-        "tempo_trust_groups": o.trust_groups,
-        "tempo_log_branch_snr": o.log_branch_snr,
-    }
+    config = {"norm_adv_by_std_in_grpo": o.norm_by_std, **tempo_keys(o)}
     return module.step_options(config, with_metrics=o.tree_stats)
 
 
 def skyrl_options(module, o: StepOptions) -> StepOptions:
-    config = {
-        "tempo_td_coef": o.td_coef,
-        "tempo_eps": o.eps,
-        "tempo_backend": o.backend,
-        "tempo_trust_check": o.trust_check,
-        "tempo_trust_groups": o.trust_groups,
-        "tempo_log_branch_snr": o.log_branch_snr,
-    }
-    return module.step_options(config, o.norm_by_std, with_metrics=o.tree_stats)
+    return module.step_options(tempo_keys(o), o.norm_by_std, with_metrics=o.tree_stats)
 
 
 def areal_options(module, o: StepOptions) -> StepOptions:
