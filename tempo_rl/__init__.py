@@ -13,7 +13,7 @@ from .policy_loss import fused_policy_loss
 from .prefix_values import PrefixValues, branch_snr_stats, predicted_snr_ratio, prefix_values
 from .reference.stats import GroupTreeStats, TreeStats
 from .step import StepOptions, StepResult, advantage_step
-from .tree_forward import tree_logprobs, tree_logprobs_and_entropy, tree_policy_loss
+from .tree_forward import tree_logprobs, tree_logprobs_and_entropy, tree_policy_loss, tree_scores
 from .trust import AdvantageMismatch, TrustReport, check_against_reference
 
 __version__ = "0.1.0"
@@ -45,6 +45,7 @@ __all__ = [
     "tree_logprobs",
     "tree_logprobs_and_entropy",
     "tree_policy_loss",
+    "tree_scores",
     "tree_stats",
     "validate",
 ]

@@ -7,9 +7,17 @@ where prompt_mask is 1, then its completion), with gradients to the model's para
 proofs_notes/tree-forward.md and tests/test_tree_forward.py checks it in float64 on Qwen2 and Llama.
 
 How: the rows' unique prefixes are packed into one sequence of N trie nodes (`fast.tree_forward_torch
-.pack`), positions are node depths, and attention runs through a Hugging Face attention function
-registered here, which lets each node attend to its ancestors and itself. Linear layers, norms and the
-MLP act on each position alone, so they need nothing else. A model whose layers do not all call the
+.pack`), positions are node depths, and attention runs through the tree attention, which lets each node
+attend to its ancestors and itself. Linear layers, norms and the MLP act on each position alone, so they
+need nothing else. The forward goes through the model the caller passes, so a `DistributedDataParallel`
+wrapper reduces the gradients as in any training step, and a PEFT model runs with its adapters.
+
+The model is not changed: its config keeps its attention implementation, so it pickles and loads in a
+process that never imported tempo_rl. The routing lives in this process's Hugging Face attention
+registry (`_install`): the entry of the model's implementation becomes a pass-through that runs the
+tree attention only for calls carrying a tree forward's `tempo_tree` argument, and the model's own
+function for every other call. Gradient checkpointing repeats each layer call with its arguments, so
+its recomputation takes the same route. A model whose layers do not all call the
 attention interface (or that needs features the tree attention does not provide: soft-capping,
 sliding windows shorter than the batch, attention sinks) is refused with a one-line ValueError, never
 run wrongly.
@@ -23,9 +31,16 @@ from typing import Any
 
 import torch
 
-from .fast.tree_forward_torch import AttentionPlan, Packing, attention_plan, pack, tree_attention
+from .fast.tree_forward_torch import (
+    AttentionPlan,
+    Packing,
+    attention_plan,
+    completion_lengths,
+    pack,
+    row_sequences,
+    tree_attention,
+)
 
-TREE_PREFIX = "tempo_tree|"
 # Keyword arguments that attention functions receive and the tree attention cannot honour.
 UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
 
@@ -41,15 +56,8 @@ class _Run:
 
 
 def _tree_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """A Hugging Face attention function: the tree attention when a tree forward is running, the
-    model's own implementation (`module.config` names it after TREE_PREFIX) otherwise."""
-    run = kwargs.pop("tempo_tree", None)
-    if run is None:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        inner = module.config._attn_implementation.removeprefix(TREE_PREFIX)
-        fn = ALL_ATTENTION_FUNCTIONS["sdpa" if inner == "eager" else inner]
-        return fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    """A Hugging Face attention function for the calls of a tree forward (`_install` routes them here)."""
+    run = kwargs.pop("tempo_tree")
     run.calls += 1
     for name in UNSUPPORTED:
         if kwargs.get(name) is not None:
@@ -64,32 +72,94 @@ def _tree_attention_forward(module, query, key, value, attention_mask, dropout=0
     return out.unsqueeze(0), None
 
 
-def _install(model) -> None:
-    """Route the model's attention through the tree attention function (idempotent). Calls without a
-    tree forward keep running the model's implementation ("eager" runs as "sdpa": the same maths)."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+def _install(net) -> None:
+    """Route the attention of `net` (a Hugging Face model) through `_routed` (idempotent, once per
+    process and implementation); the model itself is left as it is."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-    config = getattr(model, "config", None)
+    config = getattr(net, "config", None)
     current = getattr(config, "_attn_implementation", None)
     if current is None:
-        raise ValueError(f"tree_logprobs: {type(model).__name__} is not a Hugging Face model with an attention config")
-    if current.startswith(TREE_PREFIX):
-        return
+        raise ValueError(f"tree_logprobs: {type(net).__name__} is not a Hugging Face model with an attention config")
     if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
         raise ValueError(f"tree_logprobs: attention implementation {current!r} is not supported; load with 'sdpa'")
-    name = TREE_PREFIX + current
-    ALL_ATTENTION_FUNCTIONS.register(name, _tree_attention_forward)
-    mask: Any = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(current)
-    if mask is not None:
-        ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask)
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(name)
-    else:
-        setattr(config, "_attn_implementation", name)
+    entry = ALL_ATTENTION_FUNCTIONS.get(current)  # None for "eager": the model calls its own function
+    if getattr(entry, "tempo_tree_route", False):
+        return
+    if entry is None and _eager_function(net) is None:
+        raise ValueError(
+            f"tree_logprobs: {type(net).__name__}'s module has no eager_attention_forward to keep for its other "
+            "calls; load the model with attn_implementation='sdpa'"
+        )
+    AttentionInterface.register(current, _routed(entry))
 
 
-def _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float) -> None:
+def _routed(inner):
+    """An attention function that runs the tree attention for a tree forward's calls and `inner` (the
+    model's own eager function when None) for every other call, with the same arguments."""
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        if kwargs.get("tempo_tree") is not None:
+            return _tree_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+        kwargs.pop("tempo_tree", None)
+        own = inner if inner is not None else _eager_function(module)
+        return own(module, query, key, value, attention_mask, *args, **kwargs)
+
+    attention.tempo_tree_route = True
+    return attention
+
+
+def _eager_function(module):
+    """The eager attention function of the modelling file that defines `module` (what Hugging Face
+    calls for an "eager" model), or None."""
+    import sys
+
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def _hf_model(model):
+    """The Hugging Face model inside `model`: through a DistributedDataParallel wrapper (`.module`) and
+    a PEFT model (`get_base_model()`, the model with its adapter layers in place). FSDP is refused: the
+    LM head runs outside the model's forward, where FSDP holds its parameters sharded."""
+    net = model
+    for _ in range(3):
+        if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+            net = net.module
+        elif callable(getattr(net, "get_base_model", None)):
+            net = net.get_base_model()
+        else:
+            break
+    if isinstance(net, torch.nn.Module) and any(_is_fsdp(m) for m in net.modules()):
+        raise ValueError(
+            "tree_logprobs cannot run an FSDP model: the LM head runs outside the model's forward, where FSDP's "
+            "parameters are sharded; use DistributedDataParallel"
+        )
+    return net
+
+
+def _is_fsdp(module) -> bool:
+    return any(c.__module__.startswith("torch.distributed.fsdp") for c in type(module).__mro__)
+
+
+def _packed_rows(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float, packing):
+    """(the batch's Packing, (B, T) bool scored positions), after checking the inputs against the model;
+    a given `packing` is checked to be this batch's."""
+    net = _hf_model(model)
+    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, net=net)
+    if packing is not None:
+        _check_packing(packing, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        p = packing
+    elif bool(prompt_mask.any()) or bool(completion_mask.any()):
+        p = pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    else:  # no token in any row (or no row): the empty trie
+        p = _empty_packing(*completion_ids.shape, device=completion_ids.device)
+    return p, completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
+
+
+def _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float, *, net=None) -> None:
+    """Shapes, token ids (integers in [0, vocabulary) where the rows use them), temperature (1 /
+    temperature finite in the logits' dtype) and a context for every completion; one line naming the
+    argument otherwise."""
     b = prompt_ids.shape[0]
     for name, t, like in (
         ("prompt_mask", prompt_mask, prompt_ids),
@@ -101,18 +171,100 @@ def _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temp
         raise ValueError(
             f"prompt_ids {tuple(prompt_ids.shape)} and completion_ids {tuple(completion_ids.shape)} must be (B, P), (B, T)"
         )
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    for name, t in (("prompt_ids", prompt_ids), ("completion_ids", completion_ids)):
+    dtype = torch.promote_types(_model_dtype(net), torch.float32) if net is not None else torch.float32
+    if not (math.isfinite(temperature) and temperature > 0 and 1.0 / temperature <= torch.finfo(dtype).max):
+        raise ValueError(
+            f"temperature must be a positive finite number with 1 / temperature within {dtype}'s range "
+            f"(temperature >= {1.0 / torch.finfo(dtype).max:.3g}), got {temperature!r}"
+        )
+    used = (
+        ("prompt_ids", prompt_ids, prompt_mask.to(torch.bool)),
+        ("completion_ids", completion_ids, _completion_columns(completion_mask)),
+    )
+    vocab = _vocab_size(net)
+    for name, t, where in used:
         if t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError(f"{name} must hold integer token ids, got {t.dtype}")
-        if t.numel() and int(t.min()) < 0:
-            row = int(torch.nonzero(t < 0)[0, 0])
-            raise ValueError(f"{name} row {row} holds a negative token id")
+        bad = where & ((t < 0) | (t >= vocab)) if vocab is not None else where & (t < 0)  # (B, P) or (B, T)
+        if bool(bad.any()):
+            row, col = (int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"{name} row {row} holds token id {int(t[row, col])} at position {col}, outside the model's "
+                f"vocabulary [0, {vocab})"
+            )
     scored = completion_mask.to(torch.bool).any(dim=1) & ~prompt_mask.to(torch.bool).any(dim=1)
     if bool(scored.any()):
         row = int(torch.nonzero(scored)[0, 0])
         raise ValueError(f"prompt_mask row {row} is all 0: the first completion token has no context to be scored in")
+
+
+def _completion_columns(completion_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the completion positions a row's sequence holds (up to its last 1)."""
+    t = completion_mask.shape[1]
+    columns = torch.arange(t, device=completion_mask.device)
+    return columns[None, :] < completion_lengths(completion_mask)[:, None]
+
+
+def _vocab_size(net) -> int | None:
+    get = getattr(net, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return int(emb.num_embeddings) if isinstance(emb, torch.nn.Embedding) else None
+
+
+def _check_packing(p: Packing, prompt_ids, prompt_mask, completion_ids, completion_mask) -> None:
+    """A `packing` passed in must be this batch's trie: every row's path through it spells the row's
+    sequence and its completion positions sit on that path (O(B x S), no forward)."""
+    seq, p_len, lengths = row_sequences(prompt_ids, prompt_mask, completion_ids, completion_mask)  # (B, S)
+    nodes = p.row_nodes  # (B, S')
+    same_shape = nodes.shape == seq.shape and p.completion_node.shape == completion_mask.shape
+    if same_shape and bool(((nodes >= 0) == (seq >= 0)).all()):
+        on_path = nodes >= 0
+        tokens_match = bool((p.tokens[nodes[on_path]] == seq[on_path]).all())
+        t = completion_mask.shape[1]
+        col = p_len[:, None] + torch.arange(t, device=seq.device)[None, :]  # (B, T) sequence column
+        inside = col < lengths[:, None]
+        want = torch.where(inside, nodes.gather(1, col.clamp(max=max(seq.shape[1] - 1, 0))), -1) if seq.numel() else -1
+        if tokens_match and bool((p.completion_node == want).all()):
+            return
+    raise ValueError("packing is not the trie of these rows (pass the packing made by pack() of this batch, or None)")
+
+
+def _empty_packing(b: int, t: int, *, device) -> Packing:
+    """The trie of B rows without a token: no node, every completion position -1."""
+    none = torch.zeros(0, dtype=torch.int64, device=device)
+    zeros = torch.zeros(b, dtype=torch.int64, device=device)
+    return Packing(
+        tokens=none,
+        depth=none,
+        parent=none,
+        completion_node=torch.full((b, t), -1, dtype=torch.int64, device=device),
+        row_nodes=torch.zeros(b, 0, dtype=torch.int64, device=device),
+        order=torch.arange(b, device=device),
+        lcp=zeros,
+        length=zeros,
+        start=zeros,
+    )
+
+
+def _check_temperature(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> None:
+    """logits / temperature must stay finite in the dtype the LM head's logits are computed in. By
+    Cauchy-Schwarz |h . w_v + b_v| <= max |h| max |w_v| + max |b|, so the check reads (U, H) states and
+    the (V, H) head once, without forming the logits."""
+    if h.numel() == 0:
+        return
+    bound = h.double().norm(dim=-1).max() * weight.double().norm(dim=-1).max()
+    if bias is not None:
+        bound = bound + bias.double().abs().max()
+    _check_logit_range(float(bound), torch.promote_types(weight.dtype, torch.float32), temperature)
+
+
+def _check_logit_range(largest: float, dtype: torch.dtype, temperature: float) -> None:
+    top = torch.finfo(dtype).max
+    if largest / temperature > top:
+        raise ValueError(
+            f"temperature={temperature!r} is too small for this model's logits: |logits| reach up to {largest:.3g}, "
+            f"so logits / temperature would overflow {dtype} (max {top:.3g}); use temperature >= {largest / top:.3g}"
+        )
 
 
 def tree_logprobs(
@@ -161,11 +313,9 @@ def tree_logprobs_and_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`tree_logprobs`, and with_entropy the (B, T) entropy of each scored position's tempered
     next-token distribution (no gradient; 0 where completion_mask is 0)."""
-    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+    p, scored = _packed_rows(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, packing)
     b, t = completion_ids.shape
     dev = completion_ids.device
-    p = packing if packing is not None else pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
-    scored = completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
     dtype = torch.promote_types(_model_dtype(model), torch.float32)
     zeros = torch.zeros(b, t, dtype=dtype, device=dev)
     if not bool(scored.any()):  # nothing to score: zeros that still reach the graph, so backward() runs
@@ -190,16 +340,19 @@ def _node_logprobs_with_grad(model, p: Packing, nodes, temperature: float, with_
 
     context = p.parent[nodes]  # (U,) the node whose output predicts each one
     try:
-        weight, bias = lm_head(model)
+        weight, bias = lm_head(_hf_model(model))
     except ValueError:
         keep, per_node = torch.unique(context, return_inverse=True)  # (K,), (U,)
         logits = _packed_forward(model, p, logits_to_keep=keep).logits[0]  # (K, V)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        _check_logit_range(float(logits.detach().abs().max()), logits.dtype, temperature)
+        logits = logits / temperature
         logq = torch.log_softmax(logits, dim=-1)  # (K, V)
         entropy = -(logq.exp() * logq).sum(-1)[per_node].detach() if with_entropy else None
         return logq[per_node, p.tokens[nodes]], entropy
     hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
     h = hidden[context].to(weight.dtype)  # (U, H)
+    _check_temperature(h.detach(), weight.detach(), bias, temperature)
     return token_logprobs_with_grad(
         h, weight, p.tokens[nodes], bias=bias, temperature=temperature, with_entropy=with_entropy
     )
@@ -256,13 +409,11 @@ def tree_policy_loss(
     from .fast.tree_forward_torch import node_items
     from .policy_loss import check_loss_terms, lm_head
 
-    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+    p, scored = _packed_rows(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, packing)
     check_loss_terms(completion_mask, old_logp, advantages, ref_logp, kl_coef, clip_low, clip_high, aggregation)
-    p = packing if packing is not None else pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
-    scored = completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
     weights = token_weights(scored, aggregation)  # (B, T) float32
     ref = ref_logp if kl_coef else None
-    weight, bias = lm_head(model)
+    weight, bias = lm_head(_hf_model(model))
     params = LossParams(clip_low, clip_high, kl_coef, temperature)
     if not bool(scored.any()):  # nothing to score: one empty item, so the loss is 0 and backward() runs
         zero = torch.zeros(1, dtype=torch.float32, device=weight.device)
@@ -275,6 +426,7 @@ def tree_policy_loss(
         old_logp = _node_logprobs(hidden.detach(), p, scored, weight, bias, temperature)
     item_node, items, counts = node_items(p.completion_node, scored, old_logp, advantages, weights, ref)
     context = hidden[p.parent[item_node]].to(weight.dtype)  # (U, H) the state that predicts each item
+    _check_temperature(context.detach(), weight.detach(), bias, temperature)
     return items_loss_chunked(context, weight, p.tokens[item_node], items, counts, params, bias)
 
 
@@ -294,12 +446,10 @@ def tree_scores(
     Returns (B, T) float32, 0 where completion_mask is 0; the model's logits must be its LM head's."""
     from .policy_loss import lm_head
 
-    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
-    p = packing if packing is not None else pack(prompt_ids, prompt_mask, completion_ids, completion_mask)
-    scored = completion_mask.to(torch.bool) & (p.completion_node >= 0)  # (B, T)
+    p, scored = _packed_rows(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, packing)
     if not bool(scored.any()):
         return torch.zeros(scored.shape, dtype=torch.float32, device=completion_ids.device)
-    weight, bias = lm_head(model)
+    weight, bias = lm_head(_hf_model(model))
     hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
     return _node_logprobs(hidden, p, scored, weight, bias, temperature)
 
@@ -312,6 +462,7 @@ def _node_logprobs(hidden, p: Packing, scored, weight, bias, temperature: float)
 
     unique_nodes, per_position = torch.unique(p.completion_node[scored], return_inverse=True)  # (U,), (M,)
     context = hidden[p.parent[unique_nodes]].to(weight.dtype)[None]  # (1, U, H)
+    _check_temperature(context[0], weight, bias, temperature)
     node_logp = token_logprobs_chunked(
         context, weight, p.tokens[unique_nodes][None], bias=bias, temperature=temperature
     )
@@ -320,10 +471,12 @@ def _node_logprobs(hidden, p: Packing, scored, weight, bias, temperature: float)
 
 
 def _packed_forward(model, p: Packing, *, logits_to_keep: torch.Tensor | None = None, hidden_only: bool = False):
-    """One forward of the packed trie (positions = depths, attention = ancestors and itself): the
-    model's output with the logits of `logits_to_keep` nodes, or its body's output (hidden states of
-    every node) with hidden_only."""
-    _install(model)
+    """One forward of the packed trie (positions = depths, attention = ancestors and itself) through the
+    model as passed (a DistributedDataParallel wrapper's forward prepares its gradient reduction): the
+    model's output with the logits of `logits_to_keep` nodes, or with hidden_only its body's output
+    (hidden states of every node; the LM head runs on no node)."""
+    net = _hf_model(model)
+    _install(net)
     run = _Run(attention_plan(p), max_depth=int(p.depth.max()))
     dev = p.tokens.device
     inputs: dict[str, Any] = dict(
@@ -333,9 +486,32 @@ def _packed_forward(model, p: Packing, *, logits_to_keep: torch.Tensor | None = 
         use_cache=False,
         tempo_tree=run,
     )
-    out = model.base_model(**inputs) if hidden_only else model(**inputs, logits_to_keep=logits_to_keep)
-    _check_run(model, run)
+    if hidden_only:
+        out = _body_output(model, net, inputs)
+    else:
+        out = model(**inputs, logits_to_keep=logits_to_keep)
+    _check_run(net, run)
     return out
+
+
+def _body_output(model, net, inputs: dict[str, Any]):
+    """The output of `net`'s body (`net.base_model`: every node's last hidden state) in a forward of
+    `model` itself, read by a hook on the body; keeping no logits makes the LM head's share nothing."""
+    body = getattr(net, "base_model", None)
+    if not isinstance(body, torch.nn.Module):
+        raise ValueError(f"tree_logprobs cannot run {type(net).__name__}: it has no base_model (its body)")
+    seen: list[Any] = []
+    handle = body.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        no_node = torch.zeros(0, dtype=torch.int64, device=inputs["input_ids"].device)
+        model(**inputs, logits_to_keep=no_node)
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        raise ValueError(
+            f"tree_logprobs cannot run {type(net).__name__}: its forward called its body {len(seen)} times, not once"
+        )
+    return seen[0]
 
 
 def _model_dtype(model) -> torch.dtype:
