@@ -60,7 +60,7 @@ SKYRL_DEPS := 'ray==2.51.1' 'hydra-core==1.3.2' omegaconf 'datasets==4.0.0' tran
 $(TRL_VENV)/.installed: pyproject.toml Makefile
 	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
 	$(TRL_VENV)/bin/python -m pip install -q $(TORCH)
-	$(TRL_VENV)/bin/python -m pip install -q -e '.[trl]' '$(TRL_PIN)' $(INTEGRATION_TEST_DEPS) $(TORCH)
+	$(TRL_VENV)/bin/python -m pip install -q -e '.[trl]' '$(TRL_PIN)' peft $(INTEGRATION_TEST_DEPS) $(TORCH)
 	touch $@
 
 $(VERL_VENV)/.installed: pyproject.toml Makefile

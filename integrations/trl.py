@@ -39,8 +39,12 @@ scored by `tempo_rl.tree_logprobs`: each chunk of rows TRL scores at once is pac
 tree (the shared prompt and every shared completion prefix once) and run in one forward, whose
 attention follows the tree. The log-probs equal TRL's per-row ones to float rounding, and the
 gradients flow through the shared nodes to every row that uses them, so TRL's loss is unchanged.
-It is refused, naming the option, where it cannot be exact: several processes, multimodal inputs,
-an MoE load-balancing loss, or an entropy bonus (the tree's entropies carry no gradient).
+The forward goes through the model TRL hands its scoring (on several processes, the
+DistributedDataParallel wrapper, whose forward prepares the gradient all-reduce), and a PEFT/LoRA
+model runs with its adapters. It is refused, naming the option, where it cannot be exact: FSDP,
+DeepSpeed, XLA or Megatron-LM (the LM head runs outside the model's forward, where those may hold
+the parameters sharded), multimodal inputs, an MoE load-balancing loss, or an entropy bonus (the
+tree's entropies carry no gradient).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from tempo_rl.extras import require, requires
 
 require(("trl", "accelerate"), "tempo_rl.integrations.trl", "trl")  # trl itself named first when both are missing
 with requires("trl", "tempo_rl.integrations.trl"):
-    from accelerate.utils import gather
+    from accelerate.utils import DistributedType, gather
     from trl import GRPOConfig, GRPOTrainer
 
 __all__ = ["TempoGRPOConfig", "TempoGRPOTrainer", "step_options"]
@@ -98,7 +102,8 @@ class TempoGRPOConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "Score log-probs on each batch's prefix tree (tempo_rl.tree_logprobs): shared prompts and "
-            "completion prefixes run once; same log-probs and gradients to float rounding. One process, text only."
+            "completion prefixes run once; same log-probs and gradients to float rounding. One process or DDP "
+            "(several processes), LoRA included; text only."
         },
     )
     tempo_log_branch_snr: bool = field(
@@ -127,7 +132,7 @@ class TempoGRPOTrainer(GRPOTrainer):
         self.tempo_options = step_options(self.args)
         self.tempo_tree_forward = bool(getattr(self.args, "tempo_tree_forward", False))
         if self.tempo_tree_forward:
-            _check_tree_forward(self.args, self.accelerator.num_processes)
+            _check_tree_forward(self.args, self.accelerator.distributed_type)
         self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -207,7 +212,6 @@ class TempoGRPOTrainer(GRPOTrainer):
         if given or compute_aux_loss:
             what = ", ".join(given) if given else "an MoE load-balancing loss"
             raise ValueError(f"TempoGRPOTrainer: tempo_tree_forward=True scores text only; this batch has {what}")
-        net = self.accelerator.unwrap_model(model)
         split = input_ids.shape[1] - logits_to_keep  # prompt columns, then completion columns
         rows = batch_size or input_ids.shape[0]
         logps, entropies = [], []
@@ -215,7 +219,7 @@ class TempoGRPOTrainer(GRPOTrainer):
             ids, mask = input_ids[start : start + rows], attention_mask[start : start + rows]
             with self.accelerator.autocast():
                 logp, entropy = tempo_rl.tree_logprobs_and_entropy(
-                    net,
+                    model,  # as TRL passes it (DDP-wrapped when training on several processes)
                     ids[:, :split],
                     mask[:, :split],
                     ids[:, split:],
@@ -278,11 +282,17 @@ def _check_supported(args: GRPOConfig) -> None:
         )
 
 
-def _check_tree_forward(args: GRPOConfig, num_processes: int) -> None:
-    if num_processes > 1:
+# One process, or DistributedDataParallel (accelerate's MULTI_* types): the model's parameters are whole
+# in every process, so the LM head can run outside the model's forward.
+_TREE_DISTRIBUTED = {DistributedType.NO} | {t for t in DistributedType if t.name.startswith("MULTI_")}
+
+
+def _check_tree_forward(args: GRPOConfig, distributed_type: DistributedType) -> None:
+    if distributed_type not in _TREE_DISTRIBUTED:
         raise ValueError(
-            f"TempoGRPOTrainer: tempo_tree_forward=True runs in one process (this run has {num_processes}); "
-            "set tempo_tree_forward=False to train on several"
+            f"TempoGRPOTrainer: tempo_tree_forward=True runs on one process or with DDP, not {distributed_type.value} "
+            "(it scores through the LM head outside the model's forward, where sharded parameters are not whole); "
+            "set tempo_tree_forward=False"
         )
     if getattr(args, "entropy_coef", 0.0) != 0.0 or getattr(args, "use_adaptive_entropy", False):
         raise ValueError(
