@@ -192,10 +192,28 @@ def _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask, temp
                 f"{name} row {row} holds token id {int(t[row, col])} at position {col}, outside the model's "
                 f"vocabulary [0, {vocab})"
             )
+    _check_completion_start(completion_mask)
     scored = completion_mask.to(torch.bool).any(dim=1) & ~prompt_mask.to(torch.bool).any(dim=1)
     if bool(scored.any()):
         row = int(torch.nonzero(scored)[0, 0])
         raise ValueError(f"prompt_mask row {row} is all 0: the first completion token has no context to be scored in")
+
+
+def _check_completion_start(completion_mask: torch.Tensor) -> None:
+    """A completion starts at column 0. A row with 0s before its first 1 is ambiguous: the tree forward
+    reads 0s before a row's last 1 as context, `tempo_advantages` reads a row of 0s then 1s as left
+    padding (reference/padding.py), and the two would disagree without a word; it is refused."""
+    m = completion_mask.to(torch.bool)  # (B, T)
+    late = m.any(dim=1) & ~m[:, 0] if m.shape[1] else m.any(dim=1)  # (B,)
+    if bool(late.any()):
+        row = int(torch.nonzero(late)[0, 0])
+        first = int(torch.nonzero(m[row])[0, 0])
+        raise ValueError(
+            f"completion_mask row {row} is 0 before its first 1 (position {first}): completions must start at "
+            "column 0 (right padding), since 0s before a row's last 1 are read as context and tempo_advantages "
+            "reads leading 0s as left padding; right-pad the completions, or move context that precedes the "
+            "completion to the end of the prompt"
+        )
 
 
 def _completion_columns(completion_mask: torch.Tensor) -> torch.Tensor:
@@ -287,8 +305,10 @@ def tree_logprobs(
         prompt_ids: (B, P) integer token ids of the prompts.
         prompt_mask: (B, P) 0/1 (any dtype); prompt tokens are where it is 1 (left, right or no padding).
         completion_ids: (B, T) integer token ids of the completions.
-        completion_mask: (B, T) 0/1; a row's completion runs to its last masked position, and positions
-            with mask 0 before it are context that is not scored (multi-turn tool output).
+        completion_mask: (B, T) 0/1; a row's completion starts at column 0 (right padding) and runs to
+            its last masked position; positions with mask 0 between its 1s are context that is not
+            scored (multi-turn tool output). A row that is 0 before its first 1 is refused: left
+            padding to `tempo_advantages`, context here; context before a completion goes in the prompt.
         temperature: the logits are divided by it before the log-softmax, as in sampling.
         packing: a `Packing` of these rows, to reuse one packing across several forwards.
     Returns:
@@ -390,7 +410,8 @@ def tree_policy_loss(
         prompt_ids: (B, P) as for `tree_logprobs`.
         prompt_mask: (B, P) as for `tree_logprobs`.
         completion_ids: (B, T) as for `tree_logprobs`.
-        completion_mask: (B, T) 0/1, the tokens that carry loss; 0 inside a row is context.
+        completion_mask: (B, T) 0/1, the tokens that carry loss; 0 inside a row is context (as for
+            `tree_logprobs`: a row starts at column 0).
         old_logp: (B, T) float, the sampling policy's log-probs (no gradient); None: the current
             policy's own, detached (a single update: the ratio is exactly 1).
         advantages: (B, T) float token advantages (no gradient).

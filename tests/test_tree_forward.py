@@ -42,7 +42,7 @@ def tree_batches(draw, max_rows: int = 6):
         completion_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         completion_mask[i, : len(c)] = 1
         if len(c) > 2 and draw(st.booleans()):
-            completion_mask[i, draw(st.integers(0, len(c) - 2))] = 0  # a hole: context, not scored
+            completion_mask[i, draw(st.integers(1, len(c) - 2))] = 0  # a hole: context, not scored
     return prompt_ids, prompt_mask, completion_ids, completion_mask
 
 

@@ -30,13 +30,13 @@ BATCH = (
 )
 
 
-def _lora(model, *, seed: int = 1):
-    """`model` with LoRA adapters on every projection, their B matrices random (not PEFT's zeros), so
-    the adapters change the log-probs."""
+def _lora(model, *, seed: int = 1, head: bool = False):
+    """`model` with LoRA adapters on every projection (and the LM head with `head`), their B matrices
+    random (not PEFT's zeros), so the adapters change the log-probs."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] + ["lm_head"] * head
     config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, lora_dropout=0.0)
     return get_peft_model(model, config).double()
 
@@ -52,6 +52,18 @@ def test_lora_model_log_probs_and_gradients_equal_each_row_alone(family):
     assert lora and all(q.requires_grad for q in lora)
     _assert_same_gradients(model, logp, ref, rel=1e-12)  # the LoRA matrices are the trainable parameters
     torch.testing.assert_close(tree_scores(model, *BATCH, temperature=0.7).double(), ref.detach(), rtol=0, atol=1e-6)
+
+
+def test_a_lora_lm_head_is_scored_through_the_full_logits():
+    """An adapter on the LM head makes it no plain nn.Linear: the log-probs then come from the model's
+    own logits (adapter included), still exact; the fused loss, which needs the plain head, refuses."""
+    model = _lora(_exact_norms(_model("qwen2")), head=True)
+    logp = tree_logprobs(model, *BATCH)
+    ref = row_logprobs(model, *BATCH)
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-12)
+    _assert_same_gradients(model, logp, ref, rel=1e-12)
+    with pytest.raises(ValueError, match="not nn.Linear"):
+        tree_policy_loss(model, *BATCH, None, torch.ones(BATCH[2].shape))
 
 
 def test_lora_adapters_take_part():
@@ -205,6 +217,28 @@ def test_temperatures_whose_logits_overflow_are_refused():
     assert torch.isfinite(tree_logprobs(model, ids, ones, ids, ones, temperature=1e-30)).all()
     float64 = _model("qwen2")  # float64 logits: far smaller temperatures are in range
     assert torch.isfinite(tree_logprobs(float64, ids, ones, ids, ones, temperature=1e-36)).all()
+
+
+def test_left_padded_completions_are_refused_not_read_as_context():
+    """tempo_advantages reads a row of 0s then 1s as left padding (reference/padding.py); the tree
+    forward reads 0s before a row's last 1 as context. Such a row is refused, naming the argument and
+    the fix; the same completions right-padded are scored like each row alone."""
+    model = _model("qwen2")
+    prompt_ids, prompt_mask = torch.tensor([[1, 2], [1, 2]]), torch.ones(2, 2, dtype=torch.long)
+    left_ids, left_mask = torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    tempo_rl.tempo_advantages(left_ids, left_mask, torch.tensor([1.0, 0.0]), torch.tensor([0, 0]))  # accepted
+    for fn in (tree_logprobs, tree_scores):
+        with pytest.raises(ValueError, match=r"completion_mask row 0 is 0 before its first 1 .*right-pad"):
+            fn(model, prompt_ids, prompt_mask, left_ids, left_mask)
+    with pytest.raises(ValueError, match=r"completion_mask row 0 is 0 before its first 1"):
+        tree_policy_loss(model, prompt_ids, prompt_mask, left_ids, left_mask, None, torch.ones(2, 3))
+    right_ids, right_mask = torch.tensor([[5, 6, 0], [7, 8, 9]]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    torch.testing.assert_close(
+        tree_logprobs(model, prompt_ids, prompt_mask, right_ids, right_mask),
+        row_logprobs(model, prompt_ids, prompt_mask, right_ids, right_mask),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_tree_scores_is_exported():

@@ -49,7 +49,7 @@ class Recording(TempoGRPOTrainer):
         return super()._compute_loss(model, inputs)
 
 
-def make_trainer(tmp_path: Path, **overrides) -> Recording:
+def make_trainer(tmp_path: Path, peft_config=None, **overrides) -> Recording:
     args = tiny.trl_config(tmp_path / "run", group=GROUP, per_device_batch=2 * GROUP, **overrides)
     return Recording(
         model=tiny.save_model(tmp_path / "model"),
@@ -57,6 +57,7 @@ def make_trainer(tmp_path: Path, **overrides) -> Recording:
         args=args,
         train_dataset=tiny.prompts_dataset(),
         processing_class=tiny.build_tokenizer(tmp_path / "tok"),
+        peft_config=peft_config,
     )
 
 
@@ -188,12 +189,17 @@ def test_liger_grpo_loss_is_refused_naming_what_works(tmp_path, monkeypatch):
         _check_supported(args)
 
 
-def run_fixed_rollouts(out: Path, nproc: int) -> list[dict[str, torch.Tensor]]:
+def run_fixed_rollouts(out: Path, nproc: int, mode: str = "") -> list[dict[str, torch.Tensor]]:
     """Runs trl_distributed.py; returns per step the rows of all ranks in rank order."""
+    return _stack_steps(_run_ranks(out, nproc, mode))
+
+
+def _run_ranks(out: Path, nproc: int, mode: str = "") -> list[dict]:
+    """Runs trl_distributed.py (with `mode`, see there) on `nproc` processes; each rank's record."""
     script = str(ROOT / "tests" / "integrations" / "trl_distributed.py")
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
     if nproc == 1:
-        cmd = [sys.executable, script, str(out)]
+        cmd = [sys.executable, script, str(out), *([mode] if mode else [])]
     else:
         torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
         # A port the OS just handed out, not a fixed one another process on the machine may hold.
@@ -201,10 +207,16 @@ def run_fixed_rollouts(out: Path, nproc: int) -> list[dict[str, torch.Tensor]]:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         cmd = [torchrun, "--nproc_per_node", str(nproc), "--master_port", str(port), script, str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        cmd += [mode] if mode else []
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(nproc)]
     assert all(r["world"] == nproc for r in ranks)
+    return ranks
+
+
+def _stack_steps(ranks: list[dict]) -> list[dict[str, torch.Tensor]]:
+    """Per step, the rows of all ranks in rank order."""
     steps = []
     for s in range(2):
         parts = [r["steps"][s] for r in ranks]
@@ -372,3 +384,76 @@ def test_tree_forward_refuses_what_it_cannot_do_exactly(tmp_path):
     ids, mask, keep = _tree_batch(trainer)
     with pytest.raises(ValueError, match="pixel_values"):
         trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep, pixel_values=torch.zeros(1))
+
+
+def test_tree_forward_refuses_only_sharded_setups():
+    """One process and DDP (accelerate's MULTI_* types) keep every parameter whole in every process,
+    so the LM head can run outside the forward; FSDP and DeepSpeed are refused, naming the option."""
+    from accelerate.utils import DistributedType
+
+    from tempo_rl.integrations.trl import _check_tree_forward
+
+    args = tiny.trl_config(Path("unused"), group=GROUP, per_device_batch=2 * GROUP, tempo_tree_forward=True)
+    for accepted in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        _check_tree_forward(args, accepted)
+    for refused in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ValueError, match=f"tempo_tree_forward=True .* not {refused.value}"):
+            _check_tree_forward(args, refused)
+
+
+def test_tree_forward_trains_a_lora_model_like_trl(tmp_path):
+    """TRL + PEFT LoRA (adapters on every projection, random B so every adapter matrix learns): one
+    step with and without tempo_tree_forward gives the same loss and the same adapters to float32
+    rounding; the base weights stay frozen; the tree path was the one that scored."""
+    from peft import LoraConfig
+
+    calls = []
+    real = tempo_rl.tree_logprobs_and_entropy
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    runs = {}
+    for tree in (False, True):
+        torch.manual_seed(0)  # the same random adapters in both runs
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, lora_dropout=0.0)
+        trainer = make_trainer(
+            tmp_path / str(tree), peft_config=lora, tempo_tree_forward=tree, max_steps=1, beta=0.04, bf16=False
+        )
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempo_rl, "tree_logprobs_and_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+            trainer.train()
+        assert (len(calls) > 0) == tree
+        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+        after = {n: p.detach() for n, p in trainer.model.named_parameters()}
+        runs[tree] = (before, after, loss, trainer.generated[0])
+    (rows_before, rows_after, rows_loss, rows_batch), (tree_before, tree_after, tree_loss, tree_batch) = (
+        runs[False],
+        runs[True],
+    )
+    assert rows_before.keys() == tree_before.keys()
+    assert all(torch.equal(rows_before[n], tree_before[n]) for n in rows_before)
+    assert torch.equal(tree_batch["completion_ids"], rows_batch["completion_ids"])
+    assert math.isfinite(tree_loss) and tree_loss == pytest.approx(rows_loss, rel=1e-5, abs=1e-6)
+    adapters = [n for n in rows_after if "lora_" in n]
+    assert len(adapters) == 2 * len(targets)
+    for name in rows_after:
+        trained = "lora_" in name
+        assert torch.equal(tree_after[name], tree_before[name]) != trained, name  # adapters move, the rest not
+        torch.testing.assert_close(tree_after[name], rows_after[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_tree_forward_on_two_processes_trains_like_the_rows(tmp_path):
+    """tempo_tree_forward=True on two gloo processes (torchrun; TRL wraps the model in DDP), two steps
+    in float32 with a KL term: the same completions as the per-row run, the tree scored, and every
+    parameter after training equals the per-row run's to float32 rounding, on both ranks."""
+    rows = _run_ranks(tmp_path / "rows", 2, "rows")
+    tree = _run_ranks(tmp_path / "tree", 2, "tree")
+    assert all(r["tree_calls"] == 0 for r in rows) and all(r["tree_calls"] > 0 for r in tree)
+    for a, b in zip(_stack_steps(rows), _stack_steps(tree)):
+        assert torch.equal(a["completion_mask"], b["completion_mask"])
+        assert torch.equal(a["completion_ids"] * a["completion_mask"], b["completion_ids"] * b["completion_mask"])
+    start = dict(tiny.build_model().named_parameters())
+    for name, want in rows[0]["params"].items():
+        assert not torch.equal(want, start[name].detach()), name  # the run trained it
+        assert torch.equal(tree[0]["params"][name], tree[1]["params"][name]), name  # DDP kept the ranks equal
+        torch.testing.assert_close(tree[0]["params"][name], want, atol=1e-5, rtol=1e-4, msg=name)
