@@ -59,6 +59,9 @@ def main(out: Path, mode: str = "") -> None:
     tempo_rl.tree_logprobs_and_entropy = lambda *a, **k: tree_calls.append(1) or real(*a, **k)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = tiny.build_tokenizer(Path(tmp) / "tok")
+        # beta > 0 loads a reference copy from a path; saved before the config starts the process group,
+        # after which only rank 0 would write it.
+        model = tiny.save_model(Path(tmp) / "model") if mode else tiny.build_model()
         args = tiny.trl_config(
             Path(tmp) / "run",
             group=GROUP,
@@ -68,7 +71,7 @@ def main(out: Path, mode: str = "") -> None:
             **options,
         )
         trainer = Recording(
-            model=tiny.save_model(Path(tmp) / "model") if mode else tiny.build_model(),  # beta loads a copy
+            model=model,
             reward_funcs=tiny.REWARD_FUNCS,
             args=args,
             train_dataset=tiny.prompts_dataset(12),
