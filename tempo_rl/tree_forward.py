@@ -300,8 +300,9 @@ def tree_logprobs(
 
     Args:
         model: a Hugging Face causal LM (`AutoModelForCausalLM`) whose attention goes through the
-            attention interface (Llama, Qwen2, Mistral, ...). Its attention is routed through the tree
-            attention function from the first call on (`_install`).
+            attention interface (Llama, Qwen2, Mistral, ...), as it is or inside a PEFT model or a
+            `DistributedDataParallel` wrapper (the forward runs through the wrapper); FSDP is refused.
+            The model is left unchanged (`_install` routes the tree's calls in the attention registry).
         prompt_ids: (B, P) integer token ids of the prompts.
         prompt_mask: (B, P) 0/1 (any dtype); prompt tokens are where it is 1 (left, right or no padding).
         completion_ids: (B, T) integer token ids of the completions.
@@ -309,8 +310,12 @@ def tree_logprobs(
             its last masked position; positions with mask 0 between its 1s are context that is not
             scored (multi-turn tool output). A row that is 0 before its first 1 is refused: left
             padding to `tempo_advantages`, context here; context before a completion goes in the prompt.
-        temperature: the logits are divided by it before the log-softmax, as in sampling.
-        packing: a `Packing` of these rows, to reuse one packing across several forwards.
+        temperature: the logits are divided by it before the log-softmax, as in sampling. It must
+            keep 1 / temperature and logits / temperature finite in the logits' dtype (float32, or
+            float64 for a float64 model; |logits| bounded by max |h| max |w| + max |b|): a smaller
+            one is refused with the bound it missed, never answered with NaN.
+        packing: a `Packing` of these rows (from `pack` of this batch; another batch's is refused),
+            to reuse one packing across several forwards.
     Returns:
         (B, T) float32 (float64 for a float64 model): log-probs, 0 where completion_mask is 0;
         differentiable with respect to the model's parameters.
