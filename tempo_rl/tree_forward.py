@@ -13,10 +13,10 @@ need nothing else. The forward goes through the model the caller passes, so a `D
 wrapper reduces the gradients as in any training step, and a PEFT model runs with its adapters.
 
 The model is not changed: its config keeps its attention implementation, so it pickles and loads in a
-process that never imported tempo_rl. The routing lives in this process's Hugging Face attention
-registry (`_install`): the entry of the model's implementation becomes a pass-through that runs the
-tree attention only for calls carrying a tree forward's `tempo_tree` argument, and the model's own
-function for every other call. Gradient checkpointing repeats each layer call with its arguments, so
+process that never imported tempo_rl. The routing lives in this process (`_install`): the Hugging Face
+attention registry's entry of the model's implementation (for "eager", its modelling file's
+`eager_attention_forward`) becomes a pass-through that runs the tree attention only for calls carrying
+a tree forward's `tempo_tree` argument, and the model's own function for every other call. Gradient checkpointing repeats each layer call with its arguments, so
 its recomputation takes the same route. A model whose layers do not all call the
 attention interface (or that needs features the tree attention does not provide: soft-capping,
 sliding windows shorter than the batch, attention sinks) is refused with a one-line ValueError, never
@@ -74,47 +74,53 @@ def _tree_attention_forward(module, query, key, value, attention_mask, dropout=0
 
 def _install(net) -> None:
     """Route the attention of `net` (a Hugging Face model) through `_routed` (idempotent, once per
-    process and implementation); the model itself is left as it is."""
+    process and implementation); the model itself is left as it is. An "eager" model calls the
+    `eager_attention_forward` of its modelling file, not the registry: that name is routed instead."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     config = getattr(net, "config", None)
     current = getattr(config, "_attn_implementation", None)
     if current is None:
         raise ValueError(f"tree_logprobs: {type(net).__name__} is not a Hugging Face model with an attention config")
-    if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
-        raise ValueError(f"tree_logprobs: attention implementation {current!r} is not supported; load with 'sdpa'")
-    entry = ALL_ATTENTION_FUNCTIONS.get(current)  # None for "eager": the model calls its own function
-    if getattr(entry, "tempo_tree_route", False):
+    if current == "eager":
+        _install_eager(net)
         return
-    if entry is None and _eager_function(net) is None:
+    if current not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(f"tree_logprobs: attention implementation {current!r} is not supported; load with 'sdpa'")
+    entry = ALL_ATTENTION_FUNCTIONS[current]
+    if not getattr(entry, "tempo_tree_route", False):
+        AttentionInterface.register(current, _routed(entry))
+
+
+def _install_eager(net) -> None:
+    """Route `eager_attention_forward` in the modelling files of `net`'s modules (looked up at each call)."""
+    import sys
+
+    files = {sys.modules.get(type(m).__module__) for m in net.modules()}
+    own = [f for f in files if callable(getattr(f, "eager_attention_forward", None))]
+    if not own:
         raise ValueError(
-            f"tree_logprobs: {type(net).__name__}'s module has no eager_attention_forward to keep for its other "
-            "calls; load the model with attn_implementation='sdpa'"
+            f"tree_logprobs: {type(net).__name__}'s modelling files have no eager_attention_forward to route; "
+            "load the model with attn_implementation='sdpa'"
         )
-    AttentionInterface.register(current, _routed(entry))
+    for f in own:
+        fn = getattr(f, "eager_attention_forward")
+        if not getattr(fn, "tempo_tree_route", False):
+            setattr(f, "eager_attention_forward", _routed(fn))
 
 
 def _routed(inner):
     """An attention function that runs the tree attention for a tree forward's calls and `inner` (the
-    model's own eager function when None) for every other call, with the same arguments."""
+    model's own function) for every other call, with the same arguments."""
 
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
         if kwargs.get("tempo_tree") is not None:
             return _tree_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
         kwargs.pop("tempo_tree", None)
-        own = inner if inner is not None else _eager_function(module)
-        return own(module, query, key, value, attention_mask, *args, **kwargs)
+        return inner(module, query, key, value, attention_mask, *args, **kwargs)
 
     attention.tempo_tree_route = True
     return attention
-
-
-def _eager_function(module):
-    """The eager attention function of the modelling file that defines `module` (what Hugging Face
-    calls for an "eager" model), or None."""
-    import sys
-
-    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
 
 
 def _hf_model(model):
