@@ -6,6 +6,7 @@ Exactness is checked against a forward of each row alone (`reference/tree_forwar
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -246,6 +247,7 @@ def test_tree_scores_is_exported():
 
 
 # ----------------------------------------------------------------------------- DistributedDataParallel
+@pytest.mark.slow
 def test_ddp_on_two_processes_steps_like_the_rows(tmp_path):
     """Two gloo processes train a DDP-wrapped float32 Qwen2 one SGD step on different rows, through
     tree_logprobs (find_unused_parameters True and False) and through tree_policy_loss (the LM head
@@ -257,7 +259,7 @@ def test_ddp_on_two_processes_steps_like_the_rows(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from tests.tree_forward_ddp import LR, RANK_BATCHES, build_model, expected_step

@@ -1,5 +1,6 @@
 """TempoGRPOTrainer: trains with every supported loss type, feeds the loss exactly
-`tempo_rl.tempo_advantages`, and gives the same advantages on two processes as on one."""
+`tempo_rl.tempo_advantages`, gives the same advantages on two processes as on one, and trains on the
+tree (`tempo_tree_forward`: one process, two DDP processes, a LoRA model) like the rows."""
 
 from __future__ import annotations
 
