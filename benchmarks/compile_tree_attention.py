@@ -4,7 +4,7 @@ needed, and report registers and spills from ptxas.
     python -m tempo_rl.benchmarks.compile_tree_attention        # one line per variant, JSON
 
 Variants: the forward, dK/dV and dQ kernels in float16, bfloat16, float32 and float64, with the
-tiles `_blocks` picks for head dims 64 and 128 (and 96, padded to 128), contiguous last dims.
+tiles and warps `_config` picks, head dims 64 and 128 (96 is padded to 128), contiguous last dims.
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ class Variant:
     head_dim: int
 
 
+# head dims per dtype: 64 and 128 (96 is padded to 128) and the widest, 256, for bfloat16
+_DIMS = {"float16": (64,), "bfloat16": (64, 96, 128, 256), "float32": (64, 128), "float64": (64,)}
+
+
 def variants() -> list[Variant]:
-    return [
-        Variant(k, dt, d)
-        for k in _KERNELS
-        for dt in _PTR
-        for d in ((64, 96, 128) if dt in ("bfloat16", "float32") else (64, 128))
-    ]
+    return [Variant(k, dt, d) for k in _KERNELS for dt in _PTR for d in _DIMS[dt]]
 
 
 def _signature(v: Variant) -> dict:
@@ -66,15 +65,17 @@ def _signature(v: Variant) -> dict:
 
 def compile_variant(v: Variant) -> dict:
     dtype = getattr(torch, v.dtype)
-    block, bd, bdv = kernels._blocks(v.head_dim, v.head_dim, dtype, None)
+    cfg = kernels._config(v.kernel, v.head_dim, v.head_dim, dtype, None)
     sig = _signature(v)
     const = {name: 1 for name, t in sig.items() if t == "constexpr"}
-    const |= dict(ACC=kernels._tl_acc(dtype), BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, BLOCK_DV=bdv)
+    meta = kernels._meta(cfg, dtype)
+    warps = meta.pop("num_warps")
+    const |= meta
     sig |= {name: "constexpr" for name in const}
     source = ASTSource(_KERNELS[v.kernel], sig, constexprs=const)
-    compiled = triton.compile(source, target=TARGET, options={"num_warps": 4})
+    compiled = triton.compile(source, target=TARGET, options={"num_warps": warps})
     regs, spills = resources(compiled.asm["ptx"])
-    return {**asdict(v), "block": block, "num_warps": 4, "registers": regs, "spill_bytes": spills}
+    return {**asdict(v), "block": cfg.block, "num_warps": warps, "registers": regs, "spill_bytes": spills}
 
 
 def main() -> int:

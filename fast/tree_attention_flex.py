@@ -9,6 +9,7 @@ P6). For a query block [q0, q1) and a key block [k0, k1) of B nodes:
   least q1 (both blocks whole): such "full" blocks skip the mask function.
 Two (N/B x N/B) block tables, O(N^2 / B^2) small integers, are all the mask costs; FlexAttention
 evaluates `k <= q < subtree_end[k]` inside the kernel on the partial blocks only.
+Nodes are padded to a power of two so that one compiled kernel serves every length up to it.
 The forward runs on CPU and CUDA; FlexAttention's backward needs CUDA.
 """
 
@@ -64,6 +65,13 @@ def tree_block_mask(subtree_end: torch.Tensor, *, block: int = 128) -> BlockMask
     )
 
 
+def _bucket(n: int, block: int) -> int:
+    """Nodes padded to a power of two (at least one block): a compiled kernel per distinct length
+    would recompile every batch and, past torch.compile's cache limit, fall back to the dense eager
+    path; powers of two give one compile per doubling."""
+    return max(block, 1 << max(0, n - 1).bit_length())
+
+
 def tree_attention_flex(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -74,11 +82,21 @@ def tree_attention_flex(
     block: int = 128,
 ) -> torch.Tensor:
     """`fast.tree_attention.tree_attention_dfs` with FlexAttention (same arguments, already checked
-    there; returns (N, H, Dv)). block: the BlockMask's block size (tests pass small ones)."""
-    if query.shape[1] == 0:
+    there; returns (N, H, Dv)). block: the BlockMask's block size (tests pass small ones).
+    The nodes are padded to `_bucket(N)` with roots that see only themselves (no real query sees
+    them: a padding key p is visible to p alone), so padding costs one diagonal block per block."""
+    n = query.shape[1]
+    if n == 0:
         return query.new_zeros((0, query.shape[0], value.shape[2]))
-    mask = tree_block_mask(subtree_end, block=block)
+    m = _bucket(n, block)
+    end = torch.cat([subtree_end, torch.arange(n + 1, m + 1, device=subtree_end.device)])  # (M,)
+    q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, m - n)) for x in (query, key, value))  # (., M, .)
     out = _compiled()(
-        query[None], key[None], value[None], block_mask=mask, scale=scale, enable_gqa=query.shape[0] != key.shape[0]
-    )  # (1, H, N, Dv)
-    return out[0].transpose(0, 1)
+        q[None],
+        k[None],
+        v[None],
+        block_mask=tree_block_mask(end, block=block),
+        scale=scale,
+        enable_gqa=q.shape[0] != k.shape[0],
+    )  # (1, H, M, Dv)
+    return out[0, :, :n].transpose(0, 1)

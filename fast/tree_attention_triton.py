@@ -337,30 +337,37 @@ class _Config:
     num_warps: int
 
 
-# (kernel, 16-bit inputs, padded head dim <= 64) -> (tile, warps): the largest tiles that compile for
-# sm_90a without register spills (`python -m tempo_rl.benchmarks.compile_tree_attention`). float32
-# dots run in full precision on CUDA cores (no TF32) and float64 ones too: they take smaller tiles.
+# (kernel, precision, padded head dim) -> (tile, warps): the largest tiles that compile for sm_90a
+# without register spills (`python -m tempo_rl.benchmarks.compile_tree_attention`), for float16 and
+# bfloat16 up to head dim 128. float32 and float64 dots run on CUDA cores (full precision, no TF32),
+# need more registers per tile, and spill a little in dK/dV whatever the tile (reported there).
 _TILES = {
-    ("forward", True, True): (64, 4),
-    ("forward", True, False): (64, 8),
-    ("dkdv", True, True): (64, 8),
-    ("dkdv", True, False): (32, 8),
-    ("dq", True, True): (64, 4),
-    ("dq", True, False): (32, 8),
+    ("forward", "half", 64): (64, 4),
+    ("forward", "half", 128): (64, 8),
+    ("forward", "half", 256): (32, 8),
+    ("dkdv", "half", 64): (64, 8),
+    ("dkdv", "half", 128): (32, 8),
+    ("dkdv", "half", 256): (16, 4),
+    ("dq", "half", 64): (64, 4),
+    ("dq", "half", 128): (32, 8),
+    ("dq", "half", 256): (16, 4),
+    ("forward", "full", 64): (32, 8),
+    ("forward", "full", 128): (32, 8),
+    ("forward", "full", 256): (16, 4),
+    ("dkdv", "full", 64): (32, 8),
+    ("dkdv", "full", 128): (16, 8),
+    ("dkdv", "full", 256): (16, 8),
+    ("dq", "full", 64): (32, 8),
+    ("dq", "full", 128): (16, 4),
+    ("dq", "full", 256): (16, 4),
 }
 
 
 def _config(kernel: str, head_dim: int, value_dim: int, dtype: torch.dtype, block: int | None) -> _Config:
     """Tiles and warps for one kernel (`block`, when given, overrides the tile: tests pass 16)."""
     bd, bdv = (max(16, triton.next_power_of_2(x)) for x in (head_dim, value_dim))
-    half = dtype in (torch.float16, torch.bfloat16)
-    wide = max(bd, bdv)
-    if wide > 128:
-        tile, warps = (32, 8) if half else (16, 4)
-    elif half:
-        tile, warps = _TILES[(kernel, True, wide <= 64)]
-    else:
-        tile, warps = (32, 8) if wide <= 64 else (16, 4)
+    precision = "half" if dtype in (torch.float16, torch.bfloat16) else "full"
+    tile, warps = _TILES[(kernel, precision, max(64, bd, bdv))]
     if block is not None:
         if block < 16 or block & (block - 1):
             raise ValueError(f"block must be a power of two >= 16, got {block}")
