@@ -86,8 +86,8 @@ def tree_attention_flex(
     The nodes are padded to `_bucket(N)` with roots that see only themselves (no real query sees
     them: a padding key p is visible to p alone), so padding costs one diagonal block per block."""
     n = query.shape[1]
-    if n == 0:
-        return query.new_zeros((0, query.shape[0], value.shape[2]))
+    if n == 0:  # empty, but still in the graph so that a backward through it runs
+        return query.new_zeros((0, query.shape[0], value.shape[2])) + 0 * (query.sum() + key.sum() + value.sum())
     m = _bucket(n, block)
     end = torch.cat([subtree_end, torch.arange(n + 1, m + 1, device=subtree_end.device)])  # (M,)
     q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, m - n)) for x in (query, key, value))  # (., M, .)

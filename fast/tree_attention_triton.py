@@ -23,6 +23,7 @@ next one with masked loads; inputs are read through their strides.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -458,11 +459,17 @@ def _backward(
     return dq, dk, dvv
 
 
+def _device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on the tensors' GPU, not the current one."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 class _TreeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, end, scale: float, block: int | None):
         scales = _scales(scale, query.dtype, query.device)
-        out, lse = _forward(query, key, value, end, scales, block)
+        with _device(query):
+            out, lse = _forward(query, key, value, end, scales, block)
         ctx.save_for_backward(query, key, value, end, scales, out, lse)
         ctx.block = block
         return out
@@ -470,7 +477,8 @@ class _TreeAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        dq, dk, dv = _backward(grad, ctx.saved_tensors, ctx.block)
+        with _device(grad):
+            dq, dk, dv = _backward(grad, ctx.saved_tensors, ctx.block)
         return dq, dk, dv, None, None, None
 
 
