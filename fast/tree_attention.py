@@ -99,7 +99,7 @@ def check_inputs(
         raise ValueError(f"key and value must have query's {n} nodes, got {key.shape[1]} and {value.shape[1]}")
     if key.shape[2] != d:
         raise ValueError(f"key must have query's head dim {d}, got {key.shape[2]}")
-    if value.shape[0] != hk or hk == 0 or h % hk:
+    if value.shape[0] != hk or hk == 0 or h == 0 or h % hk:
         raise ValueError(f"query heads ({h}) must be a multiple of key heads ({hk}), and value must have {hk} heads")
     if d == 0 or value.shape[2] == 0:
         raise ValueError("query and value head dims must be at least 1")

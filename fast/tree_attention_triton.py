@@ -212,7 +212,8 @@ def _dkdv_kernel(
             delta = tl.load(delta_ptr + head * n_nodes + rows64, mask=row_ok, other=0.0)
             vis = (cols[None, :] <= rows[:, None]) & (rows[:, None] < kend[None, :])  # (BM, BN)
             s = tl.dot(q, tl.trans(k), input_precision="ieee", out_dtype=ACC) * qk_scale
-            p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)  # (BM, BN) the forward's probabilities
+            # masked before exp2: an invisible key's score may exceed the row's lse by any amount
+            p = tl.exp2(tl.where(vis, s, float("-inf")) - lse[:, None])  # (BM, BN) the forward's probabilities
             dv_acc += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee", out_dtype=ACC)
             dp = tl.dot(do, tl.trans(v), input_precision="ieee", out_dtype=ACC)  # (BM, BN)
             ds = p * (dp - delta[:, None])
@@ -310,7 +311,7 @@ def _dq_kernel(
             kend = tl.load(end_ptr + cols, mask=col_ok, other=0)  # (BN,)
             vis = (cols[None, :] <= rows[:, None]) & (rows[:, None] < kend[None, :])  # (BM, BN)
             s = tl.dot(q, tl.trans(k), input_precision="ieee", out_dtype=ACC) * qk_scale
-            p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
+            p = tl.exp2(tl.where(vis, s, float("-inf")) - lse[:, None])  # (BM, BN)
             dp = tl.dot(do, tl.trans(v), input_precision="ieee", out_dtype=ACC)  # (BM, BN)
             ds = p * (dp - delta[:, None])
             dq_acc += tl.dot(ds.to(k.dtype), k, input_precision="ieee", out_dtype=ACC)
