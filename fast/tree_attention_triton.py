@@ -339,10 +339,11 @@ class _Config:
     num_warps: int
 
 
-# (kernel, precision, padded head dim) -> (tile, warps): the largest tiles that compile for sm_90a
-# without register spills (`python -m tempo_rl.benchmarks.compile_tree_attention`), for float16 and
-# bfloat16 up to head dim 128. float32 and float64 dots run on CUDA cores (full precision, no TF32),
-# need more registers per tile, and spill a little in dK/dV whatever the tile (reported there).
+# (kernel, precision, padded head dim) -> (tile, warps), chosen from ptxas's register report for
+# sm_90a (`python -m tempo_rl.benchmarks.compile_tree_attention`): no spills in float16 and bfloat16
+# up to head dim 128. float32 and float64 dots run on CUDA cores (full precision, no TF32), need more
+# registers per tile, and spill a little in dK/dV at every tile tried (reported there); head dim 256
+# in float32/float64 has not been compiled. Not tuned for speed: no GPU has timed these yet.
 _TILES = {
     ("forward", "half", 64): (64, 4),
     ("forward", "half", 128): (64, 8),
