@@ -116,7 +116,7 @@ $(AREAL_VENV)/.installed: pyproject.toml Makefile
 test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed \
                    $(AREAL_VENV)/.installed $(OPENRLHF_VENV)/.installed
 	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
-	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py
+	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py tests/integrations/test_verl_cpu.py
 	TEMPO_INTEGRATIONS=skyrl_train $(SKYRL_VENV)/bin/python -m pytest -q tests/integrations/test_skyrl.py
 	TEMPO_INTEGRATIONS=areal $(AREAL_VENV)/bin/python -m pytest -q tests/integrations/test_areal.py
 	TEMPO_INTEGRATIONS=openrlhf $(OPENRLHF_ENV) $(OPENRLHF_VENV)/bin/python -m pytest -q tests/integrations/test_openrlhf.py
