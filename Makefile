@@ -55,7 +55,7 @@ INTEGRATION_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100'
 SKYRL_VENV := .venv-skyrl
 SKYRL_PIN  := skyrl-train==0.3.1
 SKYRL_DEPS := 'ray==2.51.1' 'hydra-core==1.3.2' omegaconf 'datasets==4.0.0' transformers jaxtyping loguru tqdm \
-              torchdata fastapi uvicorn 'skyrl-gym==0.4.0' func_timeout pandas requests
+              torchdata fastapi uvicorn 'skyrl-gym==0.4.0' func_timeout pandas requests cloudpickle peft
 
 $(TRL_VENV)/.installed: pyproject.toml Makefile
 	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
@@ -103,7 +103,7 @@ AREAL_VENV := .venv-areal
 AREAL_PIN  := areal==1.0.4
 AREAL_DEPS := 'transformers>=5.0,<=5.3' 'hydra-core==1.4.0.dev1' 'omegaconf==2.4.0.dev2' 'peft<=0.18.1' \
               'datasets>=3' ray aiohttp httpx colorlog tenacity flask torchdata lark uvloop pyyaml numba pillow \
-              orjson einops aiofiles openai swanlab trackio wandb tensorboardX tabulate pybase64
+              orjson einops aiofiles openai swanlab trackio wandb tensorboardX tabulate pybase64 fastapi uvicorn
 
 $(AREAL_VENV)/.installed: pyproject.toml Makefile
 	test -x $(AREAL_VENV)/bin/python || $(PYTHON) -m venv $(AREAL_VENV)
@@ -116,7 +116,7 @@ $(AREAL_VENV)/.installed: pyproject.toml Makefile
 test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed \
                    $(AREAL_VENV)/.installed $(OPENRLHF_VENV)/.installed
 	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
-	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py
+	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py tests/integrations/test_verl_cpu.py
 	TEMPO_INTEGRATIONS=skyrl_train $(SKYRL_VENV)/bin/python -m pytest -q tests/integrations/test_skyrl.py
 	TEMPO_INTEGRATIONS=areal $(AREAL_VENV)/bin/python -m pytest -q tests/integrations/test_areal.py
 	TEMPO_INTEGRATIONS=openrlhf $(OPENRLHF_ENV) $(OPENRLHF_VENV)/bin/python -m pytest -q tests/integrations/test_openrlhf.py

@@ -2,7 +2,10 @@
 
     python examples/areal_tempo_grpo.py --config examples/areal_tempo_grpo.yaml [key=value ...]
 
-Needs AReaL's GPU environment (SGLang or vLLM for rollouts, FSDP for training). The only changes
+A training run needs AReaL's GPU environment: rollouts come from SGLang or vLLM servers. The YAML
+sets `scheduler.type: local` (AReaL's trainer spawns its workers itself) and `actor.attn_impl`
+(`actor.attn_impl=sdpa` without flash-attn). On CPU the trainer builds TEMPO's FSDP actor and then
+needs the rollout servers (docs/engines/areal.md has the CPU overrides). The only changes
 from AReaL's own example are the config class (TempoGRPOConfig: the actor carries `tempo_*`
 options) and the trainer class (TempoPPOTrainer in place of areal.PPOTrainer).
 """

@@ -6,7 +6,8 @@ TEMPO needs the response token ids to build each group's prefix tree. Two pieces
 without forking SkyRL:
 
 1. `compute_tempo_outcome_advantage`, registered as "tempo" with SkyRL's
-   `register_advantage_estimator` when this module is imported. It takes the responses as a
+   `register_advantage_estimator` when this module is imported (also inside Ray workers, where
+   SkyRL pickles registered estimators: it pickles by reference). It takes the responses as a
    `responses=` argument or, when SkyRL calls it, from `response_tokens(...)`, a context the
    trainer sets.
 2. `TempoRayPPOTrainer`, SkyRL's `RayPPOTrainer` whose `compute_advantages_and_returns` holds the
@@ -104,7 +105,6 @@ def step_options(config: Any, norm_by_std: bool = True, with_metrics: bool = Tru
     return tempo_step_options(config, norm_by_std=norm_by_std, with_metrics=with_metrics)
 
 
-@register_advantage_estimator(TEMPO)
 def compute_tempo_outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -152,6 +152,12 @@ def compute_tempo_outcome_advantage(
         call.stats.update(result.metrics)
     advantages = result.advantages.to(token_level_rewards.dtype)  # (B, L)
     return advantages, advantages
+
+
+# Registered once the name is bound: SkyRL pickles the estimator (cloudpickle) when Ray is up, as in
+# every SkyRL worker, and a function importable by name pickles by reference, without this module's
+# ContextVar. A decorator would register it before the name exists, and cloudpickle would copy it.
+register_advantage_estimator(TEMPO)(compute_tempo_outcome_advantage)
 
 
 class TempoRayPPOTrainer(RayPPOTrainer):

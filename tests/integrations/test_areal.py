@@ -3,6 +3,7 @@ AReaL's RLVR workflow writes them, batched by AReaL's own `batched_call`."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -194,6 +195,40 @@ def test_example_script_imports():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.TempoPPOTrainer is tempo_areal.TempoPPOTrainer
+
+
+def test_example_starts_areals_trainer_with_tempos_actor_on_cpu(tmp_path):
+    """examples/areal_tempo_grpo.yaml with the CPU overrides of docs/engines/areal.md: AReaL's own
+    trainer (local scheduler) builds TempoFSDPPPOActor in its actor worker on CPU and stops where the
+    SGLang rollout servers would start; that worker's advantages are TempoPPOActor's, bit for bit,
+    and differ from AReaL's GRPO at branch tokens."""
+    import os
+    from pathlib import Path
+
+    from areal.api.cli_args import load_expr_config
+
+    from tempo_rl.integrations.areal import TempoGRPOConfig
+    from tests.integrations import areal_cpu_trainer as run
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    script = Path(run.__file__)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"engine"')))
+    assert report == {"engine": "tempo_rl.integrations.areal.TempoFSDPPPOActor", "workers": 1}
+    remote = torch.load(tmp_path / "advantages.pt", weights_only=False)
+
+    config, _ = load_expr_config(
+        ["--config", str(run.EXAMPLE), *run.cpu_overrides(tmp_path, tmp_path / "model")], TempoGRPOConfig
+    )
+    local = TempoPPOActor(config.actor, engine=None).compute_advantages(run.batch())
+    areal_grpo = PPOActor(config.actor, engine=None).compute_advantages(run.batch())
+    for got, want, grpo in zip(remote, local, areal_grpo):
+        assert torch.equal(got["advantages"], want["advantages"])
+    assert any(not torch.equal(got["advantages"], grpo["advantages"]) for got, grpo in zip(remote, areal_grpo))
 
 
 def test_missing_engine_is_a_one_line_error():

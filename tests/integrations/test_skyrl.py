@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def training_input(t: TempoRayPPOTrainer):
 
 def test_tempo_is_in_skyrls_registry():
     assert "tempo" in AdvantageEstimatorRegistry.list_available()
-    assert AdvantageEstimatorRegistry.get("tempo").__wrapped__ is compute_tempo_outcome_advantage.__wrapped__
+    assert AdvantageEstimatorRegistry.get("tempo").__wrapped__ is compute_tempo_outcome_advantage
 
 
 @pytest.mark.parametrize("norm,td_coef", [(True, 1.0), (False, 0.5)])
@@ -168,8 +169,6 @@ def test_exp_swaps_only_the_trainer():
 
 def test_example_overrides_compose_with_skyrls_config():
     """Every override of examples/skyrl_tempo_grpo.sh names a key of SkyRL's ppo_base_config."""
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[2] / "examples" / "skyrl_tempo_grpo.sh"
     out = subprocess.run(
         ["bash", str(script)], capture_output=True, text=True, env={**os.environ, "DRY_RUN": "1"}, check=True
@@ -177,6 +176,26 @@ def test_example_overrides_compose_with_skyrls_config():
     cfg = skyrl_config(*out.stdout.split())
     assert cfg.trainer.algorithm.advantage_estimator == "tempo" and cfg.trainer.algorithm.tempo_td_coef == 1.0
     assert cfg.generator.n_samples_per_prompt > 1
+
+
+def test_estimator_runs_inside_a_ray_worker(tmp_path):
+    """Every SkyRL run: the integration imported where Ray is up (the driver) and in a Ray worker, where
+    SkyRL's registry hands out the estimator it pickled; the worker's advantages are the API's."""
+    script = Path(__file__).with_name("skyrl_ray_worker.py")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt")
+    assert "tempo" in got["registered"]
+    expected = tempo_rl.tempo_advantages(padded(RESPONSES), prefix_mask(), torch.tensor(REWARDS), UIDS)
+    assert torch.equal(got["advantages"], expected)
+    assert (
+        got["metrics"]["tempo/nodes_per_group"]
+        == tempo_rl.tree_stats(padded(RESPONSES), prefix_mask(), UIDS).nodes_per_group
+    )
 
 
 def test_missing_engine_is_a_one_line_error():
