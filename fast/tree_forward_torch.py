@@ -251,7 +251,9 @@ class _TreeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, plan, scale, fwd, bwd):
         h, n, _ = query.shape
-        out = query.new_empty(h, n, value.shape[-1])  # (H, N, Dv)
+        # laid out (N, H, Dv) so the caller's reshape to (N, H Dv) is a view: the output projection then
+        # keeps the very tensor saved here, not a second copy of it
+        out = query.new_empty(n, h, value.shape[-1]).transpose(0, 1)  # (H, N, Dv)
         lse = query.new_empty(h, n, dtype=torch.promote_types(query.dtype, torch.float32))  # (H, N)
         for seg in _segments(query, key, value, plan):
             o, l = fwd(seg.q, seg.k, seg.v, True, scale)  # itself, causal: (1, H, n, Dv), (1, H, n)
