@@ -9,10 +9,12 @@ Proposition P1). `reference/tree_forward.py` builds the same arrays with a Pytho
 
 Attention over the packed nodes (`tree_attention`) gives every node exactly the attention it has in
 its own row: its keys are its ancestors and itself. Sorted row i *owns* the nodes it contributes,
-a contiguous run of the packed order at depths [l_i, L_i) (P2); their queries attend to the row's
-path, keys at depths [0, L_i), causally. Each node is a query once, so attention costs
-sum_i (L_i - l_i) * L_i instead of sum_i L_i^2 / 2 for the rows one by one, and every other layer
-(projections, MLP, norms) runs once per node instead of once per row.
+a contiguous run of the packed order at depths [l_i, L_i) (P2), a *segment*; its queries attend to
+the row's path above it without a mask and to the segment itself causally (P3). Each node is a
+query once and each (query, visible key) pair is computed once, so attention costs sum over nodes of
+(depth + 1) instead of sum_i L_i (L_i + 1) / 2 for the rows one by one, and every other layer
+(projections, MLP, norms) runs once per node instead of once per row. What the backward keeps is
+linear in the nodes (no path copies, no probabilities).
 """
 
 from __future__ import annotations
