@@ -17,6 +17,17 @@ machine shifts all three alike; the ratios tree/rows and tree/padded are what to
 timed twice: wall clock, and the CPU time of the calling thread (with one torch thread every
 forward and backward op runs on it), which other processes on a shared machine do not inflate. Results go to
 <out>/tree_forward_<device>.{md,json,png}.
+
+The lengths users train with (`measure_lengths`; `--tree-suite sweep|lengths|both`): tree rollouts (one
+prompt of 512 tokens, 8 or 16 leaves, completions of 1k-8k tokens forking at 0, 1/4, 1/2 (and 3/4)
+of their length), independent samples (a 2k prompt shared by 8 completions of 1k) and nothing shared
+(8 prompts of 256, completions of 1k). Each method runs in its own process (`python -m
+tempo_rl.benchmarks.bench_tree_forward`), so its peak resident memory (ru_maxrss) is its own; the
+parent watches it and stops a method past `--tree-max-gib`, recorded as such. Beside the times, the
+FLOP floor: the tree's FLOPs (dense layers per unique token, attention per (query, visible key)
+pair, the LM head per scored node) over the rows' (`flops`). `--quick` divides every length by 64.
+With the default model the lengths up to 4k take about 30 minutes on one thread of a quiet CPU;
+results go to <out>/tree_forward_<device>_lengths.{md,json,png} (`_quick` with --quick).
 """
 
 from __future__ import annotations
@@ -24,9 +35,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -243,13 +258,13 @@ def markdown(rows: list[dict], env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(make, rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = figure(rows)
+    fig = make(rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -274,6 +289,290 @@ def figure(rows: list[dict]):
     return fig
 
 
+# ----------------------------------------------------------------------------- the users' lengths
+KINDS = ("tree", "independent", "unshared")
+LEAVES = (8, 16)
+COMPLETIONS = (1024, 2048, 4096)
+QUICK_DIVISOR = 64
+
+
+def length_shapes(
+    completions: tuple[int, ...], leaves: tuple[int, ...], divisor: int = 1, kinds: tuple[str, ...] = KINDS
+) -> list[dict]:
+    """The lengths users train with (module docstring), every length divided by `divisor`. A shape is
+    prompts x prompt_len tokens, then completions of `completion` tokens that fork at `levels`
+    ((depth, branching) pairs, outermost first); leaves = the product of the branchings."""
+    c = 1024 // divisor
+    shapes = []
+    if "independent" in kinds:
+        shapes.append(_shape("independent samples", 1, 2048 // divisor, c, [(0, 8)]))
+    if "unshared" in kinds:
+        shapes.append(_shape("nothing shared", 8, 256 // divisor, c, [(0, 1)]))
+    for n in leaves if "tree" in kinds else ():
+        for c in completions:
+            c //= divisor
+            depths = [round(i * c / 4) for i in range(int(math.log2(n)))]  # binary forks at 0, c/4, c/2 (, 3c/4)
+            shapes.append(_shape("tree rollouts", 1, 512 // divisor, c, [(d, 2) for d in depths]))
+    return shapes
+
+
+def _shape(kind: str, prompts: int, prompt_len: int, completion: int, levels: list[tuple[int, int]]) -> dict:
+    leaves = math.prod(b for _, b in levels) * prompts
+    name = f"{kind}: {prompts} x {prompt_len} prompt, {leaves} rows, completions {completion}"
+    if kind == "tree rollouts":
+        name += " forking at " + ", ".join(str(d) for d, _ in levels)
+    return dict(kind=kind, name=name, prompts=prompts, prompt_len=prompt_len, completion=completion, levels=levels)
+
+
+def forked_batch(shape: dict, *, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The batch of a `length_shapes` shape: each prompt's rows share the prompt; the completion of
+    leaf j shares its segment between two fork depths with every leaf of the same subtree."""
+    g = torch.Generator().manual_seed(seed)
+    levels, c = shape["levels"], shape["completion"]
+    bounds = [d for d, _ in levels] + [c]
+    branch = [b for _, b in levels]
+    leaves = math.prod(branch)
+    prompts, completions = [], []
+    for _ in range(shape["prompts"]):
+        prompt = torch.randint(3, vocab, (shape["prompt_len"],), generator=g)
+        pieces: dict[tuple[int, int], torch.Tensor] = {}
+        for j in range(leaves):
+            parts, subtree = [], j
+            for level in reversed(range(len(levels))):  # the leaf's subtree id at each level
+                key = (level, subtree)
+                if key not in pieces:
+                    pieces[key] = torch.randint(3, vocab, (bounds[level + 1] - bounds[level],), generator=g)
+                parts.append(pieces[key])
+                subtree //= branch[level]
+            completions.append(torch.cat(parts[::-1]))
+            prompts.append(prompt)
+    b = len(completions)
+    return {
+        "prompt_ids": torch.stack(prompts),
+        "prompt_mask": torch.ones(b, shape["prompt_len"], dtype=torch.int64),
+        "completion_ids": torch.stack(completions),
+        "completion_mask": torch.ones(b, c, dtype=torch.int64),
+    }
+
+
+def flops(config, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Forward + backward FLOPs (3x the forward's multiply-adds x 2) of the tree and of the rows: the
+    dense layers once per token (tree: per unique token), attention once per (query, visible key)
+    pair (tree: each node and its ancestors), the LM head once per scored token (tree: per node)."""
+    from tempo_rl.fast.tree_forward_torch import pack
+
+    h, inter, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    d = h // heads
+    layers = config.num_hidden_layers
+    dense = layers * 2 * (2 * h * heads * d + 2 * h * kv * d + 3 * h * inter)  # q, o, k, v, MLP
+    pair = layers * 2 * 2 * heads * d  # q.k and p.v
+    head = 2 * h * v
+    p = pack(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+    lengths = (batch["prompt_mask"].sum(1) + batch["completion_mask"].sum(1)).double()
+    scored_rows = float(batch["completion_mask"].sum())
+    scored_nodes = float(torch.unique(p.completion_node[p.completion_node >= 0]).numel())
+    tree = dense * p.num_nodes + pair * float((p.depth + 1).sum()) + head * scored_nodes
+    rows = dense * float(lengths.sum()) + pair * float((lengths * (lengths + 1) / 2).sum()) + head * scored_rows
+    return {"tree": 3 * tree, "rows": 3 * rows, "unique_fraction": p.num_nodes / float(lengths.sum())}
+
+
+def child_main(spec: dict) -> dict:
+    """One method at one shape in this process: `repeats` timed forward + backward steps, and the
+    process's peak resident memory (ru_maxrss) and its resident memory before the first step."""
+    torch.set_num_threads(spec["threads"])
+    shape = spec["shape"]
+    model = build_model(spec["layers"], spec["hidden"], spec["vocab"], shape["prompt_len"] + shape["completion"] + 1)
+    batch = forked_batch(shape, vocab=spec["vocab"])
+    weights = torch.randn(batch["completion_ids"].shape, generator=torch.Generator().manual_seed(1))
+    before = _rss_bytes()
+    walls, cpus = [], []
+    for _ in range(spec["repeats"]):
+        wall, used = step(spec["method"], model, batch, weights)
+        walls.append(wall)
+        cpus.append(used)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "rss_before": before, "peak": peak}
+
+
+def _rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process now (VmRSS), 0 once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_child(spec: dict, max_bytes: float) -> dict:
+    """`child_main` in a fresh process; stopped (and recorded so) when its memory passes max_bytes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tempo_rl.benchmarks.bench_tree_forward", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    while proc.poll() is None:
+        if _rss_bytes(proc.pid) > max_bytes:
+            proc.kill()
+            proc.wait()
+            return {"over": max_bytes}
+        time.sleep(0.05)
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode:
+        raise RuntimeError(f"--op tree_forward: the {spec['method']} process failed (exit {proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_lengths(args: argparse.Namespace, write) -> list[dict]:
+    """Every `length_shapes` shape, each method in its own process; `write(rows)` after each shape."""
+    divisor = QUICK_DIVISOR if args.quick else 1
+    rows = []
+    for shape in length_shapes(args.tree_completions, args.tree_leaves, divisor, args.tree_kinds):
+        model = build_model(args.tree_layers, args.tree_hidden, args.tree_vocab, 2)
+        work = flops(model.config, forked_batch(shape, vocab=args.tree_vocab))
+        spec = dict(
+            shape=shape,
+            layers=args.tree_layers,
+            hidden=args.tree_hidden,
+            vocab=args.tree_vocab,
+            threads=args.threads or 1,
+            repeats=args.tree_length_repeats,
+        )
+        row = {"shape": shape, "floor": work["tree"] / work["rows"], **work}
+        for m in METHODS:
+            row[m] = run_child(spec | {"method": m}, args.tree_max_gib * 2**30)
+        rows.append(row | _verdict(row))
+        print(_length_line(rows[-1]), flush=True)
+        write(rows)
+    return rows
+
+
+def _verdict(row: dict) -> dict:
+    """The issue's targets at one shape: time (thread CPU time) within the floor's bound of the faster
+    other method, peak memory added by the step within the padded batch's."""
+    out: dict = {}
+    done = {m: r for m, r in ((m, row[m]) for m in METHODS) if "over" not in r}
+    if "tree" in done and len(done) > 1:
+        best = min(done[m]["cpu_s"] for m in done if m != "tree")
+        shared = row["unique_fraction"] < 0.999
+        bound = max(1.25 * row["floor"], row["floor"] + 0.1) if shared else 1.1
+        out["ratio"] = done["tree"]["cpu_s"] / best
+        out["bound"] = bound
+        out["time_ok"] = out["ratio"] <= bound
+    if "tree" in done and "padded" in done:
+        out["memory_ok"] = _added(done["tree"]) <= _added(done["padded"])
+    elif "tree" in done and "padded" in row:
+        out["memory_ok"] = True  # the padded batch went past --tree-max-gib, the tree did not
+    return out
+
+
+def _added(r: dict) -> float:
+    return max(r["peak"] - r["rss_before"], 0)
+
+
+def _gib(r: dict) -> str:
+    if "over" in r:
+        return f"> {r['over'] / 2**30:.1f} (stopped)"
+    return f"{r['peak'] / 2**30:.2f} ({_added(r) / 2**30:.2f})"
+
+
+def _secs(r: dict, key: str) -> str:
+    return "-" if "over" in r else f"{r[key]:.2f}"
+
+
+def _length_line(r: dict) -> str:
+    cells = ", ".join(f"{m} {_secs(r[m], 'cpu_s')} s / {_gib(r[m])} GiB" for m in METHODS)
+    ratio = f"tree / best {r['ratio']:.2f} (bound {r['bound']:.2f})" if "ratio" in r else "no ratio"
+    return f"{r['shape']['name']}: unique {r['unique_fraction']:.2f}, floor {r['floor']:.2f}; {cells}; {ratio}"
+
+
+def growth(rows: list[dict], low: int, high: int) -> list[tuple[str, float]]:
+    """Peak memory added by the tree's step at completions `high` over `low`, per tree-rollout shape."""
+    by = {
+        (len(r["shape"]["levels"]), r["shape"]["completion"]): r for r in rows if r["shape"]["kind"] == "tree rollouts"
+    }
+    out = []
+    for (levels, c), r in sorted(by.items()):
+        if c == high and (levels, low) in by and "over" not in r["tree"] and "over" not in by[levels, low]["tree"]:
+            out.append((f"{2**levels} leaves", _added(r["tree"]) / _added(by[levels, low]["tree"])))
+    return out
+
+
+def lengths_markdown(rows: list[dict], env: dict) -> str:
+    lines = [
+        "# tree_forward at the lengths users train with: time, FLOP floor and peak memory",
+        "",
+        f"{env['date']}, {env['device']}, torch {env['torch']}, CPU, no GPU measured, {env['threads']} thread(s), "
+        f"load average {env['load_average_before'][0]:.2f} before / {env.get('load_average_after', [math.nan])[0]:.2f} "
+        f"after. Model: {env['model']}. Forward + backward of every completion token's log-prob; each method in "
+        f"its own process, {env['repeats']} timed step(s) each (median), no warm-up step.",
+        "",
+        f"    {env['command']}",
+        "",
+        "Times are the calling thread's CPU time (other processes on a shared machine do not inflate it "
+        "the way they inflate wall time; wall time is in the json). Memory: the process's peak resident "
+        "memory, and in brackets what the step added to what the process held before it (model, batch, "
+        "imports). floor: the tree's FLOPs over the rows'. bound: max(1.25 floor, floor + 0.1) with sharing, "
+        "1.1 without; target: tree / min(rows, padded) <= bound.",
+        "",
+        "| shape | unique fraction | floor | tree s | rows s | padded s | tree / min(rows, padded) | bound | time target "
+        "| peak GiB: tree | rows | padded | memory <= padded |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        t = {m: _secs(r[m], "cpu_s") for m in METHODS}
+        ratio = (
+            f"{r['ratio']:.2f} | {r['bound']:.2f} | {'met' if r['time_ok'] else 'missed'}"
+            if "ratio" in r
+            else "- | - | -"
+        )
+        mem = "-" if "memory_ok" not in r else ("met" if r["memory_ok"] else "missed")
+        lines.append(
+            f"| {r['shape']['name']} | {r['unique_fraction']:.2f} | {r['floor']:.2f} | {t['tree']} | {t['rows']} | "
+            f"{t['padded']} | {ratio} | {_gib(r['tree'])} | {_gib(r['rows'])} | {_gib(r['padded'])} | {mem} |"
+        )
+    g = growth(rows, 2048 // env["divisor"], 4096 // env["divisor"])
+    if g:
+        lines += [
+            "",
+            "Growth of the tree's added peak memory from completions 2k to 4k (target <= 2.3x): "
+            + ", ".join(f"{name} {x:.2f}x" for name, x in g)
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def length_figure(rows: list[dict]):
+    """Thread CPU time and peak memory of each method against the completion length, tree rollouts."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"tree": "tab:blue", "rows": "tab:green", "padded": "tab:orange"}
+    styles = {3: "o-", 4: "s--"}
+    for levels in sorted({len(r["shape"]["levels"]) for r in rows if r["shape"]["kind"] == "tree rollouts"}):
+        sel = [r for r in rows if r["shape"]["kind"] == "tree rollouts" and len(r["shape"]["levels"]) == levels]
+        for m in METHODS:
+            pts = [(r["shape"]["completion"], r[m]) for r in sel if "over" not in r[m]]
+            label = f"{m}, {2**levels} leaves"
+            x = [c for c, _ in pts]
+            ax_t.plot(x, [p["cpu_s"] for _, p in pts], styles.get(levels, "^:"), color=colours[m], label=label)
+            ax_m.plot(x, [p["peak"] / 2**30 for _, p in pts], styles.get(levels, "^:"), color=colours[m], label=label)
+    ax_t.set_ylabel("forward + backward, thread CPU time (s)")
+    ax_m.set_ylabel("peak resident memory (GiB)")
+    for ax in (ax_t, ax_m):
+        ax.set_xlabel("completion length (tokens)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_t.set_title("time, tree rollouts (prompt 512)")
+    ax_m.set_title("peak memory, tree rollouts (prompt 512)")
+    fig.tight_layout()
+    return fig
+
+
 def parse_fractions(text: str) -> tuple[float, ...]:
     """`--fractions 0.3,0.6`: comma-separated numbers in (0, 1]."""
     try:
@@ -282,6 +581,25 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not all(0 < f <= 1 for f in values):
         raise argparse.ArgumentTypeError(f"each must lie in (0, 1], got {text!r}")
+    return values
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """`--tree-kinds tree,unshared`: a comma-separated subset of KINDS."""
+    values = tuple(text.split(","))
+    if not set(values) <= set(KINDS):
+        raise argparse.ArgumentTypeError(f"expected a subset of {','.join(KINDS)}, got {text!r}")
+    return values
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """`--tree-completions 1024,2048`: comma-separated positive whole numbers."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"each must be positive, got {text!r}")
     return values
 
 
@@ -305,7 +623,41 @@ def add_arguments(parser) -> None:
         default=256,
         help="tree_forward: model hidden size (a multiple of 4, the heads)",
     )
-    parser.add_argument("--tree-vocab", type=int_at_least(4), default=4096, help="tree_forward: model vocabulary")
+    parser.add_argument("--tree-vocab", type=int_at_least(4), default=1000, help="tree_forward: model vocabulary")
+    parser.add_argument(
+        "--tree-completions",
+        type=parse_sizes,
+        default=COMPLETIONS,
+        help="tree_forward: completion lengths of the tree-rollout shapes, comma-separated (default: 1024,2048,4096; "
+        "8192 needs about 8 GiB for the padded batch)",
+    )
+    parser.add_argument(
+        "--tree-leaves",
+        type=parse_sizes,
+        default=LEAVES,
+        help="tree_forward: leaves of the tree-rollout shapes, powers of two up to 16 (default: 8,16)",
+    )
+    parser.add_argument(
+        "--tree-length-repeats", type=size, default=1, help="tree_forward: timed steps per method at the long lengths"
+    )
+    parser.add_argument(
+        "--tree-max-gib",
+        type=float,
+        default=8.0,
+        help="tree_forward: a method's process past this resident memory is stopped and recorded so (default: 8)",
+    )
+    parser.add_argument(
+        "--tree-suite",
+        choices=("sweep", "lengths", "both"),
+        default="both",
+        help="tree_forward: the small shape's unique-fraction sweep, the users' lengths, or both (default)",
+    )
+    parser.add_argument(
+        "--tree-kinds",
+        type=parse_kinds,
+        default=KINDS,
+        help="tree_forward: which length shapes, comma-separated among tree,independent,unshared (default: all)",
+    )
 
 
 def need_bytes(args: argparse.Namespace) -> int:
@@ -323,17 +675,61 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--op tree_forward: only --device cpu is measured here")
     if args.tree_hidden % 4:
         raise UsageError(f"--tree-hidden must be a multiple of 4 (the model's heads), got {args.tree_hidden}")
+    if not set(args.tree_leaves) <= {2, 4, 8, 16}:
+        raise UsageError(f"--tree-leaves: each must be 2, 4, 8 or 16, got {args.tree_leaves}")
     check_fits("--op tree_forward", need_bytes(args))
     extras.require(("transformers", "matplotlib"), "--op tree_forward", "train")  # the model, the plot
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, env = measure(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.tree_suite != "lengths":
+        run_sweep(args, out)
+    if args.tree_suite != "sweep":
+        run_lengths(args, out)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace, out: Path) -> None:
+    """The small shape at several unique fractions, all methods in this process, taken in turn."""
+    rows, env = measure(args)
     name = "tree_forward_cpu"
     (out / f"{name}.md").write_text(markdown(rows, env))
     (out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    plot(rows, out / f"{name}.png")
+    plot(figure, rows, out / f"{name}.png")
     print(markdown(rows, env))
     print(f"wrote {out}/{name}.{{md,json,png}}")
-    return 0
+
+
+def run_lengths(args: argparse.Namespace, out: Path) -> None:
+    """The users' lengths: table, json and plot rewritten after each shape (a long run keeps its rows)."""
+    name = "tree_forward_cpu_lengths" + ("_quick" if args.quick else "")
+    env = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": args.threads or 1,
+        "load_average_before": list(os.getloadavg()),
+        "model": f"Qwen2, {args.tree_layers} layers, hidden {args.tree_hidden}, 4 heads, 2 key/value heads, "
+        f"vocabulary {args.tree_vocab}, float32",
+        "repeats": args.tree_length_repeats,
+        "divisor": QUICK_DIVISOR if args.quick else 1,
+        "command": f"tempo-rl bench --op tree_forward --tree-suite lengths --threads {args.threads or 1} "
+        f"--tree-completions {','.join(map(str, args.tree_completions))} "
+        f"--tree-leaves {','.join(map(str, args.tree_leaves))} --tree-kinds {','.join(args.tree_kinds)} "
+        f"--tree-max-gib {args.tree_max_gib:g}" + (" --quick" if args.quick else ""),
+    }
+
+    def write(rows: list[dict]) -> None:
+        env["load_average_after"] = list(os.getloadavg())
+        (out / f"{name}.md").write_text(lengths_markdown(rows, env))
+        (out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+        plot(length_figure, rows, out / f"{name}.png")
+
+    rows = measure_lengths(args, write)
+    print(lengths_markdown(rows, env))
+    print(f"wrote {out}/{name}.{{md,json,png}}")
+
+
+if __name__ == "__main__":  # one method at one shape, in its own process (`run_child`)
+    print(json.dumps(child_main(json.loads(sys.argv[1]))))

@@ -9,14 +9,17 @@ Proposition P1). `reference/tree_forward.py` builds the same arrays with a Pytho
 
 Attention over the packed nodes (`tree_attention`) gives every node exactly the attention it has in
 its own row: its keys are its ancestors and itself. Sorted row i *owns* the nodes it contributes,
-a contiguous run of the packed order at depths [l_i, L_i) (P2); their queries attend to the row's
-path, keys at depths [0, L_i), causally. Each node is a query once, so attention costs
-sum_i (L_i - l_i) * L_i instead of sum_i L_i^2 / 2 for the rows one by one, and every other layer
-(projections, MLP, norms) runs once per node instead of once per row.
+a contiguous run of the packed order at depths [l_i, L_i) (P2), a *segment*; its queries attend to
+the row's path above it without a mask and to the segment itself causally (P3). Each node is a
+query once and each (query, visible key) pair is computed once, so attention costs sum over nodes of
+(depth + 1) instead of sum_i L_i (L_i + 1) / 2 for the rows one by one, and every other layer
+(projections, MLP, norms) runs once per node instead of once per row. What the backward keeps is
+linear in the nodes (no path copies, no probabilities).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -135,112 +138,206 @@ def pack(
 # ----------------------------------------------------------------------------- attention
 @dataclass
 class AttentionPlan:
-    """Query blocks for `tree_attention`, computed once per packing and shared by every layer.
+    """The segments of a packing, computed once per packing and shared by every layer.
 
-    The blocks are cut into buckets; bucket b holds A_b blocks of up to Q_b queries over up to K_b keys.
-    key_index: (sum_b A_b K_b,) the nodes each block reads as keys (its row's path up to its last
-    query; padding reads node 0 and is masked); query_index: (sum_b A_b Q_b,) each block's query
-    nodes (padding reads node 0, its output is dropped); masks[b]: (A_b, 1, Q_b, K_b) bool, key
-    depth <= query depth on real keys; shapes[b] = (A_b, Q_b, K_b); output_slot: (N,) where each
-    node's output sits in the blocks' concatenated query slots (every node is a query exactly once).
+    Segment i is sorted row i's owned nodes (P2): the run segment_start[i] .. + segment_length[i] of the
+    packed order, at depths lcp_i .. L_i - 1. Its queries attend to its ancestors, the nodes of row
+    i's path at depths 0 .. lcp_i - 1 (`ancestors[i]`, (lcp_i,) int64), and causally to itself.
+    Rows that own no node (a copy of an earlier row) have no segment.
     """
 
-    key_index: torch.Tensor
-    query_index: torch.Tensor
-    masks: list[torch.Tensor]
-    shapes: list[tuple[int, int, int]]
-    output_slot: torch.Tensor
+    segment_start: list[int]
+    segment_length: list[int]
+    ancestors: list[torch.Tensor]
     num_nodes: int
 
 
-def attention_plan(p: Packing, *, block: int = 64, waste: float = 1.25) -> AttentionPlan:
-    """Cut each row's owned queries into blocks of `block`; a block's keys are its row's path up to its
-    last query, so only the block's own triangle is masked work (as a causal kernel skips the upper
-    triangle). Blocks are bucketed longest-keys first; a bucket grows while (blocks x max queries x
-    max keys) stays within `waste` x the blocks' own queries x keys. The bound keeps padding from eating
-    the saving; few buckets keep the kernel calls few."""
+def attention_plan(p: Packing) -> AttentionPlan:
+    """The segments of `p` (see `AttentionPlan`): one slice of the sorted rows' node table each."""
     own = (p.length - p.lcp).tolist()
     lcp, start = p.lcp.tolist(), p.start.tolist()
-    items = []  # (keys, queries, first query depth, first query node, sorted row)
-    for i, n in enumerate(own):
-        for q0 in range(0, n, block):
-            q = min(block, n - q0)
-            items.append((lcp[i] + q0 + q, q, lcp[i] + q0, start[i] + q0, i))
-    items.sort(key=lambda it: (-it[0], -it[1]))
-    buckets: list[list[tuple[int, int, int, int, int]]] = []
-    exact = 0
-    for it in items:
-        cost = it[0] * it[1]
-        if buckets:
-            cur = buckets[-1]
-            padded = (len(cur) + 1) * max(cur[0][1], it[1]) * cur[0][0]
-            if padded <= waste * (exact + cost):
-                cur.append(it)
-                exact += cost
-                continue
-        buckets.append([it])
-        exact = cost
-    dev = p.tokens.device
     sorted_nodes = p.row_nodes[p.order]  # (B, S) by sorted position
-    key_index, query_index, slots, masks, shapes = [], [], [], [], []
-    offset = 0
-    for bucket in buckets:
-        k_len, q_len, q_depth0, q_node0, rows = (torch.tensor(c, dtype=torch.int64, device=dev) for c in zip(*bucket))
-        a, k, q = len(bucket), int(k_len.max()), int(q_len.max())
-        cols = torch.arange(k, device=dev)
-        k_ok = cols[None, :] < k_len[:, None]  # (A, K)
-        keys = torch.where(k_ok, sorted_nodes[rows, :k], 0)  # (A, K)
-        offs = torch.arange(q, device=dev)
-        q_ok = offs[None, :] < q_len[:, None]  # (A, Q); a block's queries are contiguous nodes
-        q_depth = torch.where(q_ok, q_depth0[:, None] + offs[None, :], 0)  # (A, Q); padding sees the root
-        key_index.append(keys.reshape(-1))
-        query_index.append(torch.where(q_ok, q_node0[:, None] + offs[None, :], 0).reshape(-1))
-        masks.append(((cols[None, None, :] <= q_depth[:, :, None]) & k_ok[:, None, :])[:, None])  # (A, 1, Q, K)
-        shapes.append((a, q, k))
-        slot = offset + torch.arange(a * q, device=dev).view(a, q)
-        slots.append((torch.where(q_ok, q_node0[:, None] + offs[None, :], -1)[q_ok], slot[q_ok]))
-        offset += a * q
-    output_slot = torch.empty(p.num_nodes, dtype=torch.int64, device=dev)
-    for nodes, slot in slots:
-        output_slot[nodes] = slot
-    empty = torch.zeros(0, dtype=torch.int64, device=dev)
+    keep = [i for i, n in enumerate(own) if n > 0]
     return AttentionPlan(
-        torch.cat(key_index) if key_index else empty,
-        torch.cat(query_index) if query_index else empty,
-        masks,
-        shapes,
-        output_slot,
+        [start[i] for i in keep],
+        [own[i] for i in keep],
+        [sorted_nodes[i, : lcp[i]] for i in keep],
         p.num_nodes,
     )
 
 
-def tree_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: AttentionPlan, *, scale: float, dropout: float
-) -> torch.Tensor:
-    """Attention of every packed node over its ancestors and itself.
+# A kernel is (forward, backward) over one batch of heads:
+#   forward(q (1, H, n, D), k (1, H, m, D), v (1, H, m, Dv), causal, scale) -> (out (1, H, n, Dv), lse (1, H, n))
+#   backward(grad_out, q, k, v, out, lse, causal, scale) -> (dq, dk, dv)
+# where `causal` means square and lower-left aligned (key j visible to query i iff j <= i), and the
+# backward takes the *final* output and log-sum-exp of a row whose keys were split across several
+# calls: then it returns exactly that call's share of the gradient (the split FlashAttention's
+# backward relies on: P = exp(S - lse) and the row term sum(dO * O) are the whole row's).
+def _flash_cpu_forward(q, k, v, causal: bool, scale: float):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
 
-    query: (H, N, D); key, value: (Hk, N, D) with H a multiple of Hk (grouped-query heads share keys).
-    Returns (N, H, D). One gather of queries, keys and values for all blocks and one scatter of the
-    outputs per call (their backward is one index_add each), the blocks' attention in between."""
-    h, _, d = query.shape
-    hk, dv = key.shape[0], value.shape[-1]
-    # split (not slicing) so the backward concatenates the blocks' gradients instead of adding one
-    # zero-padded full-size gradient per bucket
-    k_sizes = [a * k for a, _, k in plan.shapes]
-    q_sizes = [a * q for a, q, _ in plan.shapes]
-    kks = key.index_select(1, plan.key_index).split(k_sizes, dim=1)  # (Hk, A K, D) per bucket
-    vvs = value.index_select(1, plan.key_index).split(k_sizes, dim=1)
-    qqs = query.index_select(1, plan.query_index).split(q_sizes, dim=1)  # (H, A Q, D) per bucket
-    outs = []
-    for (a, q, k), mask, qq, kk, vv in zip(plan.shapes, plan.masks, qqs, kks, vvs):
-        qb = qq.view(h, a, q, d).transpose(0, 1)  # (A, H, Q, D)
-        kb = kk.view(hk, a, k, d).transpose(0, 1)  # (A, Hk, K, D)
-        vb = vv.view(hk, a, k, dv).transpose(0, 1)
-        o = torch.nn.functional.scaled_dot_product_attention(
-            qb, kb, vb, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=hk != h
-        )  # (A, H, Q, Dv)
-        outs.append(o.transpose(1, 2).reshape(a * q, h, dv))
-    return torch.cat(outs).index_select(0, plan.output_slot)  # (N, H, Dv)
+
+def _flash_cpu_backward(grad, q, k, v, out, lse, causal: bool, scale: float):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad, q, k, v, out, lse, 0.0, causal, scale=scale
+    )
+
+
+MATH_CHUNK = 1024  # queries per step of the math kernel: bounds its (H, chunk, m) score matrix
+
+
+def _math_scores(q, k, q0: int, causal: bool, scale: float) -> torch.Tensor:
+    s = (q @ k.transpose(-1, -2)) * scale  # (1, H, c, m)
+    if causal:
+        rows = torch.arange(q0, q0 + q.shape[2], device=q.device)[:, None]
+        s = s.masked_fill(torch.arange(k.shape[2], device=q.device)[None, :] > rows, -math.inf)
+    return s
+
+
+def _math_forward(q, k, v, causal: bool, scale: float):
+    outs, lses = [], []
+    for q0 in range(0, q.shape[2], MATH_CHUNK):
+        s = _math_scores(q[:, :, q0 : q0 + MATH_CHUNK], k, q0, causal, scale)  # (1, H, c, m)
+        lse = s.logsumexp(-1)  # (1, H, c)
+        outs.append(torch.exp(s - lse[..., None]) @ v)
+        lses.append(lse)
+    return torch.cat(outs, 2), torch.cat(lses, 2)
+
+
+def _math_backward(grad, q, k, v, out, lse, causal: bool, scale: float):
+    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for q0 in range(0, q.shape[2], MATH_CHUNK):
+        c = slice(q0, q0 + MATH_CHUNK)
+        qc, g = q[:, :, c], grad[:, :, c]
+        prob = torch.exp(_math_scores(qc, k, q0, causal, scale) - lse[:, :, c, None])  # (1, H, c, m)
+        dv += prob.transpose(-1, -2) @ g
+        ds = prob * (g @ v.transpose(-1, -2) - (g * out[:, :, c]).sum(-1, keepdim=True))
+        dq[:, :, c] = (ds @ k) * scale
+        dk += (ds.transpose(-1, -2) @ qc) * scale
+    return dq, dk, dv
+
+
+KERNELS = {"flash_cpu": (_flash_cpu_forward, _flash_cpu_backward), "math": (_math_forward, _math_backward)}
+
+
+def default_kernel(device: torch.device) -> str:
+    """torch's CPU flash kernel on CPU (keeps only the output and the log-sum-exp); elsewhere the
+    chunked math kernel, exact and bounded but not fast."""
+    return "flash_cpu" if device.type == "cpu" else "math"
+
+
+def tree_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: AttentionPlan,
+    *,
+    scale: float,
+    kernel: str | None = None,
+) -> torch.Tensor:
+    """Attention of every packed node over its ancestors and itself (proofs_notes/tree-forward.md, P3).
+
+    query: (H, N, D); key, value: (Hk, N, D) with H a multiple of Hk (query head h reads key head
+    h // (H / Hk), as Hugging Face's grouped-query attention does). Returns (N, H, Dv).
+
+    Each segment's attention is split in two key sets: its ancestors (no mask: every one is visible
+    to every query of the segment) and itself (causal, square), each run by a kernel that returns
+    the log-sum-exp, and merged by it. Work: each (query, visible key) pair once. Memory kept for
+    the backward: the inputs, the output and the (H, N) log-sum-exp; the ancestors' keys and values
+    are gathered per segment and again in the backward, never stored."""
+    fwd, bwd = KERNELS[kernel or default_kernel(query.device)]
+    return _TreeAttention.apply(query, key, value, plan, scale, fwd, bwd)
+
+
+class _TreeAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, plan, scale, fwd, bwd):
+        h, n, _ = query.shape
+        # laid out (N, H, Dv) so the caller's reshape to (N, H Dv) is a view: the output projection then
+        # keeps the very tensor saved here, not a second copy of it
+        out = query.new_empty(n, h, value.shape[-1]).transpose(0, 1)  # (H, N, Dv)
+        lse = query.new_empty(h, n, dtype=torch.promote_types(query.dtype, torch.float32))  # (H, N)
+        for seg in _segments(query, key, value, plan):
+            o, l = fwd(seg.q, seg.k, seg.v, True, scale)  # itself, causal: (1, H, n, Dv), (1, H, n)
+            if seg.anc_k is not None:
+                oa, la = fwd(_fold(seg.q, seg.groups), seg.anc_k, seg.anc_v, False, scale)  # the ancestors
+                oa, la = _unfold(oa, seg.groups), _unfold(la[..., None], seg.groups)[..., 0]
+                o, l = _merge(o, l, oa, la)
+            out[:, seg.rows] = o[0]
+            lse[:, seg.rows] = l[0]
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.plan, ctx.scale, ctx.bwd = plan, scale, bwd
+        return out.transpose(0, 1)  # (N, H, Dv)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        query, key, value, out, lse = ctx.saved_tensors
+        grad = grad.transpose(0, 1)  # (H, N, Dv)
+        dq, dk, dv = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+        for seg in _segments(query, key, value, ctx.plan):
+            g, o, l = grad[None, :, seg.rows], out[None, :, seg.rows], lse[None, :, seg.rows]
+            sq, sk, sv = ctx.bwd(g, seg.q, seg.k, seg.v, o, l, True, ctx.scale)
+            dq[:, seg.rows] += sq[0]
+            dk[:, seg.rows] += _sum_groups(sk[0], seg.groups)
+            dv[:, seg.rows] += _sum_groups(sv[0], seg.groups)
+            if seg.anc_k is not None:
+                folded = [_fold(x, seg.groups) for x in (g, seg.q, o)]
+                la = _fold(l[..., None], seg.groups)[..., 0]
+                aq, ak, av = ctx.bwd(folded[0], folded[1], seg.anc_k, seg.anc_v, folded[2], la, False, ctx.scale)
+                dq[:, seg.rows] += _unfold(aq, seg.groups)[0]
+                dk.index_add_(1, seg.ancestors, ak[0])
+                dv.index_add_(1, seg.ancestors, av[0])
+        return dq, dk, dv, None, None, None, None
+
+
+@dataclass
+class _Segment:
+    rows: slice  # its nodes in the packed order
+    groups: int  # query heads per key head
+    q: torch.Tensor  # (1, H, n, D)
+    k: torch.Tensor  # (1, H, n, D): its own keys, repeated per query head for the causal kernel
+    v: torch.Tensor  # (1, H, n, Dv)
+    ancestors: torch.Tensor  # (m,) nodes
+    anc_k: torch.Tensor | None  # (1, Hk, m, D), None for a root segment
+    anc_v: torch.Tensor | None
+
+
+def _segments(query, key, value, plan: AttentionPlan):
+    """The segments' operands, one at a time: only one segment's copies live at once."""
+    groups = query.shape[0] // key.shape[0]
+    for s0, n, anc in zip(plan.segment_start, plan.segment_length, plan.ancestors):
+        rows = slice(s0, s0 + n)
+        k, v = (x[:, rows].repeat_interleave(groups, dim=0)[None] for x in (key, value))  # (1, H, n, D)
+        has = anc.numel() > 0
+        anc_k, anc_v = (x.index_select(1, anc)[None] if has else None for x in (key, value))  # (1, Hk, m, D)
+        yield _Segment(rows, groups, query[None, :, rows], k, v, anc, anc_k, anc_v)
+
+
+def _fold(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(1, H, n, D) -> (1, Hk, G n, D): a key head's G query heads as one longer run of queries (no mask
+    ties a query to its position, so the ancestors' attention needs no repeated keys)."""
+    _, h, n, d = x.shape
+    return x.reshape(1, h // groups, groups * n, d)
+
+
+def _unfold(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(1, Hk, G n, D) -> (1, H, n, D), the inverse of `_fold`."""
+    _, hk, gn, d = x.shape
+    return x.reshape(1, hk * groups, gn // groups, d)
+
+
+def _sum_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(H, n, D) gradient of repeated keys -> (Hk, n, D), each key head's query heads summed."""
+    h, n, d = x.shape
+    return x.view(h // groups, groups, n, d).sum(1) if groups > 1 else x
+
+
+def _merge(o1, l1, o2, l2):
+    """Attention over the union of two disjoint key sets from each set's output and log-sum-exp."""
+    lse = torch.logaddexp(l1, l2)  # (1, H, n)
+    w1, w2 = torch.exp(l1 - lse)[..., None], torch.exp(l2 - lse)[..., None]
+    return (o1 * w1 + o2 * w2).to(o1.dtype), lse
 
 
 # ----------------------------------------------------------------------------- the loss on nodes

@@ -74,3 +74,21 @@ def row_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask
             row = torch.cat([lp * completion_mask[r, :n].to(dtype), row[n:]])
         rows.append(row)
     return torch.stack(rows)
+
+
+def tree_attention_ref(query, key, value, parent: list[int], *, scale: float):
+    """Attention of each node over its ancestors and itself, dense: the definition `fast`'s
+    `tree_attention` must equal. query: (H, N, D); key, value: (Hk, N, D), query head h reading key
+    head h // (H / Hk); parent: (N,) parent node or -1, parents before children. Returns (N, H, Dv)."""
+    import torch
+
+    n = len(parent)
+    visible = torch.zeros(n, n, dtype=torch.bool)  # (N, N) query node, key node
+    for i, p in enumerate(parent):
+        if p >= 0:
+            visible[i] = visible[p]
+        visible[i, i] = True
+    groups = query.shape[0] // key.shape[0]
+    k, v = key.repeat_interleave(groups, 0), value.repeat_interleave(groups, 0)  # (H, N, D)
+    scores = (query @ k.transpose(-1, -2) * scale).masked_fill(~visible, float("-inf"))  # (H, N, N)
+    return (scores.softmax(-1) @ v).transpose(0, 1)

@@ -67,8 +67,10 @@ def _tree_attention_forward(module, query, key, value, attention_mask, dropout=0
         run.errors.append(f"its attention has a sliding window of {window} tokens, shorter than the batch's rows")
     if query.shape[0] != 1:
         run.errors.append("its attention was called with a batch of several sequences")
+    if dropout:
+        run.errors.append(f"its attention applies dropout ({dropout}): call model.eval() or set attention_dropout=0")
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    out = tree_attention(query[0], key[0], value[0], run.plan, scale=scale, dropout=dropout)  # (N, H, D)
+    out = tree_attention(query[0], key[0], value[0], run.plan, scale=scale)  # (N, H, D)
     return out.unsqueeze(0), None
 
 

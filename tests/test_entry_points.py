@@ -128,9 +128,9 @@ BENCH_RUNS = {
         [
             *("--fractions", "0.6", "--tree-prompts", "1", "--tree-group", "2", "--tree-prompt-len", "4"),
             *("--tree-completion", "8", "--tree-layers", "1", "--tree-hidden", "16", "--tree-vocab", "32"),
-            *("--repeats", "1"),
+            *("--repeats", "1", "--quick", "--tree-leaves", "2", "--tree-completions", "1024", "--tree-kinds", "tree"),
         ],
-        ["tree_forward_cpu.md", "tree_forward_cpu.png"],
+        ["tree_forward_cpu.md", "tree_forward_cpu.png", "tree_forward_cpu_lengths_quick.md"],
     ),
 }
 SCALE = (["--scale", "--prompts", "2", "--length", "16", "--repeats", "1"], ["scale_cpu.md", "scale_cpu.json"])

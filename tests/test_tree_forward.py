@@ -366,3 +366,112 @@ def test_models_whose_logits_are_not_the_lm_head_go_through_their_own_logits(mon
     ref = row_logprobs(model, *batch, temperature=0.7)
     torch.testing.assert_close(logp, ref, rtol=0, atol=1e-12)
     _assert_same_gradients(model, logp, ref, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- the attention itself (P3)
+def _rows_batch(rows: list[list[int]]):
+    """Rows given as whole token sequences: a one-token prompt, then the rest as the completion."""
+    b, t = len(rows), max(len(r) for r in rows) - 1
+    completion_ids = torch.zeros(b, t, dtype=torch.long)
+    completion_mask = torch.zeros(b, t, dtype=torch.long)
+    for i, r in enumerate(rows):
+        completion_ids[i, : len(r) - 1] = torch.tensor(r[1:])
+        completion_mask[i, : len(r) - 1] = 1
+    prompt_ids = torch.tensor([[r[0]] for r in rows])
+    return prompt_ids, torch.ones(b, 1, dtype=torch.long), completion_ids, completion_mask
+
+
+def _long_rows(seed: int = 0) -> list[list[int]]:
+    """Segments and ancestor runs on both sides of the CPU flash kernel's blocks (queries split by
+    32, 64 or 256, keys by 512): a row of 700; rows forking from it at 1, 64, 511, 513 and 699; a
+    copy of it (no own node); its extension by one token; a row of 33 from another first token."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(1, VOCAB, (700,), generator=g).tolist()
+    fork = {1: 600, 64: 1, 511: 257, 513: 65, 699: 33}
+    rows = [base, list(base), base + [1]]
+    for depth, own in fork.items():
+        tail = torch.randint(1, VOCAB, (own,), generator=g).tolist()
+        tail[0] = (base[depth] % (VOCAB - 1)) + 1  # differs from the base row at `depth`
+        rows.append(base[:depth] + tail)
+    rows.append([0] + torch.randint(1, VOCAB, (32,), generator=g).tolist())
+    return rows
+
+
+@pytest.mark.parametrize("kernel", ["flash_cpu", "math"])
+@pytest.mark.parametrize("heads", [(4, 2), (3, 3)])
+def test_tree_attention_equals_the_dense_reference_across_kernel_blocks(kernel, heads):
+    from tempo_rl.fast.tree_forward_torch import attention_plan, tree_attention
+    from tempo_rl.reference.tree_forward import tree_attention_ref
+
+    p = pack(*_rows_batch(_long_rows()))
+    plan = attention_plan(p)
+    assert len(plan.segment_length) == 8 and {1, 600, 636} <= set(plan.segment_length)  # the copy owns nothing
+    assert {0, 1, 511, 513, 699, 700} <= {a.numel() for a in plan.ancestors}
+    h, hk = heads
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (
+        torch.randn(x, p.num_nodes, 8, dtype=torch.float64, generator=g, requires_grad=True) for x in (h, hk, hk)
+    )
+    out = tree_attention(q, k, v, plan, scale=0.4, kernel=kernel)
+    ref = tree_attention_ref(q, k, v, p.parent.tolist(), scale=0.4)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    w = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for got, want in zip(
+        torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+
+
+def test_tree_attention_keeps_for_the_backward_only_what_is_linear_in_nodes():
+    """No per-segment key copies and no (queries x keys) probabilities are kept: the saved tensors are
+    the inputs, the output and the log-sum-exp, whatever the depth (16 rows of 700 share one path)."""
+    from tempo_rl.fast.tree_forward_torch import attention_plan, tree_attention
+
+    rows = _long_rows()
+    p = pack(*_rows_batch(rows + [r[:-1] + [0] for r in rows]))
+    q, k, v = (torch.randn(x, p.num_nodes, 8, requires_grad=True) for x in (4, 2, 2))
+    saved: list[int] = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        tree_attention(q, k, v, attention_plan(p), scale=0.4)
+    assert sum(saved) <= (4 + 2 + 2 + 4) * p.num_nodes * 8 + 4 * p.num_nodes  # q, k, v, out, lse
+
+
+def test_tree_logprobs_equal_each_row_alone_on_long_segments():
+    """The model end to end on rows of up to 700 tokens (forks at 1, 64, 511, 513, 699), float64."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+    )
+    model = _exact_norms(Qwen2ForCausalLM(cfg).double())
+    batch = _rows_batch(_long_rows(seed=2))
+    logp = tree_logprobs(model, *batch)
+    ref = row_logprobs(model, *batch)
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-10)
+    _assert_same_gradients(model, logp, ref, rel=1e-10)
+
+
+def test_attention_dropout_is_refused_in_training_mode():
+    model = _model("qwen2", seed=3)
+    model.config.attention_dropout = 0.1
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    ids, ones = torch.tensor([[3, 4]]), torch.ones(1, 2, dtype=torch.long)
+    model.train()
+    with pytest.raises(ValueError, match="dropout"):
+        tree_logprobs(model, ids, ones, ids, ones)
+    model.eval()
+    assert torch.isfinite(tree_logprobs(model, ids, ones, ids, ones)).all()
