@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .policy_loss_torch import ItemCounts, ItemTargets
+from .tree_attention import subtree_end, tree_attention_dfs
 
 
 @dataclass
@@ -150,6 +151,15 @@ class AttentionPlan:
     segment_length: list[int]
     ancestors: list[torch.Tensor]
     num_nodes: int
+    parent: torch.Tensor  # (N,) the packing's parents: the "dfs" kernel reads the layout from them
+    _subtree_end: torch.Tensor | None = None
+
+    def subtree_end(self) -> torch.Tensor:
+        """(N,) int64 one past each node's subtree in the packed (preorder) order; computed once per
+        plan, so every layer of a forward shares it."""
+        if self._subtree_end is None:
+            self._subtree_end = subtree_end(self.parent)
+        return self._subtree_end
 
 
 def attention_plan(p: Packing) -> AttentionPlan:
@@ -163,6 +173,7 @@ def attention_plan(p: Packing) -> AttentionPlan:
         [own[i] for i in keep],
         [sorted_nodes[i, : lcp[i]] for i in keep],
         p.num_nodes,
+        p.parent,
     )
 
 
@@ -218,12 +229,16 @@ def _math_backward(grad, q, k, v, out, lse, causal: bool, scale: float):
 
 
 KERNELS = {"flash_cpu": (_flash_cpu_forward, _flash_cpu_backward), "math": (_math_forward, _math_backward)}
+# "dfs": the whole tree in one call of `fast/tree_attention.tree_attention_dfs` (Triton on CUDA; on CPU
+# only under TRITON_INTERPRET=1), no segments, no gathered ancestors.
+KERNEL_NAMES = (*KERNELS, "dfs")
 
 
 def default_kernel(device: torch.device) -> str:
-    """torch's CPU flash kernel on CPU (keeps only the output and the log-sum-exp); elsewhere the
-    chunked math kernel, exact and bounded but not fast."""
-    return "flash_cpu" if device.type == "cpu" else "math"
+    """torch's CPU flash kernel on CPU (keeps only the output and the log-sum-exp); the Triton tree
+    kernel on CUDA (no mask, no path copies, O(N) kept for the backward: P6); elsewhere the chunked
+    math kernel, exact and bounded but not fast."""
+    return {"cpu": "flash_cpu", "cuda": "dfs"}.get(device.type, "math")
 
 
 def tree_attention(
@@ -245,7 +260,12 @@ def tree_attention(
     the log-sum-exp, and merged by it. Work: each (query, visible key) pair once. Memory kept for
     the backward: the inputs, the output and the (H, N) log-sum-exp; the ancestors' keys and values
     are gathered per segment and again in the backward, never stored."""
-    fwd, bwd = KERNELS[kernel or default_kernel(query.device)]
+    name = kernel or default_kernel(query.device)
+    if name not in KERNEL_NAMES:
+        raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
+    if name == "dfs":
+        return tree_attention_dfs(query, key, value, plan.subtree_end(), scale=scale)
+    fwd, bwd = KERNELS[name]
     return _TreeAttention.apply(query, key, value, plan, scale, fwd, bwd)
 
 

@@ -132,6 +132,26 @@ def _grads(model, logp, weights):
     temperature=1.0,
 )
 def test_tree_logprobs_equal_each_row_alone(family, batch, temperature):
+    _check_tree_logprobs_equal_each_row_alone(family, batch, temperature)
+
+
+@pytest.mark.parametrize("kernel", ["math", "dfs"])
+@pytest.mark.parametrize("family", sorted(MODELS))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=tree_batches(), temperature=st.sampled_from([1.0, 0.7]))
+def test_tree_logprobs_equal_each_row_alone_on_every_attention_kernel(kernel, family, batch, temperature):
+    """The same property through the other kernels of `tree_attention`: the chunked math kernel (off
+    CPU and CUDA) and "dfs", the Triton tree kernel CUDA runs by default (here in Triton's interpreter,
+    which tests/conftest.py switches on)."""
+    from unittest import mock
+
+    from tempo_rl.fast import tree_forward_torch
+
+    with mock.patch.object(tree_forward_torch, "default_kernel", lambda device: kernel):
+        _check_tree_logprobs_equal_each_row_alone(family, batch, temperature)
+
+
+def _check_tree_logprobs_equal_each_row_alone(family, batch, temperature):
     model = MODELS[family]
     logp = tree_logprobs(model, *batch, temperature=temperature)
     ref = row_logprobs(model, *batch, temperature=temperature)
