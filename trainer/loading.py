@@ -224,6 +224,7 @@ def prepare(cfg: TrainConfig) -> Setup:
             setup.state = checkpoint.load_state(setup.resume_from)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
+        run_dir.check_resume_target(cfg, setup.resume_from, setup.state)
         check_resume(setup.state, cfg, setup.resume_from)
         run_dir.check_steps_left(setup.state, cfg, setup.resume_from)
         run_dir.discard_later(run_dir.check_later_checkpoints(cfg, setup.resume_from, setup.state["step"]))
@@ -249,6 +250,7 @@ class Run:
     autocast_dtype: Any  # torch.bfloat16 under --dtype bfloat16, else None
     tree: Any  # the tree sampler's config; None: independent samples through `generate`
     chance: ChanceToken | None  # an environment token inside each response, or None
+    run_id: str  # which run the output directory holds (its manifest and every checkpoint say so)
 
 
 def start_run(cfg: TrainConfig, setup: Setup) -> Run:
@@ -259,16 +261,18 @@ def start_run(cfg: TrainConfig, setup: Setup) -> Run:
     if cfg.overwrite and not cfg.resume:
         clear_run(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_dir.write_manifest(out_dir, run_dir.run_names(cfg))
+    run_id = run_id_of(setup, out_dir)
+    run_dir.write_manifest(out_dir, run_dir.run_names(cfg), run_id)
     base = model_path(cfg)
     tokenizer, model = load_policy(setup.resume_from or base, setup.device, cfg.gradient_checkpointing)
+    check_finite_weights(model, cfg, setup.resume_from)
     model.eval()
     ref_model = None
     if cfg.kl_coef:
         ref_model = load_policy(base, setup.device)[1].eval().requires_grad_(False)
     opt, sched = make_optimizer(model, cfg)
     seed_everything(cfg.seed)  # after any model building, so a cached and a fresh base sample alike
-    start = resume(setup, opt, sched)
+    start = resume(setup, opt, sched, cfg)
     for log_file in ("metrics.jsonl", "rollouts.jsonl"):
         keep_rows_up_to(out_dir / log_file, start)
     metrics = MetricLog(out_dir, cfg)
@@ -277,13 +281,36 @@ def start_run(cfg: TrainConfig, setup: Setup) -> Run:
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     chance = chance_token(tokenizer, cfg)
     return Run(cfg, setup, out_dir, tokenizer, model, ref_model, opt, sched, metrics, start, autocast_dtype,
-               cfg.tree_config(), chance)  # fmt: skip
+               cfg.tree_config(), chance, run_id)  # fmt: skip
 
 
-def resume(setup: Setup, opt, sched) -> int:
+def run_id_of(setup: Setup, out_dir: Path) -> str:
+    """A resumed run keeps its id (the checkpoint's, else the directory's); a new run gets a fresh one."""
+    if setup.state is None:
+        return run_dir.new_run_id()
+    return setup.state.get("run_id") or run_dir.manifest_run_id(out_dir) or run_dir.new_run_id()
+
+
+def check_finite_weights(model, cfg: TrainConfig, resume_from: Path | None) -> None:
+    """Weights with a NaN or inf (a flipped word in a checkpoint whose sizes and headers are intact)
+    are refused before the first step, naming the tensor, rather than failing deep inside sampling."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            why = f"{int((~torch.isfinite(param)).sum())} NaN or inf values in weight {name!r}"
+            if resume_from is None:
+                raise UsageError(f"model {cfg.model!r}: {why}; the weights are damaged")
+            raise run_dir.damaged(cfg, resume_from, f"checkpoint {resume_from} is damaged: {why}")
+
+
+def resume(setup: Setup, opt, sched, cfg: TrainConfig) -> int:
     """Restore the optimizer, scheduler and RNG of the checkpoint; the step to start at (0: fresh)."""
     if setup.state is None:
         return 0
+    for index, slots in setup.state["optimizer"].get("state", {}).items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                why = f"checkpoint {setup.resume_from} is damaged: NaN or inf in the optimizer's {slot} of parameter {index}"
+                raise run_dir.damaged(cfg, setup.resume_from, why)
     opt.load_state_dict(setup.state["optimizer"])
     sched.load_state_dict(setup.state["scheduler"])
     checkpoint.set_rng_state(setup.state["rng"])
