@@ -466,3 +466,46 @@ def test_a_lock_that_cannot_be_cleaned_up_masks_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "unlink", denied)
     run_dir.unlock_run(lock, tmp_path)
     assert not lock.is_locked
+
+
+# ----------------------------------------------------------------------------- limits before the first step
+def test_a_prompt_longer_than_the_context_is_refused_before_sampling(tiny_path, here, capsys, monkeypatch):
+    """100k characters against the tiny model's 64 positions: one line naming the row, no sampling."""
+    rows = [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(10, 40)]
+    rows[7]["prompt"] = "1+" * 50_000 + "1="
+    (here / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled")
+
+    monkeypatch.setattr("tempo_rl.trainer.train.sample_groups", never)
+    rc, _, err = _train(_args(tiny_path, "out", "--dataset", "long.jsonl"), capsys)
+    line = _one_line(err)
+    assert rc == 2 and "long.jsonl:8: the prompt is" in line and "context of 64 positions" in line
+
+
+def test_the_smallest_temperature_accepted_trains_finitely(tiny_path, here, capsys):
+    """1e-45 is refused (test_cli_errors); at the bound, log-probs and gradients stay finite."""
+    from tempo_rl.trainer.config import MIN_TEMPERATURE
+
+    rc, _, err = _train(_args(tiny_path, "out", "--temperature", str(MIN_TEMPERATURE)), capsys)
+    assert rc == 0, err
+    rows = [json.loads(r) for r in (here / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(
+        all(v == v and abs(v) != float("inf") for v in r.values() if isinstance(v, float)) for r in rows
+    )
+
+
+def test_bench_out_on_a_read_only_filesystem_is_refused_before_the_benchmark(here, capsys):
+    """A real read-only directory (a read-only bind mount; as root, chmod does not stop writes)."""
+    _need_mount()
+    ro = here / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        rc = cli.main(["bench", "--quick", "--out", str(ro / "results")])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "results cannot be written there (Read-only file system)" in err
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

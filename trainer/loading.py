@@ -20,9 +20,9 @@ from tempo_rl import extras
 
 from . import checkpoint, run_dir
 from .config import TrainConfig, UsageError
-from .data import BUILTIN_TASKS, CHANCE_TOKENS, Example, hold_out, load_dataset, reward_columns
+from .data import BUILTIN_TASKS, CHANCE_TOKENS, Example, hold_out, load_dataset, prompt_text, reward_columns
 from .logs import LOGGER_MODULES, MetricLog
-from .rewards import RewardFunction, check_reward_arguments, load_reward_functions
+from .rewards import RewardFunction, check_answers, check_reward_arguments, load_reward_functions
 from .rollout import ChanceToken, SamplingConfig
 from .run_dir import check_output_dir, check_resume, clear_run, keep_rows_up_to
 
@@ -216,6 +216,8 @@ def prepare(cfg: TrainConfig) -> Setup:
     rewards = load_reward_functions(cfg.reward, cfg.reward_weights)
     check_reward_arguments(rewards, list(reward_columns(examples[:1000])))
     eval_rewards = load_reward_functions(cfg.eval_reward) if cfg.eval_reward else rewards
+    check_answers(rewards, examples)
+    check_answers(eval_rewards, evals)
     setup = Setup(device, examples, evals if cfg.eval_every else [], rewards, eval_rewards)
     if cfg.resume:
         try:
@@ -266,6 +268,7 @@ def start_run(cfg: TrainConfig, setup: Setup) -> Run:
     base = model_path(cfg)
     tokenizer, model = load_policy(setup.resume_from or base, setup.device, cfg.gradient_checkpointing)
     check_finite_weights(model, cfg, setup.resume_from)
+    check_prompt_lengths(tokenizer, model, setup.examples + setup.evals, cfg)
     model.eval()
     ref_model = None
     if cfg.kl_coef:
@@ -289,6 +292,42 @@ def run_id_of(setup: Setup, out_dir: Path) -> str:
     if setup.state is None:
         return run_dir.new_run_id()
     return setup.state.get("run_id") or run_dir.manifest_run_id(out_dir) or run_dir.new_run_id()
+
+
+def context_length(model) -> int | None:
+    """The most positions the model takes (its config's max_position_embeddings or n_positions)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_lengths(tokenizer, model, examples: list[Example], cfg: TrainConfig) -> None:
+    """Every prompt plus --max-new-tokens fits the model's context, checked before the first step: a
+    longer one would grow the sampler's memory without bound, or fail deep inside the model. Only
+    prompts that might not fit are tokenized (a token covers at least one UTF-8 byte)."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    room = limit - cfg.max_new_tokens
+    if room < 1:
+        raise UsageError(
+            f"max_new_tokens (--max-new-tokens) {cfg.max_new_tokens} leaves no room for a prompt in the "
+            f"model's context of {limit} positions; lower it"
+        )
+    for e in examples:
+        text = prompt_text(e.prompt)
+        if len(text.encode("utf-8")) + 16 <= room:  # 16: special tokens and a chat template's few
+            continue
+        n = len(tokenizer(text)["input_ids"])
+        if n > room:
+            raise UsageError(
+                f"{e.where or 'dataset'}: the prompt is {n} tokens, and with max_new_tokens "
+                f"{cfg.max_new_tokens} it exceeds the model's context of {limit} positions; shorten it, "
+                "drop the row, or lower --max-new-tokens"
+            )
 
 
 def check_finite_weights(model, cfg: TrainConfig, resume_from: Path | None) -> None:
