@@ -1,8 +1,8 @@
 """The run directory: what a run writes into `output_dir`, when, and what may ever delete it.
 
 What a run writes, and when:
-- `run_manifest.json`, first, before anything else: the names (below) this run writes. It is the
-  only list `--overwrite` deletes from.
+- `run_manifest.json`, first, before anything else: the run's id and the names (below) it writes.
+  It is the only list `--overwrite` deletes from. Every checkpoint records the same run id.
 - `.tempo-rl.lock` and `.tempo-rl.lock.json` while it runs: a lock (filelock) that a second
   `tempo-rl train` on the same directory meets and refuses on, and the pid, host and start time
   of the holder, which the refusal names. A lock whose holder died is released by the operating
@@ -11,17 +11,26 @@ What a run writes, and when:
   `rollouts.jsonl` with --dump-rollouts-every, `tb/` and `wandb/` with --report-to.
 - `checkpoints/step_NNNNNN/` at --save-every and after the last step, each written into a hidden
   temporary directory and renamed into place (trainer/checkpoint.py); a failed save (disk full,
-  permission lost) removes its temporary directory at once and stops the run with one line.
+  permission lost, a read-only file system, whatever library raised it: safetensors, json, the OS)
+  removes its temporary directory at once and stops the run with one line naming the path and the
+  fix. The lock's clean-up never replaces that line with an error of its own. The write order
+  (`checkpoints/written.json`) is updated before the rename, so a kill between the two never hides
+  the newest checkpoint from `--resume latest`.
 
 What may delete something:
 - `--overwrite` (a new run in a directory that holds one) deletes the names listed in the
   directory's run_manifest.json, and nothing else. A directory holding run files that no manifest
   lists is refused: delete them yourself. The output directory is never the model's directory or
   inside it, and a model inside the output directory is refused when --overwrite would delete it.
-- `--resume CKPT` continues CKPT under the options it was saved with (MAY_CHANGE_ON_RESUME lists
-  the ones that may differ), drops the metrics and rollouts rows written after its step (they are
-  written again, identically), and refuses when checkpoints of later steps exist, since rotation
-  would delete them: `--discard-later` deletes those up front and continues.
+- `--resume CKPT` writes only into the run directory CKPT belongs to (the one above its
+  `checkpoints/`, holding the run id CKPT records); another `--output-dir` is refused, naming both
+  directories, before anything is written. It continues CKPT under the options it was saved with
+  (MAY_CHANGE_ON_RESUME lists the ones that may differ), drops the metrics and rollouts rows
+  written after its step (they are written again, identically), and refuses when checkpoints of
+  later steps exist, since rotation would delete them: `--discard-later` deletes those up front and
+  continues. A damaged checkpoint (a file missing or truncated, or weights or optimizer state
+  holding NaN or inf) is refused, offering the newest intact one with the flags that resuming it
+  takes.
 - Checkpoint rotation (--keep-checkpoints) deletes the oldest checkpoints by write order.
 """
 
