@@ -365,15 +365,17 @@ def test_nan_in_the_optimizer_state_is_refused(tiny_path, here, capsys):
 
 
 # ----------------------------------------------------------------------------- a real full disk, a real read-only directory
-def _need_mount() -> None:
+SAVE_COVERED = (
+    "test_a_safetensors_error_is_one_line, test_a_failed_save_is_one_line_and_leaves_no_partial_checkpoint "
+    "and test_a_lock_that_cannot_be_cleaned_up_masks_nothing"
+)
+
+
+def _need_mount(covered_by: str = SAVE_COVERED) -> None:
     """Mounting needs root. Elsewhere the test is skipped, naming the tests that cover the same fix
-    with the library's own error injected; as root a failing mount fails the test."""
+    without a mount; as root a failing mount fails the test."""
     if os.geteuid() != 0:
-        pytest.skip(
-            "mounting a filesystem needs root; the same fixes are covered without it by "
-            "test_a_safetensors_error_is_one_line, test_a_failed_save_is_one_line_and_leaves_no_partial_checkpoint "
-            "and test_a_lock_that_cannot_be_cleaned_up_masks_nothing"
-        )
+        pytest.skip(f"mounting a filesystem needs root; the same fix is covered without it by {covered_by}")
 
 
 @contextmanager
@@ -498,7 +500,7 @@ def test_the_smallest_temperature_accepted_trains_finitely(tiny_path, here, caps
 
 def test_bench_out_on_a_read_only_filesystem_is_refused_before_the_benchmark(here, capsys):
     """A real read-only directory (a read-only bind mount; as root, chmod does not stop writes)."""
-    _need_mount()
+    _need_mount("test_cli_errors.py's bench --out a_file/results and /proc/results rows")
     ro = here / "ro"
     ro.mkdir()
     subprocess.run(["mount", "--bind", str(ro), str(ro)], check=True)

@@ -1,9 +1,11 @@
 """Prompts with verifiable answers: a data file or saved dataset, or a built-in task.
 
-Files: JSONL (read directly), or JSON, CSV, Parquet files and directories written by
-`datasets.Dataset.save_to_disk` (read with the `datasets` library). Each row needs a prompt column
+Files: JSONL (read directly; a UTF-8 byte order mark is allowed), or JSON, CSV, Parquet files and
+directories written by `datasets.Dataset.save_to_disk` (read with the `datasets` library; a CSV
+cell is text as written, so "None" or "0042" stays that text). Each row needs a prompt column
 (text, or a chat: a list of `{"role", "content"}` messages, as in TRL's conversational datasets) and
-an answer column; every other column is kept for batched reward functions.
+an answer column; every other column is kept for batched reward functions. Answers keep their type
+(a JSON number, list or dict reaches the reward as one).
 
 The built-in `add` task is the embedded demo. A prompt is "47+38=" and the response works the sum
 column by column before answering, e.g. "7+8=15,4+3+1=8;85". Every problem carries (the ones

@@ -7,6 +7,9 @@ Two signatures are accepted, told apart by the parameter names:
   `None` means "does not apply to this sample" and adds nothing, as in TRL.
 - the per-sample form `fn(completion, answer) -> float`, called once per sample.
 
+Answers arrive as the dataset holds them (text, a number, a list, ...). The built-in rewards read
+text or a number; a row whose answer they cannot score is refused before the model loads.
+
 Several functions are summed with weights. A function that raises, calls `sys.exit`, runs past its time
 limit, or returns something that is not a finite number scores 0 on the samples concerned, with one
 warning per function and batch that names the function and the first sample. When every call of a
