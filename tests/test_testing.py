@@ -567,3 +567,12 @@ def test_the_report_says_what_ran_not_what_was_asked(capsys):
     edge = len(tt.check.EDGE)
     assert f"48 random batches (30 asked for, 2 per option setting) and {edge} pinned edge cases" in head
     assert f"24 option settings ({48 + 24 * edge} batches in all)" in head
+
+
+def test_a_function_that_exits_is_a_counterexample_not_a_pass(capsys):
+    def exits(*args, **options):
+        raise SystemExit(0)
+
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(exits, max_examples=5, seed=0)
+    assert info.value.property == "accepts" and "raised SystemExit" in str(info.value)

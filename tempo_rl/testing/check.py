@@ -396,7 +396,7 @@ def _call(trial: Trial, run: _Run, case: Case, **override: Any) -> torch.Tensor:
     run.progress.calls += 1
     try:
         returned = run.impl.call(case, options)
-    except Exception as e:  # the function under test failing on valid input is a counterexample
+    except (Exception, SystemExit) as e:  # failing on valid input is a counterexample (sys.exit too)
         hint = ""
         if isinstance(e, TypeError) and "keyword" in str(e):
             hint = " (declare the options it takes: plain(fn, supports=(...)))"
