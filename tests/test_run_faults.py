@@ -353,6 +353,19 @@ def test_nan_weights_in_a_checkpoint_are_refused_before_training(tiny_path, here
     assert "probability tensor" not in err
 
 
+def test_nan_weights_refused_before_discard_later_deletes_anything(tiny_path, here, capsys):
+    """--resume <older, damaged> --discard-later: refused, and the later checkpoints are all kept."""
+    ckpts = _two_checkpoints(tiny_path, here, capsys)
+    model_file = ckpts / "step_000001" / "model.safetensors"
+    raw = model_file.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    _flip_to_nan(model_file, sorted(k for k in header if k != "__metadata__")[0])
+    args = _args(tiny_path, "out", "--steps", "3", "--resume", str(ckpts / "step_000001"), "--discard-later")
+    rc, _, err = _train(args, capsys)
+    assert rc == 2 and "NaN or inf" in _one_line(err)
+    assert [p.name for p in checkpoint.list_checkpoints(ckpts)] == ["step_000001", "step_000002"]
+
+
 def test_nan_in_the_optimizer_state_is_refused(tiny_path, here, capsys):
     ckpts = _two_checkpoints(tiny_path, here, capsys)
     state_file = ckpts / "step_000002" / checkpoint.TENSOR_FILE

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,7 @@ class Setup:
     eval_rewards: list[RewardFunction]
     resume_from: Path | None = None
     state: dict[str, Any] | None = None
+    discard: list[Path] = field(default_factory=list)  # --discard-later: checkpoints of abandoned steps
 
 
 def prepare(cfg: TrainConfig) -> Setup:
@@ -229,7 +230,9 @@ def prepare(cfg: TrainConfig) -> Setup:
         run_dir.check_resume_target(cfg, setup.resume_from, setup.state)
         check_resume(setup.state, cfg, setup.resume_from)
         run_dir.check_steps_left(setup.state, cfg, setup.resume_from)
-        run_dir.discard_later(run_dir.check_later_checkpoints(cfg, setup.resume_from, setup.state["step"]))
+        check_finite_state(setup, cfg)
+        # deleted once the checkpoint's weights have loaded and proved finite (start_run)
+        setup.discard = run_dir.check_later_checkpoints(cfg, setup.resume_from, setup.state["step"])
     else:
         check_output_dir(cfg)
     return setup
@@ -269,13 +272,14 @@ def start_run(cfg: TrainConfig, setup: Setup) -> Run:
     tokenizer, model = load_policy(setup.resume_from or base, setup.device, cfg.gradient_checkpointing)
     check_finite_weights(model, cfg, setup.resume_from)
     check_prompt_lengths(tokenizer, model, setup.examples + setup.evals, cfg)
+    run_dir.discard_later(setup.discard)
     model.eval()
     ref_model = None
     if cfg.kl_coef:
         ref_model = load_policy(base, setup.device)[1].eval().requires_grad_(False)
     opt, sched = make_optimizer(model, cfg)
     seed_everything(cfg.seed)  # after any model building, so a cached and a fresh base sample alike
-    start = resume(setup, opt, sched, cfg)
+    start = resume(setup, opt, sched)
     for log_file in ("metrics.jsonl", "rollouts.jsonl"):
         keep_rows_up_to(out_dir / log_file, start)
     metrics = MetricLog(out_dir, cfg)
@@ -330,6 +334,16 @@ def check_prompt_lengths(tokenizer, model, examples: list[Example], cfg: TrainCo
             )
 
 
+def check_finite_state(setup: Setup, cfg: TrainConfig) -> None:
+    """The checkpoint's optimizer state holds no NaN or inf (checked before anything is deleted)."""
+    assert setup.state is not None and setup.resume_from is not None
+    for index, slots in setup.state["optimizer"].get("state", {}).items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                why = f"NaN or inf in the optimizer's {slot} of parameter {index}"
+                raise run_dir.damaged(cfg, setup.resume_from, f"checkpoint {setup.resume_from} is damaged: {why}")
+
+
 def check_finite_weights(model, cfg: TrainConfig, resume_from: Path | None) -> None:
     """Weights with a NaN or inf (a flipped word in a checkpoint whose sizes and headers are intact)
     are refused before the first step, naming the tensor, rather than failing deep inside sampling."""
@@ -341,15 +355,10 @@ def check_finite_weights(model, cfg: TrainConfig, resume_from: Path | None) -> N
             raise run_dir.damaged(cfg, resume_from, f"checkpoint {resume_from} is damaged: {why}")
 
 
-def resume(setup: Setup, opt, sched, cfg: TrainConfig) -> int:
+def resume(setup: Setup, opt, sched) -> int:
     """Restore the optimizer, scheduler and RNG of the checkpoint; the step to start at (0: fresh)."""
     if setup.state is None:
         return 0
-    for index, slots in setup.state["optimizer"].get("state", {}).items():
-        for slot, value in slots.items():
-            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
-                why = f"checkpoint {setup.resume_from} is damaged: NaN or inf in the optimizer's {slot} of parameter {index}"
-                raise run_dir.damaged(cfg, setup.resume_from, why)
     opt.load_state_dict(setup.state["optimizer"])
     sched.load_state_dict(setup.state["scheduler"])
     checkpoint.set_rng_state(setup.state["rng"])
