@@ -134,7 +134,7 @@ class Trial:
 
 
 def _copied(case: Case) -> Case:
-    """The same values in memory of their own (layouts kept: clone preserves strides)."""
+    """The same values in memory of their own (a contiguous batch stays contiguous)."""
     ids = case.group_ids
     ids = ids.clone() if isinstance(ids, torch.Tensor) else ids.copy() if isinstance(ids, np.ndarray) else list(ids)
     loss = None if case.loss_mask is None else case.loss_mask.clone()
