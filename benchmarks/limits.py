@@ -4,6 +4,8 @@ failure is a `UsageError` (one line, exit 2) naming the flag."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 from tempo_rl.cli import UsageError, int_at_least
@@ -34,7 +36,22 @@ def check_fits(what: str, need_bytes: float) -> None:
 
 
 def check_out(out: Path | str) -> None:
-    """`--out` names a directory (made if missing), never an existing file."""
+    """`--out` names a directory (made if missing), never an existing file, in which a file can be
+    written: checked before the benchmark runs, by writing one, so its results are never lost at the
+    end. Directories made for the check are removed again."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path}: an existing file; give a directory for the results")
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tempo-rl-write-check-"):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"--out {path}: results cannot be written there ({e.strerror or e}); give a writable directory"
+        ) from None
+    finally:
+        for directory in made:  # deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()

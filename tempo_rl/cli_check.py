@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             batch_invariant=args.batch_invariant,
             max_examples=args.max_examples,
             seed=args.seed,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except testing.Counterexample as e:
         print(e)

@@ -10,9 +10,11 @@ groups about a second.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
+import numpy as np
 import torch
 
 from ._validate import shift_rows, validate
@@ -54,12 +56,12 @@ def _sample_groups(
 
 def _check_budget(*, atol: Any, max_groups: Any, max_tokens: Any) -> None:
     """A tolerance that compares (finite, >= 0) and a sample that holds at least one group."""
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)):
+    if isinstance(atol, (bool, np.bool_)) or not isinstance(atol, numbers.Real):  # numpy scalars are Real
         raise TypeError(f"atol must be a real number, got {type(atol).__name__}")
     if not math.isfinite(atol) or atol < 0:
         raise ValueError(f"atol must be a finite number >= 0, got {atol}")
     for name, value in (("max_groups", max_groups), ("max_tokens", max_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}: the check would compare nothing")
@@ -72,6 +74,19 @@ def _check_advantages(advantages: Any, shape: tuple[int, int]) -> None:
         raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected {shape} like responses")
     if not advantages.dtype.is_floating_point:
         raise TypeError(f"advantages must be a float tensor, got dtype {advantages.dtype}")
+
+
+def _check_finite(advantages: torch.Tensor, batch: Any) -> None:
+    """A NaN or inf anywhere is a mismatch, sampled group or not: the reference is finite on valid
+    input, and one pass over the tensor costs little next to the reference on the sample."""
+    bad = ~torch.isfinite(advantages)
+    if bool(bad.any()):
+        row, t = (int(i) for i in torch.nonzero(bad)[0])
+        gid = batch.group_keys[int(batch.group_index[row])]
+        raise AdvantageMismatch(
+            f"advantages hold {int(bad.sum())} NaN or inf values; the first in group {gid!r}, row {row}, "
+            f"token {t}: {float(advantages[row, t])} (the reference is finite on every valid batch)"
+        )
 
 
 def check_against_reference(
@@ -93,8 +108,9 @@ def check_against_reference(
     """Recompute `max_groups` sampled groups with backend="reference" and compare with
     `advantages` (B, L), the output of any backend on the same arguments.
 
-    A difference above atol * max(1, |A_ref|max), or a NaN or inf where the reference is finite,
-    raises AdvantageMismatch naming the group id, the batch row and the token. The sample always
+    A difference above atol * max(1, |A_ref|max) raises AdvantageMismatch naming the group id, the
+    batch row and the token; so does a NaN or inf anywhere in `advantages`, sampled group or not
+    (the whole tensor is checked for finiteness). The sample always
     holds one group, even one over `max_tokens`, then only groups that fit the budget.
 
     Raises ValueError (naming the argument) for a tolerance that is NaN, inf or negative,
@@ -103,6 +119,8 @@ def check_against_reference(
     _check_budget(atol=atol, max_groups=max_groups, max_tokens=max_tokens)
     batch = validate(responses, response_mask, rewards, group_ids, loss_mask)
     _check_advantages(advantages, batch.shape)
+    atol, max_groups, max_tokens = float(atol), int(max_groups), int(max_tokens)
+    _check_finite(advantages, batch)
     chosen = _sample_groups(batch.group_index, batch.lengths, max_groups=max_groups, max_tokens=max_tokens, seed=seed)
     if not chosen:
         return TrustReport(0, 0, 0, 0.0)

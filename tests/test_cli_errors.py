@@ -32,6 +32,16 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "not_saved").mkdir()
     (tmp_path / "not_saved" / "notes.txt").write_text("not a dataset")
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "seed_big.yaml").write_text("seed: 4294967296\n")
+    (tmp_path / "seed_digits.yaml").write_text("seed: " + "9" * 5000 + "\n")  # more digits than int() reads
+    (tmp_path / "seed_digits.json").write_text('{"seed": ' + "9" * 5000 + "}\n")
+    (tmp_path / "huge.yaml").write_text("seed: " + "9" * (1 << 21) + "\n")
+    (tmp_path / "long_list.yaml").write_text("seed: [" + ", ".join(["1"] * 100_000) + "]\n")
+    (tmp_path / "million_rewards.yaml").write_text("reward: [" + ", ".join(["numeric"] * 1_000_000) + "]\n")
+    levels = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]  # the 0.6 KB alias bomb
+    levels += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\nreward: [*i]\n")
+    (tmp_path / "surrogate.jsonl").write_text('{"prompt": "1+1=\\ud800", "answer": "2"}\n')
     return tmp_path
 
 
@@ -63,6 +73,32 @@ CASES = [
         None,
     ),
     (["train", "--steps", "0"], "--steps", None),
+    # train: limits checked before any work
+    (["train", "--seed", "4294967296"], "seed (--seed): Input should be less than or equal to 4294967295", None),
+    (["train", "--seed", "-1"], "seed (--seed)", None),
+    (["train", "--config", "seed_big.yaml"], "seed (--seed): Input should be less than or equal to 4294967295", None),
+    (["train", "--config", "seed_digits.yaml"], "--config seed_digits.yaml: Exceeds the limit (4300 digits)", None),
+    (["train", "--config", "seed_digits.json"], "--config seed_digits.json: Exceeds the limit (4300 digits)", None),
+    (["train", "--config", "huge.yaml"], "--config huge.yaml: 2097159 bytes, more than a config file's", None),
+    (
+        ["train", "--config", "long_list.yaml"],
+        "seed (--seed): Input should be a valid integer (given: [1, 1, 1, 1, ...])",
+        None,
+    ),
+    (
+        ["train", "--config", "million_rewards.yaml"],
+        "--config million_rewards.yaml: 9000009 bytes",
+        None,
+    ),
+    (["train", "--reward", *["numeric"] * 100_000], "reward (--reward): 100000 reward functions, more than 1024", None),
+    (["train", "--config", "bomb.yaml"], "--config bomb.yaml: line 2, column 8: a YAML alias (*name)", None),
+    (
+        ["train", "--temperature", "1e-45"],
+        "temperature (--temperature): Input should be greater than or equal to",
+        None,
+    ),
+    (["train", "--output-dir", ""], "output_dir (--output-dir): empty", None),
+    (["train", "--dataset", "surrogate.jsonl"], "surrogate.jsonl:1: 'prompt' holds '\\ud800' at character 4", None),
     (["train", "--steps", "x"], "argument --steps: invalid int value: 'x'", None),
     # train: datasets
     (["train", "--dataset", "latin1.jsonl"], "dataset 'latin1.jsonl': not UTF-8 text", None),
@@ -85,6 +121,9 @@ CASES = [
     (["bench", "--shape", "0x1x8"], "argument --shape", None),
     (["bench", "--shape", "8x4x" + HUGE], "--op advantage needs about", None),
     (["bench", "--quick", "--out", "a_file"], "--out a_file: an existing file", None),
+    (["bench", "--quick", "--out", "a_file/results"], "--out a_file/results: results cannot be written there", None),
+    (["bench", "--quick", "--out", "/proc/results"], "--out /proc/results: results cannot be written there", None),
+    (["bench", "--op", "policy_loss", "--out", "a_file/r", *TINY_POLICY], "--out a_file/r: results cannot", None),
     (["bench", "--op", "nope"], "argument --op: invalid choice: 'nope'", None),
     (["bench", "--device", "cuda"], "--device cuda: no CUDA device here", "no-cuda"),
     (["bench", "--op", "policy_loss", "--tokens", "-4"], "argument --tokens: must be at least 4, got -4", None),

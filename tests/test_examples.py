@@ -46,8 +46,20 @@ def test_example_config_is_valid_as_shipped():
     assert cfg.lr == 1e-6 and cfg.reward_weights == [1.0, 0.1] and cfg.clip_high == 0.28
 
 
+def _with_context(tiny_path: str, where: Path, positions: int) -> str:
+    """A copy of the tiny policy that declares `positions` positions (its rotary embeddings take any),
+    so the example's prompts (about 110 of its character tokens) fit the context the trainer checks."""
+    import shutil
+
+    shutil.copytree(tiny_path, where)
+    config = json.loads((where / "config.json").read_text())
+    (where / "config.json").write_text(json.dumps({**config, "max_position_embeddings": positions}))
+    return str(where)
+
+
 def test_tempo_rl_train_runs_the_example_config(tiny_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository root, as the README runs it
+    tiny_path = _with_context(tiny_path, tmp_path / "model", 256)
     out = tmp_path / "run"
     rc = cli.main(
         [

@@ -470,3 +470,109 @@ def test_the_reproduction_names_the_device():
     with pytest.raises(tt.Counterexample) as info:
         tt.check_implementation(tt.plain(doubled, device="cpu"), max_examples=5, seed=0)
     assert "responses = torch.tensor(" in str(info.value) and "device='cpu')" in str(info.value)
+
+
+# ------------------------------------------------------------------ the checker's blind spots, closed
+def _exact(responses, response_mask, rewards, group_ids, **options):
+    """The reference in the rewards' dtype."""
+    return tempo_rl.tempo_advantages(responses, response_mask, rewards, group_ids, backend="reference", **options)
+
+
+def assumes_right_padding(responses, response_mask, rewards, group_ids, **options):
+    """Right on right-padded batches: it reads each row's first n columns as the response."""
+    n = response_mask.bool().sum(1, keepdim=True)
+    right = torch.arange(responses.shape[1]) < n
+    return _exact(responses, right, rewards, group_ids, **options)
+
+
+def second_block_wrong(responses, response_mask, rewards, group_ids, **options):
+    """A block-based kernel whose blocks after the first (columns 32 on) lose their last bit."""
+    out = _exact(responses, response_mask, rewards, group_ids, **options)
+    out[:, 32:] *= 1 + 1e-9
+    return out
+
+
+def test_an_implementation_wrong_only_on_left_padding_is_caught_with_default_arguments():
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(assumes_right_padding)
+    message = str(info.value)
+    assert "left padded" in message and "response_mask = torch.tensor(" in message
+
+
+def test_an_implementation_wrong_only_past_column_32_is_caught_with_default_arguments():
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(second_block_wrong)
+    assert info.value.property in ("reference", "grpo") and info.value.trial.case.responses.shape[1] > 32
+
+
+def test_left_padded_batches_pass_an_implementation_that_reads_the_mask():
+    report = tt.check_implementation(_exact, max_examples=48, seed=3)
+    assert report.random == 48
+
+
+def test_a_nondeterministic_implementation_is_a_counterexample_not_a_traceback():
+    calls = [0]
+
+    def sometimes(*args, **options):
+        calls[0] += 1
+        out = _exact(*args, **options)
+        return out + 1.0 if calls[0] == 7 else out
+
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(sometimes, max_examples=50, seed=0)
+    assert "nondeterministic" in str(info.value)
+
+
+def test_a_meta_device_result_is_a_counterexample():
+    def meta(responses, *args, **options):
+        return torch.empty(responses.shape, device="meta")
+
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(meta, max_examples=5, seed=0)
+    assert info.value.property == "shape" and "meta device" in str(info.value)
+
+
+def test_writing_into_the_inputs_is_reported_with_the_original_batch():
+    def zeroes_rewards(responses, response_mask, rewards, group_ids, **options):
+        out = _exact(responses, response_mask, rewards, group_ids, **options)
+        rewards.zero_()
+        return out
+
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(zeroes_rewards, max_examples=20, seed=0)
+    assert info.value.property == "inputs" and "wrote into rewards" in str(info.value)
+    assert bool((info.value.trial.case.rewards != 0).any())  # the batch kept as handed over, not zeroed
+
+
+def test_a_correctly_rounded_float16_result_passes():
+    def half(*args, **options):
+        return _exact(*args, **options).half()
+
+    report = tt.check_implementation(half, max_examples=48, seed=0)
+    assert report.edge_cases == len(tt.check.EDGE)
+
+
+def test_a_slow_check_prints_progress():
+    lines: list[str] = []
+    tt.check_implementation(_exact, max_examples=24, seed=0, progress=lines.append, progress_every=0.0)
+    assert lines and "batches" in lines[0] and "about" in lines[0]
+
+
+def test_the_report_says_what_ran_not_what_was_asked(capsys):
+    """--max-examples 30 over 24 option settings runs 2 random batches each (48) and the 9 pinned
+    edge cases under every setting; the report says so instead of "264 batches"."""
+    assert cli_main(["check", "tempo_rl.reference:loop_tempo_advantages", "--adapter", "per-row",
+                     "--max-examples", "30", "--seed", "0"]) == 0  # fmt: skip
+    head = capsys.readouterr().out.splitlines()[0]
+    edge = len(tt.check.EDGE)
+    assert f"48 random batches (30 asked for, 2 per option setting) and {edge} pinned edge cases" in head
+    assert f"24 option settings ({48 + 24 * edge} batches in all)" in head
+
+
+def test_a_function_that_exits_is_a_counterexample_not_a_pass(capsys):
+    def exits(*args, **options):
+        raise SystemExit(0)
+
+    with pytest.raises(tt.Counterexample) as info:
+        tt.check_implementation(exits, max_examples=5, seed=0)
+    assert info.value.property == "accepts" and "raised SystemExit" in str(info.value)

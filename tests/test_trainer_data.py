@@ -47,7 +47,7 @@ def test_jsonl_loading(tmp_path):
     good = tmp_path / "d.jsonl"
     good.write_text('{"prompt": "1+1=", "answer": 2}\n\n{"prompt": "p", "answer": "A"}\n')
     rows = load_jsonl(good)
-    assert [r.answer for r in rows] == ["2", "A"] and load_dataset(str(good)) == rows
+    assert [r.answer for r in rows] == [2, "A"] and load_dataset(str(good)) == rows  # answers keep their type
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
@@ -137,3 +137,33 @@ def test_chat_prompts_are_rendered_with_the_chat_template():
     assert chat is False
     texts, chat = prompts_for(Tok(), [Example("2+2=", "4")], TrainConfig(chat_template=True))
     assert texts == ["2+2="] and chat is True
+
+
+# ----------------------------------------------------------------------------- text as written
+def test_jsonl_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": "4"}\n')
+    assert [(r.prompt, r.answer) for r in load_dataset(str(path))] == [("1+1=", "2"), ("2+2=", "4")]
+
+
+def test_csv_cells_are_text_as_written(tmp_path):
+    """pandas' inference made the prompts "None", "null" and "nan" null (refused as not text) and
+    "0042" the number 42; a CSV cell is text."""
+    path = tmp_path / "words.csv"
+    path.write_text("prompt,answer,level\nNone,1,3\nnull,2,x\nnan,3,\n0042,0042,4\n")
+    rows = load_dataset(str(path))
+    assert [(r.prompt, r.answer, r.columns["level"]) for r in rows] == [
+        ("None", "1", "3"),
+        ("null", "2", "x"),
+        ("nan", "3", ""),
+        ("0042", "0042", "4"),
+    ]
+
+
+def test_a_prompt_with_a_lone_surrogate_is_refused_naming_the_row(tmp_path):
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"prompt": "2+2=", "answer": "4"}\n{"prompt": "1+1=\\ud800", "answer": "2"}\n')
+    with pytest.raises(
+        UsageError, match=r"surrogate.jsonl:2: 'prompt' holds '\\ud800' at character 4, a lone surrogate"
+    ):
+        load_dataset(str(path))

@@ -255,3 +255,79 @@ def test_batched_reward_needing_a_missing_column_is_refused_up_front():
     with pytest.raises(UsageError, match="'solution'"):
         check_reward_arguments([_fn(trl_uses_column)], ["answer"])
     check_reward_arguments([_fn(trl_uses_column)], ["answer", "solution"])
+
+
+# ----------------------------------------------------------------------------- answers keep their type
+def test_a_list_answer_reaches_a_batched_reward_as_a_list(tmp_path):
+    """The probe's `x in answer`: with the answer stringified it was substring matching."""
+    from tempo_rl.trainer.data import load_dataset, reward_columns
+
+    seen = []
+
+    def contains(prompts, completions, answer, **kwargs):
+        seen.extend(answer)
+        return [float(c in a) for c, a in zip(completions, answer)]
+
+    path = tmp_path / "lists.jsonl"
+    path.write_text('{"prompt": "p", "answer": ["38", "x"]}\n{"prompt": "q", "answer": ["38", "x"]}\n')
+    columns = reward_columns(load_dataset(str(path)))
+    out = score_batch([_fn(contains)], ["p", "q"], ["3", "38"], columns)
+    assert seen == [["38", "x"], ["38", "x"]] and out.total == [0.0, 1.0]
+
+
+def test_a_per_sample_reward_gets_the_answer_as_it_is():
+    got = []
+
+    def typed(completion, answer):
+        got.append(answer)
+        return 1.0
+
+    score_batch([_fn(typed)], ["p", "q"], ["a", "b"], {"answer": [85, {"k": 1}]})
+    assert got == [85, {"k": 1}]
+
+
+def test_builtin_rewards_read_numbers_and_refuse_what_they_cannot_score(tmp_path):
+    from tempo_rl.trainer.data import load_dataset
+    from tempo_rl.trainer.rewards import check_answers, numeric_match
+
+    assert numeric_match("so 85", 85) == 1.0 and numeric_match("so 0.5", 0.5) == 1.0
+    rows = [
+        '{"prompt": "a", "answer": "1"}',
+        '{"prompt": "b", "answer": ["38", "x"]}',
+        '{"prompt": "c", "answer": NaN}',
+    ]
+    path = tmp_path / "typed.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    examples = load_dataset(str(path))
+    with pytest.raises(
+        UsageError, match=r"typed.jsonl:2: answer \['38', 'x'\] \(list; 2 row\(s\) in all\).*'numeric_match'"
+    ):
+        check_answers(load_reward_functions(["numeric"]), examples)
+    for bad in ("", True, {"k": 1}, float("nan")):
+        assert numeric_match("1", bad) == 0.0
+    check_answers([_fn(trl_length)], examples)  # a function of the user's own takes any answer
+
+
+def test_a_reward_returning_a_meta_tensor_scores_zero_with_a_warning(caplog):
+    import torch
+
+    def meta_per_sample(completion, answer):
+        return torch.tensor(1.0, device="meta")
+
+    def meta_batched(prompts, completions, **kwargs):
+        return torch.ones(len(completions), device="meta")
+
+    with caplog.at_level(logging.WARNING):
+        out = score_batch([_fn(meta_per_sample), _fn(meta_batched)], ["p"], ["a"], {"answer": ["1"]})
+    assert out.total == [0.0] and out.failures == 2 and caplog.text.count("meta device") == 2
+
+
+def test_a_million_copies_of_one_reward_get_distinct_names_in_linear_time():
+    from tempo_rl.trainer.rewards import unique_name
+
+    taken: dict = {}
+    assert [unique_name(n, taken) for n in ["a", "a", "a_2", "a", "b"]] == ["a", "a_2", "a_2_2", "a_3", "b"]
+    taken = {}
+    names = [unique_name("numeric", taken) for _ in range(100_000)]  # quadratic: 5e9 comparisons
+    assert len(set(names)) == 100_000 and names[-1] == "numeric_100000"
+    assert len(load_reward_functions(["numeric"] * 1024)) == 1024

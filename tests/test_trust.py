@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,25 @@ def test_advantages_of_another_shape_are_named():
         tempo_rl.check_against_reference(adv[:, :5], *args)
     with pytest.raises(TypeError, match="advantages must be a"):
         tempo_rl.check_against_reference(adv.tolist(), *args)
+
+
+def test_nan_outside_the_sampled_groups_is_still_a_mismatch():
+    """NaN advantages in 6 of 10 groups: whatever 4 groups the sample holds, the whole tensor's
+    finiteness is checked (the probe's case gave a clean report for some seeds)."""
+    args = _batch(10)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    adv[12:, 1] = float("nan")  # groups uid-4 ... uid-9
+    for s in range(8):
+        with pytest.raises(
+            tempo_rl.AdvantageMismatch, match=r"18 NaN or inf values; the first in group 'uid-4', row 12"
+        ):
+            tempo_rl.check_against_reference(adv, *args, max_groups=4, seed=s)
+
+
+@pytest.mark.parametrize("atol", [np.float32(1e-5), np.float64(1e-5), np.int64(1)])
+def test_numpy_scalars_are_real_numbers(atol):
+    args = _batch(3)
+    adv = tempo_rl.tempo_advantages(*args, backend="torch")
+    assert tempo_rl.check_against_reference(adv, *args, atol=atol, max_groups=np.int64(2)).groups_checked == 2
+    with pytest.raises(TypeError, match="atol must be a real number"):
+        tempo_rl.check_against_reference(adv, *args, atol=np.bool_(True))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .run_dir import writing
+from .run_dir import save_error, step_of
 
 STATE_FILE = "trainer_state.json"
 TENSOR_FILE = "trainer_state.safetensors"
@@ -141,35 +141,48 @@ def save(
     config: dict,
     keep: int = 2,
     run_state: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> Path:
     """Write checkpoint `root/step_{step:06d}` atomically; keep the `keep` written last (0: all).
-    `run_state` holds the loop's own counters, so a resumed run continues exactly."""
+    `run_state` holds the loop's own counters, so a resumed run continues exactly; `run_id` names
+    the run it belongs to (run_dir.check_resume_target)."""
     root = Path(root)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
-    with writing(root, "the partial checkpoint was removed; "):
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            for stale in root.glob(".tmp-step_*"):  # left by a run killed mid-save (one writer per directory)
-                shutil.rmtree(stale, ignore_errors=True)
-            _write(tmp, step, model, tokenizer, optimizer, scheduler, config, run_state or {})
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():  # re-saving a step: move the old one aside first, then drop it
-            old = root / f".old-step_{step:06d}-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)  # atomic on one filesystem
-        _record(root, final.name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step_*"):  # left by a run killed mid-save (one writer per directory)
+            shutil.rmtree(stale, ignore_errors=True)
+        _write(tmp, step, model, tokenizer, optimizer, scheduler, config, run_state or {}, run_id)
+        _put_in_place(root, tmp, final)
+    except Exception as e:  # whatever the library (safetensors, json, the OS): one line, no partial checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = f"delete the partial checkpoint {tmp}, " if tmp.exists() else "the partial checkpoint was removed; "
+        raise save_error(e, tmp, done) from None
+    except BaseException:  # Ctrl-C mid-save
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for stale in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def _write(tmp: Path, step: int, model, tokenizer, optimizer, scheduler, config: dict, run_state: dict) -> None:
+def _put_in_place(root: Path, tmp: Path, final: Path) -> None:
+    """Rename the written checkpoint into place. The write order first: a kill before the rename
+    leaves a name that lists nothing, never a checkpoint that `--resume latest` skips."""
+    _record(root, final.name)
+    if final.exists():  # re-saving a step: move the old one aside first, then drop it
+        old = root / f".old-{final.name}-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)  # atomic on one filesystem
+
+
+def _write(
+    tmp: Path, step: int, model, tokenizer, optimizer, scheduler, config: dict, run_state: dict, run_id: str | None
+) -> None:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -180,6 +193,7 @@ def _write(tmp: Path, step: int, model, tokenizer, optimizer, scheduler, config:
         "rng": rng_state(),
         "config": config,
         "run": run_state,
+        "run_id": run_id,
         "files": files,
     }
     write_state(tmp, state)
@@ -251,15 +265,18 @@ def newest_intact(root: str | Path, *, but: Path | None = None) -> Path | None:
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under root, oldest first by write order (those missing from the order
-    file, by step, before all others)."""
+    """Complete checkpoints under root, oldest first by write order. Those missing from the order
+    file go by step: before all others, except those of steps past every recorded one (renamed into
+    place by a run stopped before it recorded them), which come last."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = {p.name: p for p in root.glob("step_*") if (p / STATE_FILE).is_file()}
     order = [n for n in _written(root) if n in found]
-    rest = sorted(set(found) - set(order), key=lambda n: int(n.split("_")[1]))
-    return [found[n] for n in rest + order]
+    rest = sorted(set(found) - set(order), key=step_of)
+    top = max(map(step_of, order), default=-1)
+    names = [n for n in rest if step_of(n) <= top] + order + [n for n in rest if step_of(n) > top]
+    return [found[n] for n in names]
 
 
 def resolve(resume: str, root: str | Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import reprlib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,10 @@ from tempo_rl.cli import UsageError  # a bad option, file or environment: the CL
 from tempo_rl.extras import install_command, requires
 
 INSTALL_TRAIN = install_command("train")
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MIN_TEMPERATURE = 1e-6
+MAX_REWARDS = 1024  # reward functions summed per sample
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of options; anything larger is not one
 
 
 def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
@@ -91,7 +96,13 @@ class TrainConfig:
     prompts_per_step: int = _f(8, "prompts per rollout batch", "sampling", ge=1)
     group_size: int = _f(8, "G: responses sampled per prompt (one group, one prefix tree)", "sampling", ge=2)
     max_new_tokens: int = _f(24, "response length limit; generation also stops at EOS", "sampling", ge=1)
-    temperature: float = _f(1.0, "sampling temperature", "sampling", gt=0)
+    temperature: float = _f(
+        1.0,
+        "sampling temperature (from 1e-6: logits / temperature and its gradients must stay finite in "
+        "float32, which 1e-45 does not)",
+        "sampling",
+        ge=MIN_TEMPERATURE,
+    )
     top_p: float = _f(1.0, "nucleus sampling threshold", "sampling", gt=0, le=1)
     rollout: str = _f(
         "independent",
@@ -204,7 +215,7 @@ class TrainConfig:
 
     # run
     steps: int = _f(80, "rollout batches (one rollout + its PPO updates = one step)", "run", ge=1)
-    seed: int = _f(0, "seed of prompts, sampling and mini-batch order", "run", ge=0)
+    seed: int = _f(0, "seed of prompts, sampling and mini-batch order", "run", ge=0, le=MAX_SEED)
     output_dir: str = _f(
         "runs/demo",
         "metrics.jsonl, rollouts.jsonl and checkpoints/ go here; a new run "
@@ -292,12 +303,21 @@ class TrainConfig:
         raises UsageError naming the field."""
         for name, value in _coerced(asdict(self)).items():
             setattr(self, name, value)
+        if not self.output_dir.strip():
+            raise UsageError("output_dir (--output-dir): empty; give the directory the run writes into")
         rows = self.prompts_per_step * self.group_size
         if rows % self.mini_batches or (rows // self.mini_batches) % self.grad_accum:
             raise UsageError(
                 f"prompts_per_step * group_size = {rows} must split into mini_batches="
                 f"{self.mini_batches} x grad_accum={self.grad_accum} equal parts"
             )
+        for name in ("reward", "eval_reward"):
+            if len(getattr(self, name)) > MAX_REWARDS:
+                raise UsageError(
+                    f"{name} (--{name.replace('_', '-')}): {len(getattr(self, name))} reward functions, more than "
+                    f"{MAX_REWARDS}; each is called on every sample, so list each one once (reward_weights "
+                    "weighs them)"
+                )
         if self.reward_weights and len(self.reward_weights) != len(self.reward):
             raise UsageError(
                 f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward)} reward functions"
@@ -348,26 +368,22 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"--config {path}: a directory; give a YAML or JSON file")
     if not path.is_file():
         raise UsageError(f"--config {path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(f"--config {path}: {size} bytes, more than a config file's {MAX_CONFIG_BYTES}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"--config {path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
-        with requires("train", f"--config {path}"):
-            import yaml
-
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise UsageError(f"--config {path}: not valid YAML ({at}{problem})") from None
+        data = _load_yaml(text, path)
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UsageError(f"--config {path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        except ValueError as e:  # an integer of more digits than Python converts
+            raise UsageError(f"--config {path}: {str(e).split(';')[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
     known = {f.name for f in fields(TrainConfig)}
@@ -375,6 +391,35 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise UsageError(f"{path}: unknown config keys {sorted(unknown)}")
     return data
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """YAML without aliases: `*name` repeats a node without copying it, so a few hundred bytes can
+    stand for billions of values (an alias bomb); a config file never needs one."""
+    with requires("train", f"--config {path}"):
+        import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise UsageError(
+                    f"--config {path}: line {mark.line + 1}, column {mark.column + 1}: a YAML alias "
+                    "(*name); write the value out instead"
+                )
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliases) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"--config {path}: not valid YAML ({at}{problem})") from None
+    except UsageError:
+        raise
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise UsageError(f"--config {path}: {str(e).split(';')[0]}") from None
 
 
 def _as_list(value: Any) -> Any:
@@ -417,6 +462,11 @@ def _validator():
     return create_model("TrainConfigValues", __config__=config, **spec)
 
 
+# The value of a bad option as the error line shows it: a few items, a few levels, a short string.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 4, 4, 60, 60, 40
+
+
 def _coerced(values: dict[str, Any]) -> dict[str, Any]:
     """Each value as its field's type, in range; UsageError naming every bad field otherwise."""
     model = _validator()  # UsageError naming the extra when pydantic is missing
@@ -432,7 +482,8 @@ def _coerced(values: dict[str, Any]) -> dict[str, Any]:
         for err in e.errors():
             name = str(err["loc"][0])
             where = ".".join(str(x) for x in err["loc"])
-            problems.append(f"{where} (--{name.replace('_', '-')}): {err['msg']} (given: {err.get('input')!r})")
+            given = _SHORT.repr(err.get("input"))
+            problems.append(f"{where} (--{name.replace('_', '-')}): {err['msg']} (given: {given})")
         raise UsageError("invalid option: " + "; ".join(problems)) from None
 
 

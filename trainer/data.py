@@ -1,9 +1,11 @@
 """Prompts with verifiable answers: a data file or saved dataset, or a built-in task.
 
-Files: JSONL (read directly), or JSON, CSV, Parquet files and directories written by
-`datasets.Dataset.save_to_disk` (read with the `datasets` library). Each row needs a prompt column
+Files: JSONL (read directly; a UTF-8 byte order mark is allowed), or JSON, CSV, Parquet files and
+directories written by `datasets.Dataset.save_to_disk` (read with the `datasets` library; a CSV
+cell is text as written, so "None" or "0042" stays that text). Each row needs a prompt column
 (text, or a chat: a list of `{"role", "content"}` messages, as in TRL's conversational datasets) and
-an answer column; every other column is kept for batched reward functions.
+an answer column; every other column is kept for batched reward functions. Answers keep their type
+(a JSON number, list or dict reaches the reward as one).
 
 The built-in `add` task is the embedded demo. A prompt is "47+38=" and the response works the sum
 column by column before answering, e.g. "7+8=15,4+3+1=8;85". Every problem carries (the ones
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import json
 import random
 from dataclasses import dataclass, field
@@ -48,8 +51,9 @@ Chat = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
 @dataclass(frozen=True)
 class Example:
     prompt: str | Chat
-    answer: str
+    answer: Any  # as the dataset holds it (text, a number, a list, ...): rewards receive it unchanged
     columns: dict[str, Any] = field(default_factory=dict, compare=False)  # the row's other fields
+    where: str = field(default="", compare=False)  # the row in its file, for messages ("data.jsonl:3")
 
 
 def prompt_text(prompt: str | Chat) -> str:
@@ -158,10 +162,23 @@ def example_of(
         )
     elif not prompt.strip():
         raise UsageError(f"{where}: {prompt_column!r} is empty")
+    check_encodable(prompt_text(prompt), f"{where}: {prompt_column!r}")
     if row[answer_column] is None:
         raise UsageError(f"{where}: {answer_column!r} is null")
     extra = {k: v for k, v in row.items() if k not in (prompt_column, answer_column)}
-    return Example(prompt=prompt, answer=str(row[answer_column]), columns=extra)
+    return Example(prompt=prompt, answer=row[answer_column], columns=extra, where=where)
+
+
+def check_encodable(text: str, what: str) -> None:
+    """UsageError naming the character when text cannot be UTF-8 (a lone surrogate such as JSON's
+    "\\ud800"): no tokenizer can encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(
+            f"{what} holds {text[e.start]!r} at character {e.start}, a lone surrogate that is not text "
+            "(no tokenizer can encode it); fix the row"
+        ) from None
 
 
 def _short(value: Any) -> str:
@@ -173,8 +190,8 @@ def load_jsonl(path: str | Path, prompt_column: str = "prompt", answer_column: s
     """Read `{"prompt": ..., "answer": ..., ...}` lines; a line without both fields is an error. Other
     fields are kept as the example's columns."""
     out = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:  # utf-8-sig: a byte order mark (as some editors write) is not part of the first line
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise UsageError(f"dataset {str(path)!r}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     for lineno, line in enumerate(lines, 1):
@@ -191,6 +208,16 @@ def load_jsonl(path: str | Path, prompt_column: str = "prompt", answer_column: s
 
 
 HF_FORMATS = {".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def csv_as_text(path: Path, datasets: Any) -> dict[str, Any]:
+    """A CSV file holds text: every cell is read as written (each column a string), so a prompt
+    "None", "null" or "nan" stays that text and "0042" stays "0042", where pandas' inference would
+    make them null and the number 42."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False, "na_filter": False}
 
 
 def check_text_file(path: Path) -> None:
@@ -242,7 +269,8 @@ def load_hf(path: Path, prompt_column: str = "prompt", answer_column: str = "ans
             if path.is_dir():
                 data = datasets.load_from_disk(str(path))
             else:
-                data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train")
+                options = csv_as_text(path, datasets) if path.suffix == ".csv" else {}
+                data = datasets.load_dataset(HF_FORMATS[path.suffix], data_files=str(path), split="train", **options)
     except FileNotFoundError:
         raise UsageError(f"dataset {str(path)!r}: not a directory written by save_to_disk (nor a data file)") from None
     except UnicodeDecodeError:

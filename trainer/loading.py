@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from tempo_rl import extras
 
 from . import checkpoint, run_dir
 from .config import TrainConfig, UsageError
-from .data import BUILTIN_TASKS, CHANCE_TOKENS, Example, hold_out, load_dataset, reward_columns
+from .data import BUILTIN_TASKS, CHANCE_TOKENS, Example, hold_out, load_dataset, prompt_text, reward_columns
 from .logs import LOGGER_MODULES, MetricLog
-from .rewards import RewardFunction, check_reward_arguments, load_reward_functions
+from .rewards import RewardFunction, check_answers, check_reward_arguments, load_reward_functions
 from .rollout import ChanceToken, SamplingConfig
 from .run_dir import check_output_dir, check_resume, clear_run, keep_rows_up_to
 
@@ -201,6 +201,7 @@ class Setup:
     eval_rewards: list[RewardFunction]
     resume_from: Path | None = None
     state: dict[str, Any] | None = None
+    discard: list[Path] = field(default_factory=list)  # --discard-later: checkpoints of abandoned steps
 
 
 def prepare(cfg: TrainConfig) -> Setup:
@@ -216,6 +217,8 @@ def prepare(cfg: TrainConfig) -> Setup:
     rewards = load_reward_functions(cfg.reward, cfg.reward_weights)
     check_reward_arguments(rewards, list(reward_columns(examples[:1000])))
     eval_rewards = load_reward_functions(cfg.eval_reward) if cfg.eval_reward else rewards
+    check_answers(rewards, examples)
+    check_answers(eval_rewards, evals)
     setup = Setup(device, examples, evals if cfg.eval_every else [], rewards, eval_rewards)
     if cfg.resume:
         try:
@@ -224,9 +227,12 @@ def prepare(cfg: TrainConfig) -> Setup:
             setup.state = checkpoint.load_state(setup.resume_from)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
+        run_dir.check_resume_target(cfg, setup.resume_from, setup.state)
         check_resume(setup.state, cfg, setup.resume_from)
         run_dir.check_steps_left(setup.state, cfg, setup.resume_from)
-        run_dir.discard_later(run_dir.check_later_checkpoints(cfg, setup.resume_from, setup.state["step"]))
+        check_finite_state(setup, cfg)
+        # deleted once the checkpoint's weights have loaded and proved finite (start_run)
+        setup.discard = run_dir.check_later_checkpoints(cfg, setup.resume_from, setup.state["step"])
     else:
         check_output_dir(cfg)
     return setup
@@ -249,6 +255,7 @@ class Run:
     autocast_dtype: Any  # torch.bfloat16 under --dtype bfloat16, else None
     tree: Any  # the tree sampler's config; None: independent samples through `generate`
     chance: ChanceToken | None  # an environment token inside each response, or None
+    run_id: str  # which run the output directory holds (its manifest and every checkpoint say so)
 
 
 def start_run(cfg: TrainConfig, setup: Setup) -> Run:
@@ -259,9 +266,13 @@ def start_run(cfg: TrainConfig, setup: Setup) -> Run:
     if cfg.overwrite and not cfg.resume:
         clear_run(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_dir.write_manifest(out_dir, run_dir.run_names(cfg))
+    run_id = run_id_of(setup, out_dir)
+    run_dir.write_manifest(out_dir, run_dir.run_names(cfg), run_id)
     base = model_path(cfg)
     tokenizer, model = load_policy(setup.resume_from or base, setup.device, cfg.gradient_checkpointing)
+    check_finite_weights(model, cfg, setup.resume_from)
+    check_prompt_lengths(tokenizer, model, setup.examples + setup.evals, cfg)
+    run_dir.discard_later(setup.discard)
     model.eval()
     ref_model = None
     if cfg.kl_coef:
@@ -277,7 +288,71 @@ def start_run(cfg: TrainConfig, setup: Setup) -> Run:
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     chance = chance_token(tokenizer, cfg)
     return Run(cfg, setup, out_dir, tokenizer, model, ref_model, opt, sched, metrics, start, autocast_dtype,
-               cfg.tree_config(), chance)  # fmt: skip
+               cfg.tree_config(), chance, run_id)  # fmt: skip
+
+
+def run_id_of(setup: Setup, out_dir: Path) -> str:
+    """A resumed run keeps its id (the checkpoint's, else the directory's); a new run gets a fresh one."""
+    if setup.state is None:
+        return run_dir.new_run_id()
+    return setup.state.get("run_id") or run_dir.manifest_run_id(out_dir) or run_dir.new_run_id()
+
+
+def context_length(model) -> int | None:
+    """The most positions the model takes (its config's max_position_embeddings or n_positions)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_lengths(tokenizer, model, examples: list[Example], cfg: TrainConfig) -> None:
+    """Every prompt plus --max-new-tokens fits the model's context, checked before the first step: a
+    longer one would grow the sampler's memory without bound, or fail deep inside the model. Only
+    prompts that might not fit are tokenized (a token covers at least one UTF-8 byte)."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    room = limit - cfg.max_new_tokens
+    if room < 1:
+        raise UsageError(
+            f"max_new_tokens (--max-new-tokens) {cfg.max_new_tokens} leaves no room for a prompt in the "
+            f"model's context of {limit} positions; lower it"
+        )
+    for e in examples:
+        text = prompt_text(e.prompt)
+        if len(text.encode("utf-8")) + 16 <= room:  # 16: special tokens and a chat template's few
+            continue
+        n = len(tokenizer(text)["input_ids"])
+        if n > room:
+            raise UsageError(
+                f"{e.where or 'dataset'}: the prompt is {n} tokens, and with max_new_tokens "
+                f"{cfg.max_new_tokens} it exceeds the model's context of {limit} positions; shorten it, "
+                "drop the row, or lower --max-new-tokens"
+            )
+
+
+def check_finite_state(setup: Setup, cfg: TrainConfig) -> None:
+    """The checkpoint's optimizer state holds no NaN or inf (checked before anything is deleted)."""
+    assert setup.state is not None and setup.resume_from is not None
+    for index, slots in setup.state["optimizer"].get("state", {}).items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                why = f"NaN or inf in the optimizer's {slot} of parameter {index}"
+                raise run_dir.damaged(cfg, setup.resume_from, f"checkpoint {setup.resume_from} is damaged: {why}")
+
+
+def check_finite_weights(model, cfg: TrainConfig, resume_from: Path | None) -> None:
+    """Weights with a NaN or inf (a flipped word in a checkpoint whose sizes and headers are intact)
+    are refused before the first step, naming the tensor, rather than failing deep inside sampling."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            why = f"{int((~torch.isfinite(param)).sum())} NaN or inf values in weight {name!r}"
+            if resume_from is None:
+                raise UsageError(f"model {cfg.model!r}: {why}; the weights are damaged")
+            raise run_dir.damaged(cfg, resume_from, f"checkpoint {resume_from} is damaged: {why}")
 
 
 def resume(setup: Setup, opt, sched) -> int:

@@ -7,6 +7,9 @@ Two signatures are accepted, told apart by the parameter names:
   `None` means "does not apply to this sample" and adds nothing, as in TRL.
 - the per-sample form `fn(completion, answer) -> float`, called once per sample.
 
+Answers arrive as the dataset holds them (text, a number, a list, ...). The built-in rewards read
+text or a number; a row whose answer they cannot score is refused before the model loads.
+
 Several functions are summed with weights. A function that raises, calls `sys.exit`, runs past its time
 limit, or returns something that is not a finite number scores 0 on the samples concerned, with one
 warning per function and batch that names the function and the first sample. When every call of a
@@ -19,6 +22,7 @@ import inspect
 import logging
 import math
 import re
+import reprlib
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +30,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable
+
+import torch
 
 from tempo_rl.targets import load_target
 
@@ -89,7 +95,19 @@ def extract_answer(completion: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def numeric_match(completion: str, answer: str) -> float:
+def answer_text(answer: Any) -> str | None:
+    """An answer as the built-in rewards read it: text, or a number written out (85, 0.5); None
+    for what they cannot score (a list, a dict, a bool, NaN, empty text)."""
+    if isinstance(answer, bool):
+        return None
+    if isinstance(answer, (int, Fraction)) or (isinstance(answer, float) and math.isfinite(answer)):
+        return str(answer)
+    if isinstance(answer, str) and answer.strip():
+        return answer
+    return None
+
+
+def numeric_match(completion: str, answer: Any) -> float:
     """1.0 when the completion's final answer equals `answer` as an exact rational, else 0.0.
 
     >>> numeric_match("so the total is \\\\boxed{1,234}", "1234")
@@ -97,26 +115,30 @@ def numeric_match(completion: str, answer: str) -> float:
     >>> numeric_match("0.5 then 3/6", "\\\\frac{1}{2}")
     1.0
     """
-    got, want = extract_answer(completion), parse_number(answer)
+    text = answer_text(answer)
+    got, want = extract_answer(completion), None if text is None else parse_number(text)
     if got is None or want is None:
         return 0.0
     value = parse_number(got)
     return float(value is not None and value == want)
 
 
-def choice_match(completion: str, answer: str) -> float:
+def choice_match(completion: str, answer: Any) -> float:
     """1.0 when the last standalone choice letter (A-J) of the completion equals `answer`'s.
 
     Reads \\boxed{B}, "(B)", "answer: B", "B." or a bare "B"; a letter inside a word does not count.
     """
-    want = answer.strip().strip("()").upper()
+    text = answer_text(answer)
+    if text is None:
+        return 0.0
+    want = text.strip().strip("()").upper()
     boxed = last_boxed(completion)
     text = boxed if boxed is not None else completion
     letters = re.findall(r"(?<![A-Za-z])\(?([A-J])\)?(?![A-Za-z])", text)
     return float(bool(letters) and letters[-1].upper() == want)
 
 
-def luck_reward(completion: str, answer: str) -> float:
+def luck_reward(completion: str, answer: Any) -> float:
     """The `luck` task's reward: 1 when the environment's coin (right after "coin toss:") is H, plus 0.5
     when the final answer is right (`numeric_match`)."""
     from .data import LUCK_COIN, LUCK_PREAMBLE
@@ -129,6 +151,28 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {"numeric": numeric_match, "choice": choi
 
 # A combined reward must survive float32, the dtype the advantages are computed in.
 MAX_ABS_REWARD = 3.0e38
+
+
+def _short(value: Any) -> str:
+    text = reprlib.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_answers(functions: list[RewardFunction], examples: list[Any]) -> None:
+    """A built-in reward reads an answer as text or a number: a row whose answer it cannot score (a
+    list, a dict, a bool, NaN, empty) would score 0 whatever the completion, so it is refused before
+    the model loads, naming the row. Functions of the user's own get every answer as it is."""
+    builtin = [f.name for f in functions if f.fn in BUILTIN_REWARDS.values()]
+    if not builtin:
+        return
+    bad = [e for e in examples if answer_text(e.answer) is None]
+    if bad:
+        first = bad[0]
+        raise UsageError(
+            f"{first.where or 'dataset'}: answer {_short(first.answer)} ({type(first.answer).__name__}; "
+            f"{len(bad)} row(s) in all) cannot be scored by the built-in reward {builtin[0]!r}, which reads "
+            "text or a number; fix those rows, or score them with a reward function of your own"
+        )
 
 
 class TrainingStopped(RuntimeError):
@@ -180,15 +224,30 @@ def load_reward_functions(specs: list[str], weights: list[float] | None = None) 
     weights = list(weights or [1.0] * len(specs))
     if len(weights) != len(specs):
         raise UsageError(f"reward_weights: {len(weights)} weights for {len(specs)} reward functions")
-    out, seen = [], set()
+    out: list[RewardFunction] = []
+    taken: dict[str, int] = {}
+    loaded: dict[str, tuple[Callable[..., Any], bool]] = {}  # each spec imported once, however often listed
     for spec, w in zip(specs, weights):
-        fn = load_reward(spec)
-        name = getattr(fn, "__name__", spec.rsplit(":", 1)[-1])
-        while name in seen:
-            name += "_"
-        seen.add(name)
-        out.append(RewardFunction(name=name, fn=fn, weight=float(w), batched=is_batched(fn)))
+        if spec not in loaded:
+            fn = load_reward(spec)
+            loaded[spec] = fn, is_batched(fn)
+        fn, batched = loaded[spec]
+        name = unique_name(getattr(fn, "__name__", spec.rsplit(":", 1)[-1]), taken)
+        out.append(RewardFunction(name=name, fn=fn, weight=float(w), batched=batched))
     return out
+
+
+def unique_name(name: str, taken: dict[str, int]) -> str:
+    """`name`, or `name_2`, `name_3`, ... when it is taken; `taken` maps each name given out to the
+    next suffix to try, so n copies of one reward cost O(n), not O(n^2)."""
+    k = taken.get(name, 1)
+    candidate = name if k == 1 else f"{name}_{k}"
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken[name] = k + 1
+    taken.setdefault(candidate, 2)
+    return candidate
 
 
 def check_reward_arguments(functions: list[RewardFunction], columns: list[str]) -> None:
@@ -253,10 +312,13 @@ def as_reward(value: Any) -> tuple[float | None, str | None]:
         return None, None
     if isinstance(value, bool):
         return float(value), None
+    if isinstance(value, torch.Tensor) and (value.is_meta or value.numel() != 1):
+        where = "on the meta device (no value)" if value.is_meta else f"of shape {tuple(value.shape)}"
+        return None, f"returned a tensor {where}, not a number"
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        return None, f"returned {type(value).__name__} {value!r:.60}, not a number"
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return None, f"returned {type(value).__name__} {_short(value)}, not a number"
     if not math.isfinite(x) or abs(x) > MAX_ABS_REWARD:
         return None, f"returned {x!r} (a reward must be finite and within +-{MAX_ABS_REWARD:g})"
     return x, None
@@ -306,6 +368,8 @@ def _call_batched(
     out, why = _guarded_call(f.fn, (), kwargs, time_limit * max(1, n))
     if why is None and (not isinstance(out, (list, tuple)) and not hasattr(out, "tolist")):
         why = f"returned {type(out).__name__}, not a list of {n} floats"
+    if why is None and isinstance(out, torch.Tensor) and out.is_meta:
+        why = "returned a tensor on the meta device (no values)"
     if why is None:
         out = list(out.tolist() if hasattr(out, "tolist") else out)
         if len(out) != n:
@@ -317,7 +381,7 @@ def _call_batched(
 
 
 def _call_per_sample(
-    f: RewardFunction, completions: list[str], answers: list[str], time_limit: float
+    f: RewardFunction, completions: list[str], answers: list[Any], time_limit: float
 ) -> tuple[list, list[str | None]]:
     values, whys = [], []
     for c, a in zip(completions, answers):
@@ -347,7 +411,7 @@ def score_batch(
     """
     n = len(completions)
     result = RewardBatch(total=[0.0] * n)
-    answers = [str(a) for a in columns.get("answer", [""] * n)]
+    answers = columns.get("answer", [""] * n)  # as the dataset holds them: a list stays a list
     for f in functions:
         if f.batched:
             values, whys = _call_batched(f, prompts, completions, columns, completion_ids, time_limit)

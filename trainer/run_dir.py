@@ -1,8 +1,8 @@
 """The run directory: what a run writes into `output_dir`, when, and what may ever delete it.
 
 What a run writes, and when:
-- `run_manifest.json`, first, before anything else: the names (below) this run writes. It is the
-  only list `--overwrite` deletes from.
+- `run_manifest.json`, first, before anything else: the run's id and the names (below) it writes.
+  It is the only list `--overwrite` deletes from. Every checkpoint records the same run id.
 - `.tempo-rl.lock` and `.tempo-rl.lock.json` while it runs: a lock (filelock) that a second
   `tempo-rl train` on the same directory meets and refuses on, and the pid, host and start time
   of the holder, which the refusal names. A lock whose holder died is released by the operating
@@ -11,17 +11,26 @@ What a run writes, and when:
   `rollouts.jsonl` with --dump-rollouts-every, `tb/` and `wandb/` with --report-to.
 - `checkpoints/step_NNNNNN/` at --save-every and after the last step, each written into a hidden
   temporary directory and renamed into place (trainer/checkpoint.py); a failed save (disk full,
-  permission lost) removes its temporary directory at once and stops the run with one line.
+  permission lost, a read-only file system, whatever library raised it: safetensors, json, the OS)
+  removes its temporary directory at once and stops the run with one line naming the path and the
+  fix. The lock's clean-up never replaces that line with an error of its own. The write order
+  (`checkpoints/written.json`) is updated before the rename, so a kill between the two never hides
+  the newest checkpoint from `--resume latest`.
 
 What may delete something:
 - `--overwrite` (a new run in a directory that holds one) deletes the names listed in the
   directory's run_manifest.json, and nothing else. A directory holding run files that no manifest
   lists is refused: delete them yourself. The output directory is never the model's directory or
   inside it, and a model inside the output directory is refused when --overwrite would delete it.
-- `--resume CKPT` continues CKPT under the options it was saved with (MAY_CHANGE_ON_RESUME lists
-  the ones that may differ), drops the metrics and rollouts rows written after its step (they are
-  written again, identically), and refuses when checkpoints of later steps exist, since rotation
-  would delete them: `--discard-later` deletes those up front and continues.
+- `--resume CKPT` writes only into the run directory CKPT belongs to (the one above its
+  `checkpoints/`, holding the run id CKPT records); another `--output-dir` is refused, naming both
+  directories, before anything is written. It continues CKPT under the options it was saved with
+  (MAY_CHANGE_ON_RESUME lists the ones that may differ), drops the metrics and rollouts rows
+  written after its step (they are written again, identically), and refuses when checkpoints of
+  later steps exist, since rotation would delete them: `--discard-later` deletes those up front and
+  continues. A damaged checkpoint (a file missing or truncated, or weights or optimizer state
+  holding NaN or inf) is refused, offering the newest intact one with the flags that resuming it
+  takes.
 - Checkpoint rotation (--keep-checkpoints) deletes the oldest checkpoints by write order.
 """
 
@@ -33,9 +42,11 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,14 +144,26 @@ def check_resume(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
 def check_checkpoint(cfg: TrainConfig, path: Path) -> None:
     """A checkpoint is used only when complete; a damaged one is named with the file, and the
     newest intact checkpoint of the run is offered instead."""
-    from .checkpoint import DamagedCheckpoint, check_complete, newest_intact
+    from .checkpoint import DamagedCheckpoint, check_complete
 
     try:
         check_complete(path)
     except DamagedCheckpoint as e:
-        intact = newest_intact(path.parent, but=path)
-        offer = f"the newest intact one is {intact}: --resume {intact}" if intact else "no intact checkpoint is left"
-        raise UsageError(f"--resume {cfg.resume}: {e}; {offer}") from None
+        raise damaged(cfg, path, str(e)) from None
+
+
+def damaged(cfg: TrainConfig, path: Path, why: str) -> UsageError:
+    """The refusal of a damaged checkpoint, offering the newest intact one with the flags that
+    resuming it needs (so following the advice is never refused in turn)."""
+    from .checkpoint import newest_intact
+
+    intact = newest_intact(path.parent, but=path)
+    offer = "no intact checkpoint is left"
+    if intact:
+        # Resuming it abandons the damaged one (a later step): say up front what that takes.
+        later = later_checkpoints(path.parent.parent, step_of(intact))
+        offer = f"the newest intact one is {intact}: --resume {intact}" + (" --discard-later" if later else "")
+    return UsageError(f"--resume {cfg.resume}: {why}; {offer}")
 
 
 def check_steps_left(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
@@ -156,13 +179,14 @@ def later_checkpoints(out_dir: Path, step: int) -> list[Path]:
     """The checkpoints under out_dir/checkpoints of steps after `step`, by step."""
     from .checkpoint import list_checkpoints
 
-    found = [p for p in list_checkpoints(out_dir / "checkpoints") if _step_of(p) > step]
-    return sorted(found, key=_step_of)
+    found = [p for p in list_checkpoints(out_dir / "checkpoints") if step_of(p) > step]
+    return sorted(found, key=step_of)
 
 
-def _step_of(path: Path) -> int:
+def step_of(path: Path | str) -> int:
+    """The step number of a checkpoint `step_NNNNNN` (-1 for another name)."""
     try:
-        return int(path.name.split("_")[1])
+        return int(Path(path).name.split("_")[1])
     except (IndexError, ValueError):
         return -1
 
@@ -174,10 +198,12 @@ def check_later_checkpoints(cfg: TrainConfig, path: Path, step: int) -> list[Pat
     later = later_checkpoints(Path(cfg.output_dir), step)
     if later and not cfg.discard_later:
         names = later[0].name if len(later) == 1 else f"{later[0].name} ... {later[-1].name} ({len(later)} in all)"
+        newest = "resume the checkpoint written last with --resume latest"
+        if cfg.resume == "latest":  # `latest` is this one: the later ones are not in the write order
+            newest = f"resume the newest of them with --resume {later[-1]}"
         raise UsageError(
             f"--resume {path} (step {step}): continuing from it would delete the later checkpoints "
-            f"{names} and the metrics rows after step {step}; pass --discard-later to do so, or "
-            "resume the checkpoint written last with --resume latest"
+            f"{names} and the metrics rows after step {step}; pass --discard-later to do so, or {newest}"
         )
     return later
 
@@ -200,26 +226,65 @@ def run_names(cfg: TrainConfig) -> list[str]:
     return names
 
 
+def _manifest(out_dir: Path) -> dict[str, Any]:
+    """The manifest of out_dir ({} without one); UsageError when it is damaged."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest["files"], list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{path}: not a run manifest (damaged); delete the run's files yourself") from None
+    return manifest
+
+
 def manifest_names(out_dir: Path) -> list[str]:
     """The names the manifest of out_dir lists ([] without a manifest); only names a run writes
     count, so an edited manifest cannot make --overwrite delete anything else."""
-    path = out_dir / MANIFEST
-    if not path.is_file():
-        return []
-    try:
-        names = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{path}: not a run manifest (damaged); delete the run's files yourself") from None
-    return [n for n in names if n in RUN_FILES]
+    return [n for n in _manifest(out_dir).get("files", []) if n in RUN_FILES]
 
 
-def write_manifest(out_dir: Path, names: list[str]) -> None:
-    """Record (atomically) the names this run writes, added to those a resumed run wrote before."""
+def manifest_run_id(out_dir: Path) -> str | None:
+    """The id of the run out_dir holds (None: no manifest, or one written before run ids)."""
+    run_id = _manifest(out_dir).get("run_id")
+    return run_id if isinstance(run_id, str) else None
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def write_manifest(out_dir: Path, names: list[str], run_id: str) -> None:
+    """Record (atomically) which run the directory holds and the names it writes, added to those a
+    resumed run wrote before."""
     listed = list(dict.fromkeys(manifest_names(out_dir) + names))
     tmp = out_dir / f".{MANIFEST}.{os.getpid()}"
     with writing(tmp):
-        tmp.write_text(json.dumps({"files": listed}, indent=1))
+        tmp.write_text(json.dumps({"run_id": run_id, "files": listed}, indent=1))
         tmp.replace(out_dir / MANIFEST)
+
+
+def check_resume_target(cfg: TrainConfig, path: Path, state: dict[str, Any]) -> None:
+    """A resume writes only into the run directory its checkpoint belongs to: the directory above its
+    `checkpoints/` folder, and the run whose id the checkpoint carries. Anything else would rotate
+    away another run's checkpoints, replace its config.json and splice two runs' metrics."""
+    out = Path(cfg.output_dir)
+    here = path.resolve().parent
+    owner = here.parent if here.name == "checkpoints" else None
+    fix = f"continue it with --output-dir {str(owner)!r}, or " if owner else ""
+    fix += f"start a new run from its weights with --model {str(path)!r} (and another --output-dir)"
+    if owner is not None and owner != out.resolve():
+        raise UsageError(
+            f"--resume {path}: the checkpoint belongs to the run in {str(owner)!r}, not to --output-dir "
+            f"{str(out)!r}; {fix}"
+        )
+    held, ours = manifest_run_id(out), state.get("run_id")
+    if held and ours and held != ours:
+        raise UsageError(
+            f"--resume {path}: the checkpoint is of run {ours}, but --output-dir {str(out)!r} holds run {held}; {fix}"
+        )
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -334,11 +399,17 @@ def lock_run(out_dir: Path):
 
 
 def unlock_run(lock, out_dir: Path) -> None:
-    """Release the lock; the info file goes first, so no one reads a released lock as held."""
+    """Release the lock; the info file goes first, so no one reads a released lock as held. Neither
+    raises: the run may be ending on an error of its own (a directory made read-only, a full disk),
+    which is the one to report; an info file left behind is reported by the next run as stale."""
     try:
         (out_dir / LOCK_INFO).unlink(missing_ok=True)
-    finally:
+    except OSError as e:
+        log.debug("%s: lock info not removed (%s)", out_dir, e)
+    try:
         lock.release()
+    except OSError as e:
+        log.debug("%s: lock not released cleanly (%s)", out_dir, e)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -350,6 +421,7 @@ def guarded(train: F) -> F:
 
     @functools.wraps(train)
     def run(cfg: TrainConfig, *args: Any, **kwargs: Any) -> Any:
+        cfg.validate()  # before the lock: an empty --output-dir would lock the working directory
         check_model_location(cfg)
         out = Path(cfg.output_dir)
         made = [p for p in (out, *out.parents) if not p.exists()]  # what lock_run's mkdir creates
@@ -358,11 +430,12 @@ def guarded(train: F) -> F:
             return train(cfg, *args, **kwargs)
         finally:
             unlock_run(lock, out)
-            if made and all(p.name in BOOKKEEPING for p in out.iterdir()):
-                shutil.rmtree(out, ignore_errors=True)
-                for parent in made[1:]:  # runs/ of runs/demo too, while nothing else went in
-                    with contextlib.suppress(OSError):
-                        parent.rmdir()
+            with contextlib.suppress(OSError):  # tidying up never masks the run's own error
+                if made and all(p.name in BOOKKEEPING for p in out.iterdir()):
+                    shutil.rmtree(out, ignore_errors=True)
+                    for parent in made[1:]:  # runs/ of runs/demo too, while nothing else went in
+                        with contextlib.suppress(OSError):
+                            parent.rmdir()
 
     return run  # type: ignore[return-value]
 
@@ -381,6 +454,59 @@ WRITE_FIXES = {
 }
 
 
+def error_number(e: BaseException) -> int | None:
+    """The errno behind an error: an OSError's, or the one a library's own error type wraps or
+    quotes (safetensors raises SafetensorError "... I/O error: No space left on device (os error 28)")."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen.errno
+        found = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(seen))
+        if found:
+            return int(found.group(1) or found.group(2))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def write_error(e: BaseException, path: Path, done: str = "") -> WriteError | None:
+    """The one-line WriteError of an error raised while writing `path` (None when it is not a disk or
+    permission error); `done` says what was already cleaned up."""
+    fix = WRITE_FIXES.get(error_number(e) or 0)
+    if fix is None:
+        return None
+    where = getattr(e, "filename", None) or path
+    return WriteError(f"cannot write {where}: {fix}; {done}{how_to_continue(path)}")
+
+
+def how_to_continue(path: Path) -> str:
+    """What to run once the cause is fixed: resume the run's newest checkpoint, or, before its first
+    checkpoint, start it again (advice that `--resume latest` would refuse is never given)."""
+    from .checkpoint import list_checkpoints
+
+    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    try:
+        saved = bool(list_checkpoints(out / "checkpoints"))
+    except OSError:
+        saved = True
+    if saved:
+        return "then continue with --resume latest"
+    return "then run the command again with --overwrite (no checkpoint was written yet)"
+
+
+def save_error(e: Exception, path: Path, done: str) -> WriteError:
+    """Any error of a checkpoint save as one line: a disk or permission error with its fix, anything
+    else (a library's own error type) by its first line, so the run stops on a message, not a trace."""
+    known = write_error(e, path, done)
+    if known is not None:
+        return known
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    log.debug("checkpoint save failed", exc_info=e)
+    return WriteError(
+        f"cannot write {path}: {type(e).__name__}: {first}; {done}fix the cause (free space, permissions, "
+        f"a working filesystem), {how_to_continue(path)}"
+    )
+
+
 @contextmanager
 def writing(path: Path, done: str = "") -> Iterator[None]:
     """Turn a disk-full or permission error while writing `path` into one line naming the path and
@@ -388,9 +514,8 @@ def writing(path: Path, done: str = "") -> Iterator[None]:
     already cleaned up."""
     try:
         yield
-    except OSError as e:
-        fix = WRITE_FIXES.get(e.errno or 0)
-        if fix is None:
+    except Exception as e:
+        known = write_error(e, path, done)
+        if known is None:
             raise
-        where = e.filename or path
-        raise WriteError(f"cannot write {where}: {fix}; {done}then continue with --resume latest") from None
+        raise known from None

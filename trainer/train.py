@@ -91,7 +91,8 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
                 row["eval_accuracy"] = evaluate_policy(run)
             if cfg.dump_rollouts_every and (step + 1) % cfg.dump_rollouts_every == 0:
-                dump_groups(run.out_dir / "rollouts.jsonl", roll, rewards, batch, step + 1)
+                with run_dir.writing(run.out_dir / "rollouts.jsonl"):
+                    dump_groups(run.out_dir / "rollouts.jsonl", roll, rewards, batch, step + 1)
             run.metrics.write(row)
             history.append(row)
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", eval=row.get("eval_accuracy", ""))
@@ -175,6 +176,7 @@ def maybe_save(run: Run, done: int, counters: dict[str, int]) -> None:
             config=cfg.to_dict(),
             keep=cfg.keep_checkpoints,
             run_state=dict(counters),
+            run_id=run.run_id,
         )
 
 

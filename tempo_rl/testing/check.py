@@ -1,7 +1,7 @@
 """`check_implementation`: the contract's properties, checked on random batches against the reference.
 
 For each batch drawn (`tempo_rl.testing.strategies`), the function under test must
-1. accept it (no exception) and return a (B, L) float array;
+1. accept it (no exception) and return a (B, L) float array, leaving its inputs unchanged;
 2. return no NaN or inf;
 3. return exactly 0 for every row of a degenerate group (one member, or all rewards equal);
 4. reduce to GRPO at non-branch tokens: with `exact_non_branch`, bitwise (every non-branch token
@@ -18,7 +18,9 @@ For each batch drawn (`tempo_rl.testing.strategies`), the function under test mu
 By default every option the function takes (its `supports`) is swept: each setting of SWEEP
 (td_coef 1, 0, 0.5 and 2; norm_by_std True and False; eps 1e-6 and 0.25, with norm_by_std; loss
 masks on every batch and on none) is checked on its share of the batches and on the pinned edge
-cases, so a function that ignores an option is caught. Passing a value (or a sequence of values)
+cases, so a function that ignores an option is caught. Batches are handed over right padded, left
+padded or mixed, and a third of them are 30 to 140 columns wide (block edges at 32, 64, 128).
+Passing a value (or a sequence of values)
 for an option pins it. Hypothesis shrinks a failure to a small batch; the AssertionError says which
 property failed, under which option setting, the batch, the expected and returned values and the
 first differing (row, token).
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -36,6 +39,7 @@ import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 
 import tempo_rl
 from tempo_rl.reference import PrefixTree, group_rows
@@ -44,7 +48,7 @@ from tempo_rl.tolerances import relative_tolerance as _rtol
 
 from .adapters import Implementation, plain
 from .minimise import minimise
-from .strategies import Case, Presentation, case_from, cases, interleave, layouts_of, take
+from .strategies import PADDINGS, Case, Presentation, case_from, cases, interleave, layouts_of, left_pad, take
 
 __all__ = ["PROPERTIES", "SWEEP", "CheckReport", "Counterexample", "Trial", "allowed_error", "check_implementation"]
 
@@ -62,6 +66,7 @@ _DEFAULTS = {"norm_by_std": True, "eps": 1e-6, "td_coef": 1.0, "loss_mask": Fals
 PROPERTIES = {
     "accepts": "accepts every valid batch (no exception)",
     "shape": "returns a (B, L) float array",
+    "inputs": "leaves its inputs unchanged",
     "finite": "no NaN or inf on valid input",
     "degenerate": "degenerate groups (one member, or all rewards equal) are exactly 0",
     "grpo": "GRPO reduction at non-branch tokens",
@@ -70,7 +75,7 @@ PROPERTIES = {
 }
 
 # Pinned edge cases: group of one, equal rewards, empty responses, one token, identical responses,
-# an empty batch, a response ending where another continues, |R| >> sigma.
+# an empty batch, a response ending where another continues, |R| >> sigma, a tiny spread.
 EDGE = (
     case_from([[3, 1]], [1.0], ["a"]),
     case_from([[1, 2], [1, 3], [2]], [0.5, 0.5, 0.5], [0, 0, 0]),
@@ -80,6 +85,7 @@ EDGE = (
     case_from([], [], []),
     case_from([[1], [1, 2], [1, 2, 0]], [0.0, 1.0, 3.0], [7, 7, 7]),
     case_from([[1, 2], [1, 3], [1, 3]], [1e8, 1e8 + 0.5, 1e8 + 1.0], [0, 0, 0]),
+    case_from([[1, 2], [1, 3], [2]], [0.0, 1e-6, 3e-6], [0, 0, 0]),  # tiny advantages: float16's subnormals
 )
 
 
@@ -93,11 +99,19 @@ class CheckReport:
     options: dict[str, tuple[Any, ...]]  # each option's values checked (loss_mask: with, without)
     not_checked: tuple[str, ...] = field(default=())  # properties left out, and why
     settings: int = 1  # option settings checked (combinations of the values in `options`)
+    asked: int = 0  # max_examples: random batches asked for, shared by the settings
+    random: int = 0  # random batches run, all settings together (each setting runs at least one)
+    edge_cases: int = 0  # pinned edge cases, each run under every setting
 
     def __str__(self) -> str:
         opts = ", ".join(f"{k} in {_values(v)}" for k, v in self.options.items())
-        head = f"{self.name}: no counterexample in {self.examples} batches, {self.settings} option settings"
-        lines = [f"{head} ({opts})"]
+        share = -(-self.asked // self.settings) if self.settings else 0
+        head = (
+            f"{self.name}: no counterexample in {self.random} random batches ({self.asked} asked for, "
+            f"{share} per option setting) and {self.edge_cases} pinned edge cases under each of "
+            f"{self.settings} option settings ({self.examples} batches in all)"
+        )
+        lines = [f"{head}; options: {opts}"]
         lines += [f"  ok   {p}" for p in self.properties]
         lines += [f"  --   {p}" for p in self.not_checked]
         return "\n".join(lines)
@@ -113,7 +127,25 @@ class Trial:
 
     @property
     def handed_over(self) -> Case:
-        return self.case if self.presentation is None else self.presentation.apply(self.case)
+        """A fresh copy each time, so a function that writes into its inputs never changes the batch
+        the reference, the report and the next call see."""
+        fresh = _copied(self.case)
+        return fresh if self.presentation is None else self.presentation.apply(fresh)
+
+
+def _copied(case: Case) -> Case:
+    """The same values in memory of their own (a contiguous batch stays contiguous)."""
+    ids = case.group_ids
+    ids = ids.clone() if isinstance(ids, torch.Tensor) else ids.copy() if isinstance(ids, np.ndarray) else list(ids)
+    loss = None if case.loss_mask is None else case.loss_mask.clone()
+    return replace(
+        case,
+        responses=case.responses.clone(),
+        response_mask=case.response_mask.clone(),
+        rewards=case.rewards.clone(),
+        group_ids=ids,
+        loss_mask=loss,
+    )
 
 
 class Counterexample(AssertionError):
@@ -131,6 +163,33 @@ class Counterexample(AssertionError):
         self.options = dict(options or {})
 
 
+@dataclass
+class _Progress:
+    """A line every `every` seconds while a check runs (to `say`; None: silent), so a slow function
+    is seen to be working and how long it will take."""
+
+    say: Callable[[str], None] | None
+    every: float
+    asked: int  # random batches asked for, all settings together
+    batches: int = 0
+    calls: int = 0
+    start: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=time.monotonic)
+
+    def batch(self, setting: str) -> None:
+        self.batches += 1
+        now = time.monotonic()
+        if self.say is None or now - self.last < self.every:
+            return
+        self.last = now
+        spent = now - self.start
+        left = spent / self.batches * max(self.asked - self.batches, 0)
+        self.say(
+            f"checking: {self.batches} batches ({self.calls} calls of the function) in {spent:.0f} s, {setting}; "
+            f"about {left:.0f} s more for the {self.asked} random batches asked, plus the edge cases"
+        )
+
+
 @dataclass(frozen=True)
 class _Run:
     impl: Implementation
@@ -139,6 +198,7 @@ class _Run:
     batch_invariant: bool
     loss_mask: bool = False  # the drawn batches carry a loss mask (only when the function takes one)
     setting: str = ""  # "setting k of n" in a failure's report
+    progress: _Progress = field(default_factory=lambda: _Progress(None, 0.0, 0))
 
     @property
     def described(self) -> dict[str, Any]:
@@ -279,6 +339,10 @@ def _fail(
         lines += ["expected:", _matrix(expected)]
     if returned is not None:
         lines += ["returned:", _matrix(returned)]
+    left = trial.presentation.left_padded if trial.presentation is not None else ()
+    if left:  # the table and matrices read the rows right padded; the reproduction is as handed over
+        lines.append(f"  (rows {', '.join(map(str, left))} were handed over left padded; shown right padded)")
+        case = left_pad(case, [i in left for i in range(B)])
     lines += ["reproduce:", _reproduce(case, run.impl.device), f"  options = {run.options!r}"]
     raise Counterexample("\n".join(lines), prop, trial, run.described)
 
@@ -293,6 +357,16 @@ def _first(bad: torch.Tensor) -> tuple[int, int]:
 
 def _as_output(returned: Any, case: Case) -> torch.Tensor | str:
     """The returned advantages as a CPU tensor, or why they cannot be read as (B, L)."""
+    B, L = case.responses.shape
+    if isinstance(returned, torch.Tensor) and returned.is_meta:
+        return f"returned a tensor of shape {tuple(returned.shape)} on the meta device, which holds no values"
+    try:
+        return _read_output(returned, case)
+    except Exception as e:  # a result that cannot be read as numbers is a counterexample, not a crash
+        return f"returned a {type(returned).__name__} that cannot be read as numbers ({type(e).__name__}: {e})"
+
+
+def _read_output(returned: Any, case: Case) -> torch.Tensor | str:
     B, L = case.responses.shape
     if isinstance(returned, torch.Tensor):
         out = returned.detach().cpu()
@@ -315,10 +389,14 @@ def _as_output(returned: Any, case: Case) -> torch.Tensor | str:
 
 
 def _call(trial: Trial, run: _Run, case: Case, **override: Any) -> torch.Tensor:
+    """The function on `case` (a fresh copy, in the columns it was handed), its result as a (B, L)
+    CPU tensor in the right-padded columns of `trial.case`."""
     options = {**run.options, **override}
+    before = _copied(case)
+    run.progress.calls += 1
     try:
         returned = run.impl.call(case, options)
-    except Exception as e:  # the function under test failing on valid input is a counterexample
+    except (Exception, SystemExit) as e:  # failing on valid input is a counterexample (sys.exit too)
         hint = ""
         if isinstance(e, TypeError) and "keyword" in str(e):
             hint = " (declare the options it takes: plain(fn, supports=(...)))"
@@ -327,7 +405,36 @@ def _call(trial: Trial, run: _Run, case: Case, **override: Any) -> torch.Tensor:
     if isinstance(out, str):
         _fail("shape", trial, run, detail=out)
     assert isinstance(out, torch.Tensor)
-    return out
+    changed = _written_into(before, case)
+    if changed:
+        _fail("inputs", trial, run, detail=f"wrote into {changed}; the batch shown is the one it was handed")
+    return _right_padded(out, case)
+
+
+def _written_into(before: Case, after: Case) -> str:
+    """The inputs whose values differ from their copy taken before the call ('' when none)."""
+    names = []
+    for name in ("responses", "response_mask", "rewards", "loss_mask"):
+        a, b = getattr(before, name), getattr(after, name)
+        if a is not None and not torch.equal(a, b):
+            names.append(name)
+    ids = before.group_ids
+    if isinstance(ids, torch.Tensor) and not torch.equal(ids, torch.as_tensor(after.group_ids)):
+        names.append("group_ids")
+    elif isinstance(ids, np.ndarray) and not np.array_equal(ids, np.asarray(after.group_ids)):
+        names.append("group_ids")
+    elif isinstance(ids, list) and ids != list(after.group_ids):
+        names.append("group_ids")
+    return ", ".join(names)
+
+
+def _right_padded(out: torch.Tensor, case: Case) -> torch.Tensor:
+    """(B, L): rows handed over left padded rolled back to the columns of the right-padded batch
+    (each row's n values first), where the checks and the report read them."""
+    starts = [s for s, _ in case.spans]
+    if not any(starts):
+        return out
+    return torch.stack([torch.roll(row, -s) for row, s in zip(out, starts)])
 
 
 # ------------------------------------------------------------------ the properties
@@ -410,7 +517,10 @@ def _check_close(
 ) -> None:
     atol = allowed_error(trial.case, out.dtype, norm_by_std=run.options["norm_by_std"], eps=run.options["eps"])
     err = (out.double() - ref).abs()
-    bound = _rtol(out.dtype) * ref.abs() + atol  # (B, L)
+    # One rounding of the returned dtype: relative, plus one step of its subnormals (float16 rounds
+    # values below 6.1e-5 to multiples of 6e-8, not to 2^-11 of themselves).
+    finfo = torch.finfo(out.dtype)
+    bound = _rtol(out.dtype) * ref.abs() + atol + finfo.smallest_normal * finfo.eps  # (B, L)
     bad = where & ~(err <= bound)
     if bad.any():
         row, token = _first(bad)
@@ -499,7 +609,7 @@ def _check_one(trial: Trial, run: _Run, stop_after: str | None = None) -> None:
         ("invariance", lambda: _check_invariance(trial, run, out) if run.batch_invariant else None),
     ]
     for name, step in steps:
-        if stop_after in ("accepts", "shape", "finite"):
+        if stop_after in ("accepts", "shape", "inputs", "finite"):
             return
         step()
         if name == stop_after:
@@ -516,9 +626,11 @@ def _trials(draw, run: _Run) -> Trial:
         st.one_of(
             cases(max_batch=12, max_len=10, max_group=6, with_loss_mask=loss),
             cases(max_batch=80, max_len=5, max_group=64, with_loss_mask=loss),
+            # rows across columns 32, 64 and 128, where a block-based kernel starts its next block
+            cases(max_batch=6, min_len=30, max_len=140, max_group=4, with_loss_mask=loss),
         )
     )
-    presentation = draw(layouts_of(case)) if impl.layouts else None
+    presentation = draw(layouts_of(case, paddings=PADDINGS)) if impl.layouts else None
     order = interleave(case.group_list, draw(st.permutations(range(len(case.group_list)))))
     return Trial(case, presentation, order)
 
@@ -606,6 +718,8 @@ def check_implementation(
     batch_invariant: bool = True,
     max_examples: int = 500,
     seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    progress_every: float = 10.0,
 ) -> CheckReport:
     """Check a TEMPO implementation against the exact reference on `max_examples` random batches,
     under every setting of the options it takes.
@@ -626,14 +740,18 @@ def check_implementation(
         max_examples: random batches to draw in all, shared evenly by the option settings (at
             least one each); the pinned edge cases run under every setting on top.
         seed: fix hypothesis's random draws (default: a fresh seed each run).
+        progress: called with a line of progress every `progress_every` seconds while the check
+            runs (the command line prints it to stderr); None: silent.
 
     Returns:
         A CheckReport (print it for a summary).
 
     Raises:
-        AssertionError: a counterexample, minimised by hypothesis: the property, the option
-            setting, the batch, the expected and returned values and the first differing
-            (row, token). A `Counterexample`, whose `.property`, `.options` and `.trial` hold the same.
+        AssertionError: a counterexample, minimised: the property, the option setting, the batch
+            (as handed over: layouts, dtypes, which rows left padded), the expected and returned
+            values and the first differing (row, token). A `Counterexample`, whose `.property`,
+            `.options` and `.trial` hold the same. A function that fails a batch once and passes
+            it when run again is reported the same way, marked nondeterministic.
 
     >>> import tempo_rl, tempo_rl.testing as tt
     >>> fn = lambda *a, **kw: tempo_rl.tempo_advantages(*a, backend="torch", **kw)
@@ -646,7 +764,8 @@ def check_implementation(
     values = _option_values(impl, {"norm_by_std": norm_by_std, "eps": eps, "td_coef": td_coef, "loss_mask": loss_mask})
     settings_ = _settings(values)
     share = -(-max_examples // len(settings_))  # ceil: every setting gets its share
-    count = 0
+    random, edge = 0, 0
+    tracker = _Progress(progress, progress_every, share * len(settings_))
     for k, setting in enumerate(settings_):
         options = {key: setting[key] for key in ("norm_by_std", "eps", "td_coef")}
         run = _Run(
@@ -656,10 +775,12 @@ def check_implementation(
             batch_invariant,
             loss_mask=setting["loss_mask"],
             setting=f"setting {k + 1} of {len(settings_)}",
+            progress=tracker,
         )
-        count += _check_setting(run, share, None if seed is None else seed + k)
+        drawn, pinned = _check_setting(run, share, None if seed is None else seed + k)
+        random, edge = random + drawn, edge + pinned
     grpo = PROPERTIES["grpo"] + (" (bitwise)" if exact_non_branch else " (within tolerance)")
-    checked = ["accepts", "shape", "finite", "degenerate", "grpo", "reference"]
+    checked = ["accepts", "shape", "inputs", "finite", "degenerate", "grpo", "reference"]
     names = [grpo if p == "grpo" else PROPERTIES[p] for p in checked]
     skipped = []
     if batch_invariant:
@@ -673,16 +794,24 @@ def check_implementation(
             skipped.append(f"{name}: the function does not take it (supports); assumed {values[name][0]}")
     if not impl.layouts:
         skipped.append("memory layouts and dtypes: the adapter builds its own inputs")
-    return CheckReport(impl.name, count, tuple(names), values, tuple(skipped), len(settings_))
+    return CheckReport(
+        impl.name, random + edge, tuple(names), values, tuple(skipped), len(settings_), max_examples, random, len(EDGE)
+    )
 
 
-def _check_setting(run: _Run, max_examples: int, seed: int | None) -> int:
-    """Random batches, then the pinned edge cases, under one option setting; the batches run."""
+def _check_setting(run: _Run, max_examples: int, seed: int | None) -> tuple[int, int]:
+    """Random batches, then the pinned edge cases, under one option setting; (random, edge) batches run."""
     count = [0]
+    found: list[Counterexample] = []
 
     def check(trial: Trial) -> None:
         count[0] += 1
-        _check_one(trial, run)
+        run.progress.batch(run.setting)
+        try:
+            _check_one(trial, run)
+        except Counterexample as e:
+            found.append(e)  # kept: a function that fails only sometimes makes hypothesis raise Flaky
+            raise
 
     base: dict[str, Any] = dict(
         deadline=None,
@@ -701,9 +830,24 @@ def _check_setting(run: _Run, max_examples: int, seed: int | None) -> int:
     for case in EDGE:
         pinned = example(trial=Trial(case, None, torch.arange(case.responses.shape[0])))(pinned)
     pinned = settings(phases=(Phase.explicit,), **base)(pinned)
+    runs: list[int] = []
     for stage in (drawn, pinned):
         try:
             stage()
-        except Counterexample as found:
-            raise _minimised(found, run) from None
-    return count[0]
+        except Counterexample as failure:
+            raise _minimised(failure, run) from None
+        except Flaky:
+            if not found:
+                raise
+            raise _nondeterministic(found[0]) from None
+        runs.append(count[0] - sum(runs))
+    return runs[0], runs[1]
+
+
+def _nondeterministic(first: Counterexample) -> Counterexample:
+    """The first failure of a function that then passed the same batch: reported as it was seen."""
+    note = (
+        "(nondeterministic: the function failed on this batch, then passed when the same batch was run "
+        "again; not minimised, since a smaller batch cannot be told to fail for the same reason)"
+    )
+    return Counterexample(f"{first}\n{note}", first.property, first.trial, first.options)

@@ -25,8 +25,14 @@ def _keep_rows(trial: Any, keep: list[int]) -> Any:
     """The trial restricted to rows `keep` (in order); its second row order restricted alike."""
     rank = {old: new for new, old in enumerate(keep)}
     order = [rank[r] for r in trial.order.tolist() if r in rank]
+    shown = trial.presentation
+    if shown is not None and shown.left_padded:  # the same rows stay left padded, under their new numbers
+        shown = replace(shown, left_padded=tuple(rank[r] for r in shown.left_padded if r in rank))
     return replace(
-        trial, case=take(trial.case, torch.tensor(keep, dtype=torch.long)), order=torch.tensor(order, dtype=torch.long)
+        trial,
+        case=take(trial.case, torch.tensor(keep, dtype=torch.long)),
+        order=torch.tensor(order, dtype=torch.long),
+        presentation=shown,
     )
 
 
@@ -116,7 +122,7 @@ def _plainer_layout(trial: Any) -> Iterator[Any]:
         return
     yield replace(trial, presentation=None)
     default = type(trial.presentation)()
-    for name in ("responses", "response_mask", "rewards", "group_ids", "loss_mask"):
+    for name in ("responses", "response_mask", "rewards", "group_ids", "loss_mask", "left_padded"):
         if getattr(trial.presentation, name) != getattr(default, name):
             yield replace(trial, presentation=replace(trial.presentation, **{name: getattr(default, name)}))
 

@@ -38,6 +38,7 @@ __all__ = [
     "LAYOUTS",
     "MASK_DTYPES",
     "PADDING_VALUES",
+    "PADDINGS",
     "Case",
     "case_from",
     "cases",
@@ -59,6 +60,7 @@ VOCAB_MAX = 2**31 - 1
 PADDING_VALUES = (0, 1, -1, VOCAB_MAX)  # 0 and 1 collide with tiny vocabularies' real ids
 REWARD_KINDS = ("binary", "continuous", "equal", "offset", "few")
 LAYOUTS = ("contiguous", "column_major", "column_of_wider", "slice_of_bigger", "expanded")
+PADDINGS = ("right", "left", "mixed")
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.float32)
 ID_DTYPES = (torch.int64, torch.int32)
 GROUP_ID_FORMS = ("as_drawn", "list_int", "list_str", "numpy_str", "int32", "int64")
@@ -167,6 +169,7 @@ def cases(
     *,
     max_batch: int = 10,
     max_len: int = 8,
+    min_len: int = 0,
     max_group: int = 6,
     max_vocab: int | None = None,
     with_loss_mask: bool | None = None,
@@ -176,7 +179,9 @@ def cases(
 
     Args:
         max_batch: at most this many responses B (0 included).
-        max_len: L is drawn in [0, max_len]; each response has 0..L tokens.
+        max_len: L is drawn in [min_len, max_len]; each response has 0..L tokens.
+        min_len: the least L (e.g. 30 with max_len=140, so rows cross columns 32, 64 and 128,
+            the block edges of block-based kernels).
         max_group: group sizes G in [1, max_group] (64 reaches the largest groups engines use).
         max_vocab: ids in [0, vocab) with vocab drawn in [1, max_vocab]; None draws 1..3 mostly
             (dense trees) and sometimes 2^31 - 1 (responses that never share a token).
@@ -193,7 +198,7 @@ def cases(
         sizes.pop()
     big_vocab = max_vocab is None and draw(st.booleans()) and draw(st.booleans())
     vocab = VOCAB_MAX if big_vocab else draw(st.integers(1, max_vocab or 3))
-    L = draw(st.integers(0, max_len))
+    L = draw(st.integers(min(min_len, max_len), max_len))
     group_names = draw(
         st.lists(st.one_of(st.integers(-5, 50), st.text(max_size=3)), min_size=n_groups, max_size=n_groups, unique=True)
     )
@@ -436,8 +441,12 @@ class Presentation:
     rewards: str = "contiguous"
     group_ids: str = "as_drawn"
     loss_mask: tuple[torch.dtype, str] = (torch.bool, "contiguous")
+    left_padded: tuple[int, ...] = ()  # rows handed over left padded (`left_pad`); the rest right padded
 
     def apply(self, case: Case) -> Case:
+        if self.left_padded:
+            B = case.responses.shape[0]
+            case = left_pad(case, [i in self.left_padded for i in range(B)])
         cast = lambda t, spec: relayout(t.to(spec[0]), spec[1])  # noqa: E731
         loss = None if case.loss_mask is None else cast(case.loss_mask, self.loss_mask)
         return Case(
@@ -459,7 +468,10 @@ class Presentation:
             f"rewards {self.rewards}",
             f"group_ids {self.group_ids}",
         ]
-        return ", ".join(parts + ([spec("loss_mask", self.loss_mask)] if with_loss else []))
+        parts += [spec("loss_mask", self.loss_mask)] if with_loss else []
+        if self.left_padded:
+            parts.append(f"rows {', '.join(map(str, self.left_padded))} left padded")
+        return ", ".join(parts)
 
 
 @st.composite
@@ -470,11 +482,23 @@ def layouts_of(
     mask_dtypes: Sequence[torch.dtype] = MASK_DTYPES,
     id_dtypes: Sequence[torch.dtype] = ID_DTYPES,
     group_id_forms: Sequence[str] = GROUP_ID_FORMS,
+    paddings: Sequence[str] = ("right",),
 ) -> Presentation:
     """A Presentation that fits `case`: each tensor's layout drawn from those `relayout` can give
     it, masks in one of `mask_dtypes`, ids in one of `id_dtypes` (every id drawn by `cases` fits
     int32), group ids in one of `group_id_forms` (same groups, other names). Rewards keep their
-    dtype. Shrinks towards contiguous int64 / bool / the ids as drawn."""
+    dtype. `paddings` (of PADDINGS): "right" as drawn, "left" every row left padded, "mixed" some
+    rows left padded; the values then sit in other columns, so compare results row by row after
+    `Case.spans`. Shrinks towards contiguous int64 / bool / the ids as drawn / right padding."""
+    padding = draw(st.sampled_from(list(paddings)))
+    B = case.responses.shape[0]
+    left: tuple[int, ...] = ()
+    if padding == "left":
+        left = tuple(range(B))
+    elif padding == "mixed":
+        left = tuple(i for i in range(B) if draw(st.booleans()))
+    if left:
+        case = left_pad(case, [i in left for i in range(B)])
 
     def spec(t: torch.Tensor, dtypes: Sequence[torch.dtype]) -> st.SearchStrategy[tuple[torch.dtype, str]]:
         return st.tuples(st.sampled_from(list(dtypes)), st.sampled_from(layouts_for(t)))
@@ -484,7 +508,7 @@ def layouts_of(
     rewards = draw(st.sampled_from(layouts_for(case.rewards)))
     form = draw(st.sampled_from(list(group_id_forms)))
     loss = draw(spec(case.loss_mask, mask_dtypes)) if case.loss_mask is not None else (torch.bool, "contiguous")
-    return Presentation(responses, mask, rewards, form, loss)
+    return Presentation(responses, mask, rewards, form, loss, left)
 
 
 def presentations(
