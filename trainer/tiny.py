@@ -126,7 +126,11 @@ def warm_up(
     log_every: int = 100,
     task: str = "add",
 ) -> None:
-    """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up."""
+    """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up
+    (`steps = 0`: none; the policy stays at its random init)."""
+    if steps == 0:
+        model.eval()
+        return
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
