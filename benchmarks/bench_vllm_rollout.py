@@ -8,8 +8,9 @@ attention needs it) built from a config and saved locally; no EOS, so every resp
 tokens and the token counts are exact. Arms: independent samples, the project's tree (2 roots,
 entropy forks) and the TEMPO authors' (1 root, each of the G - 1 branches forked at the group's
 highest-entropy position so far). Every group of a step goes into each vLLM call. Plain timer: one
-warm-up call, then `--reps` timed; the load average is recorded before and after each arm (a shared
-machine only adds time). Writes one JSON document to --out (default ./bench_vllm_rollout.json).
+short warm-up call of every arm, then `--reps` timed calls per cell; the load average is recorded
+before and after each (a shared machine only adds time). Writes one JSON document to --out
+(default ./bench_vllm_rollout.json), rewritten after every row.
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ def run_arm(llm, prompts, tree, group: int, length: int, reps: int) -> dict:
 
     sampling = SamplingConfig(max_new_tokens=length, eos_token_id=None, pad_token_id=0)
     runs = []
-    for rep in range(reps + 1):  # the first is a warm-up
+    for rep in range(reps):
         load_before = os.getloadavg()[0]
         roll = sample_tree_vllm(llm, prompts, group_size=group, sampling=sampling, tree=tree, seed=rep)
-        if rep:
-            runs.append((roll.stats, load_before, os.getloadavg()[0]))
+        runs.append((roll.stats, load_before, os.getloadavg()[0]))
     p = len(prompts)
     stats = [s for s, _, _ in runs]
     return {
@@ -62,6 +62,15 @@ def run_arm(llm, prompts, tree, group: int, length: int, reps: int) -> dict:
         "seconds_per_group_min": min(s["seconds"] for s in stats) / p,
         "load_avg_1min": [[a, b] for _, a, b in runs],
     }
+
+
+def warm_up(llm, prompts) -> None:
+    """One short call of every arm: the engine's first requests pay one-off costs."""
+    from tempo_rl.trainer.vllm_rollout import sample_tree_vllm
+
+    sampling = SamplingConfig(max_new_tokens=16, eos_token_id=None, pad_token_id=0)
+    for tree in ARMS.values():
+        sample_tree_vllm(llm, prompts, group_size=4, sampling=sampling, tree=tree)
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -79,9 +88,10 @@ def plot(doc: dict, path: Path) -> None:
     width = 0.8 / max(1, len(arms))
     for k, arm in enumerate(arms):
         mine = {(r["length"], r["group_size"]): r for r in rows if r["arm"] == arm}
-        xs = [i + (k - (len(arms) - 1) / 2) * width for i in range(len(cells))]
-        tokens = [mine[c]["tokens_per_group"] / base[c]["tokens_per_group"] for c in cells]
-        seconds = [mine[c]["seconds_per_group_min"] / base[c]["seconds_per_group_min"] for c in cells]
+        have = [i for i, c in enumerate(cells) if c in mine and c in base]  # cells this arm was run at
+        xs = [i + (k - (len(arms) - 1) / 2) * width for i in have]
+        tokens = [mine[cells[i]]["tokens_per_group"] / base[cells[i]]["tokens_per_group"] for i in have]
+        seconds = [mine[cells[i]]["seconds_per_group_min"] / base[cells[i]]["seconds_per_group_min"] for i in have]
         axes[0].bar(xs, tokens, width, label=arm)
         axes[1].bar(xs, seconds, width, label=arm)
     labels = [f"G={g}\nL={n}" for n, g in cells]
@@ -99,12 +109,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--groups", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
-    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=512)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="the arms to run")
     ap.add_argument("--out", type=Path, default=Path("bench_vllm_rollout.json"))
     ap.add_argument("--plot", type=Path, default=None, help="also write the plot (PNG) here")
     args = ap.parse_args(argv)
@@ -122,14 +133,32 @@ def main(argv=None) -> None:
             Path(tmp) / "model", vocab=args.vocab, hidden=args.hidden, layers=args.layers, max_len=max_len
         )
         llm = make_engine(path, max_model_len=max_len, skip_tokenizer_init=True)
+        warm_up(llm, prompts)
         for length in args.lengths:
             for group in args.groups:
-                for arm, tree in ARMS.items():
+                for arm in args.arms:
+                    tree = ARMS[arm]
                     row = {"arm": arm, "group_size": group, "length": length}
                     row.update(run_arm(llm, prompts, tree, group, length, args.reps))
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-    doc = {
+                    write(args.out, document(rows, args))  # rows so far survive an interrupted run
+    doc = document(rows, args)
+    write(args.out, doc)
+    print(f"wrote {args.out}")
+    if args.plot:
+        plot(doc, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def write(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def document(rows: list[dict], args) -> dict:
+    import torch
+
+    return {
         "bench": "vllm_rollout",
         "rows": rows,
         "model": {"vocab": args.vocab, "hidden": args.hidden, "layers": args.layers, "head_dim": 64},
@@ -142,11 +171,6 @@ def main(argv=None) -> None:
         "torch": torch.__version__,
         "tempo_rl": tempo_rl.__version__,
     }
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    if args.plot:
-        plot(doc, args.plot)
-        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

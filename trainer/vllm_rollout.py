@@ -6,8 +6,9 @@ The tree is planned exactly as by the transformers sampler (`tree_rollout`'s pla
 groups of the step, is one `LLM.generate` call: a fork at response depth d of a parent is a request
 whose prompt is the group's prompt plus the parent's first d response tokens, continued by vLLM
 under the same sampling rules (temperature, top-p, EOS, the length budget less d). vLLM's prefix
-cache holds the shared prefix's key/value blocks, so a fork recomputes at most the partial block at
-its fork point. `TreeConfig(n_roots=G)` (`tree=None`) is independent sampling through the same call.
+cache holds the shared prefix's key/value blocks (32 tokens each, the smallest block vLLM's CPU
+attention takes), so a fork recomputes only the partial block at its fork point, provided the
+parent's blocks are still cached. `TreeConfig(n_roots=G)` (`tree=None`) is independent sampling through the same call.
 
 Each token's log-prob is the one vLLM reports under the sampling distribution
 (`logprobs_mode="processed_logprobs"`: after temperature and top-p). Entropy-placed forks
