@@ -158,7 +158,8 @@ def sample_rollout(run: Run, prompts: list[str], sampling, step: int) -> Rollout
     if run.sampler is None:
         return sample_groups(run.model, run.tokenizer, prompts, sampling, group_size=cfg.group_size, tree=run.tree)
     seed = cfg.seed * 100_003 + step
-    return run.sampler.sample(run.tokenizer, prompts, sampling, group_size=cfg.group_size, tree=run.tree, seed=seed)
+    kw = dict(group_size=cfg.group_size, tree=run.tree, seed=seed, device=run.setup.device)
+    return run.sampler.sample(run.tokenizer, prompts, sampling, **kw)
 
 
 def evaluate_policy(run: Run) -> float:

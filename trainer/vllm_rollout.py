@@ -28,6 +28,7 @@ wave ends (the waves are sequential, as in the transformers sampler).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -204,8 +205,10 @@ class VLLMSampler:
         group_size: int,
         tree: TreeConfig | None,
         seed: int,
+        device: torch.device | str = "cpu",
     ) -> Rollout:
-        """`sample_groups`' rollout (prompts as the trainer tokenizes them, decoded texts) sampled here."""
+        """`sample_groups`' rollout (prompts as the trainer tokenizes them, decoded texts) sampled
+        here, its tensors on `device`."""
         from .rollout import encode_prompts
 
         enc = encode_prompts(tokenizer, prompts, chat_template=sampling.chat_template, device="cpu")
@@ -223,6 +226,10 @@ class VLLMSampler:
         roll.texts = tokenizer.batch_decode(
             [r[: int(m.sum())] for r, m in zip(roll.responses, roll.response_mask)], skip_special_tokens=True
         )
+        for f in dataclasses.fields(roll):
+            value = getattr(roll, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(roll, f.name, value.to(device))
         return roll
 
     def load_weights(self, model: torch.nn.Module) -> None:
