@@ -9,10 +9,11 @@ back from the token prefixes (`TempoGRPOTrainer`); GRPO sees G exchangeable comp
 
 The engine is TRL's own colocated one (`use_vllm=True, vllm_mode="colocate"`) unless one is given
 (`llm=`; then `use_vllm` may be False and TRL builds none). TRL 1.16 builds and runs its
-colocated engine on vLLM's CPU build (it warns that it was tested up to vLLM 0.31). Its weight sync
-calls the model's `load_weights`, which the CPU backend's repacked linear weights do not take, so the
-rollout function loads the policy's weights itself at every new global step, through vLLM's
-in-place reload (`vllm_rollout.load_weights`).
+colocated engine on vLLM's CPU build (it warns that it was tested up to vLLM 0.31). The rollout
+function loads the policy's weights itself at every new global step, through vLLM's in-place reload
+(`vllm_rollout.load_weights`): TRL syncs only its own engine, and through the model's
+`load_weights`, which fails on an engine whose linear weights vLLM's CPU backend has repacked (the
+float32 engine of `make_engine`: `'Parameter' object has no attribute 'weight_loader'`).
 
 Prompts: TRL passes each process its slice of the generation batch, each prompt repeated
 `num_generations` times in a row; a tree needs a whole group, so a slice that splits a group is
