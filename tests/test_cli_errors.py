@@ -5,6 +5,7 @@ a finished run.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,10 @@ def _hide_triton(monkeypatch, request) -> None:
 
 
 NO_CUDA = not torch.cuda.is_available()
+NO_VLLM = importlib.util.find_spec("vllm") is None  # make test's venv; .venv-vllm has it
 TINY_POLICY = ("--tokens", "16", "--hidden", "8", "--vocab", "32", "--min-free-gib", "0")
 
-# (argv, what the line must contain, needs: "no-triton" / "no-cuda" / None)
+# (argv, what the line must contain, needs: "no-triton" / "no-cuda" / "no-vllm" / None)
 CASES = [
     # train: config files
     (["train", "--config", "bad.yaml"], "--config bad.yaml: not valid YAML (line 2", None),
@@ -100,6 +102,8 @@ CASES = [
     (["train", "--output-dir", ""], "output_dir (--output-dir): empty", None),
     (["train", "--dataset", "surrogate.jsonl"], "surrogate.jsonl:1: 'prompt' holds '\\ud800' at character 4", None),
     (["train", "--steps", "x"], "argument --steps: invalid int value: 'x'", None),
+    (["train", "--generator", "nope"], "argument --generator: invalid choice: 'nope'", None),
+    (["train", "--generator", "vllm"], "generator 'vllm' needs the Python package 'vllm'", "no-vllm"),
     # train: datasets
     (["train", "--dataset", "latin1.jsonl"], "dataset 'latin1.jsonl': not UTF-8 text", None),
     (["train", "--dataset", "latin1.csv"], "dataset 'latin1.csv': not UTF-8 text", None),
@@ -160,6 +164,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_bad_argument_is_one_line_and_exit_2(files, capsys, monkeypatch, request, argv, needle, needs):
     if needs == "no-cuda" and not NO_CUDA:
         pytest.skip("this machine has CUDA")
+    if needs == "no-vllm" and not NO_VLLM:
+        pytest.skip("vLLM is installed here (tests/integrations/test_vllm.py covers it)")
     if needs == "no-triton":
         _hide_triton(monkeypatch, request)
     before = sorted(p.name for p in files.iterdir())

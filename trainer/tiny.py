@@ -42,8 +42,11 @@ def build_tokenizer():
     )
 
 
-def build_model(vocab_size: int, *, hidden: int = 96, layers: int = 2, heads: int = 4, seed: int = 0):
-    """A tiny LlamaForCausalLM from a config (random init, seeded)."""
+def build_model(
+    vocab_size: int, *, hidden: int = 96, layers: int = 2, heads: int = 4, seed: int = 0, head_dim: int | None = None
+):
+    """A tiny LlamaForCausalLM from a config (random init, seeded). `head_dim` defaults to
+    hidden / heads (24); vLLM's CPU attention needs 64 (trainer/vllm_rollout.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -53,6 +56,7 @@ def build_model(vocab_size: int, *, hidden: int = 96, layers: int = 2, heads: in
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
+        head_dim=head_dim or hidden // heads,
         max_position_embeddings=64,
         tie_word_embeddings=True,
         pad_token_id=0,
@@ -122,7 +126,11 @@ def warm_up(
     log_every: int = 100,
     task: str = "add",
 ) -> None:
-    """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up."""
+    """Supervised next-token training on noisy demonstrations, cosine decay after a short warm-up
+    (`steps = 0`: none; the policy stays at its random init)."""
+    if steps == 0:
+        model.eval()
+        return
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -146,7 +154,14 @@ def warm_up(
 
 
 def make_base_model(
-    path: str | Path, *, warmup_steps: int = 1500, seed: int = 0, hidden: int = 96, layers: int = 2, task: str = "add"
+    path: str | Path,
+    *,
+    warmup_steps: int = 1500,
+    seed: int = 0,
+    hidden: int = 96,
+    layers: int = 2,
+    task: str = "add",
+    head_dim: int | None = None,
 ) -> Path:
     """Build, warm up on `task` and `save_pretrained` the demo policy at `path` (skipped if already
     there; a policy warmed up on another task is an error, not a silent reuse)."""
@@ -160,7 +175,7 @@ def make_base_model(
             )
         return path
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), hidden=hidden, layers=layers, seed=seed)
+    model = build_model(len(tokenizer), hidden=hidden, layers=layers, seed=seed, head_dim=head_dim)
     warm_up(model, tokenizer, steps=warmup_steps, seed=seed, task=task, forget_carry=WARMUP_FORGET_CARRY[task])
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)

@@ -6,9 +6,12 @@ rewards -> token advantages from `tempo_rl.tempo_advantages` (TEMPO, arXiv 2509.
 `tempo_rl.grpo_advantages` -> PPO clipped surrogate (asymmetric clip), `ppo_epochs` x
 `mini_batches` AdamW updates with gradient accumulation and clipping -> metrics, checkpoints.
 
+With `generator = "vllm"` a vLLM engine in this process samples the same rollouts (independent or
+tree, trainer/vllm_rollout.py) and gets the policy's weights after every update.
+
 Left out on purpose: value models (TEMPO is critic-free), entropy bonuses, dynamic sampling and
 overlong-reward shaping, multi-GPU (the advantages are batch-invariant, so data parallelism would
-only need gradient all-reduce), and generation servers (vLLM): `generate` keeps it one readable file.
+only need gradient all-reduce), and remote generation servers.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     Raises UsageError on bad input (before the model loads) and TrainingStopped when the run cannot
     learn (every reward failed, or every group was flat for max_zero_variance_steps steps)."""
     run = start_run(cfg, prepare(cfg))
+    if cfg.generator == "vllm":
+        from .vllm_rollout import sampler_for_run
+
+        run.sampler = sampler_for_run(run)
     history: list[dict[str, Any]] = []
     if cfg.eval_every and run.start == 0:  # where the policy starts, for the curve
         row = {"step": 0, "eval_accuracy": evaluate_policy(run)}
@@ -112,7 +119,7 @@ def train_step(run: Run, step: int, trust: bool) -> tuple[dict[str, Any], Rollou
     batch = batch_for_step(run.setup.examples, step, cfg.prompts_per_step, cfg.seed)
     prompts, chat = prompts_for(run.tokenizer, batch, cfg)
     sampling = sampling_config(run.tokenizer, cfg, run.chance, chat_template=chat, autocast_dtype=run.autocast_dtype)
-    roll = sample_groups(run.model, run.tokenizer, prompts, sampling, group_size=cfg.group_size, tree=run.tree)
+    roll = sample_rollout(run, prompts, sampling, step)
     t_gen = time.perf_counter()
     scored = score_rollout(roll, batch, cfg, run.setup.rewards, f" at step {step + 1}")
     if scored.all_failed:
@@ -126,6 +133,8 @@ def train_step(run: Run, step: int, trust: bool) -> tuple[dict[str, Any], Rollou
     t_adv = time.perf_counter() - t_adv0
     t_update0 = time.perf_counter()
     update = ppo_update(run, roll, result.advantages, step)
+    if run.sampler is not None:  # the engine samples the next step from the updated policy
+        run.sampler.load_weights(run.model)
     t_step = time.perf_counter() - t0
     row = {
         "step": step + 1,
@@ -141,6 +150,17 @@ def train_step(run: Run, step: int, trust: bool) -> tuple[dict[str, Any], Rollou
         "tokens_per_s": roll.n_tokens / t_step,
     }
     return row, roll, rewards, batch
+
+
+def sample_rollout(run: Run, prompts: list[str], sampling, step: int) -> Rollout:
+    """The step's G responses per prompt: `generate` or the transformers tree sampler, or the vLLM
+    engine with `--generator vllm` (its requests seeded by the run's seed and the step)."""
+    cfg = run.cfg
+    if run.sampler is None:
+        return sample_groups(run.model, run.tokenizer, prompts, sampling, group_size=cfg.group_size, tree=run.tree)
+    seed = cfg.seed * 100_003 + step
+    kw = dict(group_size=cfg.group_size, tree=run.tree, seed=seed, device=run.setup.device)
+    return run.sampler.sample(run.tokenizer, prompts, sampling, **kw)
 
 
 def evaluate_policy(run: Run) -> float:

@@ -41,7 +41,7 @@ import torch
 
 from .rollout import ChanceToken, Rollout, SamplingConfig
 
-FORK_AT = ("fixed", "random", "entropy")
+FORK_AT = ("fixed", "random", "entropy", "group_entropy")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class TreeConfig:
     """Shape of each group's tree. `n_roots >= group_size` is independent sampling."""
 
     n_roots: int = 2  # responses sampled from the prompt alone (wave 0)
-    fork_at: Literal["fixed", "random", "entropy"] = "entropy"  # how fork depths are chosen
+    # how fork points are chosen; "group_entropy": one point per wave, the group's highest-entropy one
+    fork_at: Literal["fixed", "random", "entropy", "group_entropy"] = "entropy"
     fork_depths: tuple[int, ...] = ()  # "fixed": response depths to fork at, in order of preference
     forks_per_point: int = 1  # children forked at one (parent, depth) point
     points_per_parent: int | None = None  # fork points one parent gives per wave; None: as many as needed
@@ -225,6 +226,8 @@ def _plan_forks(
     children are planned; fresh roots fill whatever no parent can give."""
     if need <= 0:
         return []
+    if tree.fork_at == "group_entropy":
+        return _plan_group_entropy(group, leaves, prompt, need, wave, tree, sampling)
     newest = [i for i, lf in enumerate(leaves) if lf.wave == wave - 1]
     older = [i for i, lf in enumerate(leaves) if lf.wave != wave - 1]
     forks: list[_Fork] = []
@@ -253,6 +256,31 @@ def _plan_forks(
         for f in forks:
             f.leaf.wave = wave
     return forks
+
+
+def _plan_group_entropy(
+    group: int,
+    leaves: list[_Leaf],
+    prompt: Sequence[int],
+    need: int,
+    wave: int,
+    tree: TreeConfig,
+    sampling: SamplingConfig,
+) -> list[_Fork]:
+    """The TEMPO authors' tree: each wave forks `forks_per_point` children at the single
+    highest-entropy free position of the whole group so far (ties: earlier leaf, shallower depth);
+    with one root and one child per point, each of the G - 1 extra branches re-generates from the
+    highest-entropy position sampled before it."""
+    after = -1 if sampling.chance is None else sampling.chance.position
+    points = [(i, d) for i, lf in enumerate(leaves) for d in _candidate_depths(lf, tree, None, after)]
+    if not points:
+        forks = _root_forks(group, prompt, need, sampling)
+        for f in forks:
+            f.leaf.wave = wave
+        return forks
+    i, d = max(points, key=lambda p: (leaves[p[0]].entropies[p[1]], -p[0], -p[1]))
+    leaves[i].used_depths.add(d)
+    return [_child_fork(group, i, leaves[i], d, prompt, wave, sampling) for _ in range(min(tree.forks_per_point, need))]
 
 
 def _child_fork(group: int, i: int, parent: _Leaf, d: int, prompt, wave: int, sampling: SamplingConfig) -> _Fork:
