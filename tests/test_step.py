@@ -9,6 +9,7 @@ tests/integrations, run them for real), so their engine-free code paths run in t
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import sys
 import types
@@ -65,6 +66,7 @@ def trl(monkeypatch):
     engine.GRPOConfig, engine.GRPOTrainer = GRPOConfig, type("GRPOTrainer", (), {})
     utils = types.ModuleType("accelerate.utils")
     utils.gather = lambda x: x
+    utils.DistributedType = enum.Enum("DistributedType", {"NO": "NO", "MULTI_CPU": "MULTI_CPU", "FSDP": "FSDP"})
     for name, module in {
         "trl": engine,
         "accelerate": types.ModuleType("accelerate"),
