@@ -22,6 +22,14 @@ settings.register_profile("dev", deadline=None, max_examples=20)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the `browser` fixture (headless Chromium) is marked `browser`: `make test`
+    deselects them (`-m 'not browser'`, counted in pytest's summary) and `make test-browser` runs them."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
     """A tiny trainer policy and its tokenizer saved with save_pretrained, one copy per test module
