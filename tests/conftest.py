@@ -23,8 +23,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses the `browser` fixture (headless Chromium) is marked `browser`: `make test`
-    deselects them (`-m 'not browser'`, counted in pytest's summary) and `make test-browser` runs them."""
+    """Every test that uses the `browser` fixture (headless Chromium) is marked `browser`, as is any test
+    that starts Chromium itself (by hand): `make test` deselects them (`-m 'not browser'`, counted in
+    pytest's summary) and `make test-browser` runs them."""
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.browser)

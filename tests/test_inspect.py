@@ -371,6 +371,7 @@ def test_every_dumped_group_is_shown_with_its_prompt(tmp_path):
     assert [v["responses"][0]["prompt"] for v in views] == ["0+0=", "1+1=", "2+2="]
 
 
+@pytest.mark.browser  # starts Chromium itself, without the browser fixture
 def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
     """matplotlib holds font files open at low descriptors; starting Chromium must not depend on them."""
     import subprocess
