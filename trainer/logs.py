@@ -30,9 +30,9 @@ def all_groups_flat(rewards: torch.Tensor, group_ids: torch.Tensor) -> bool:
 
 
 def rollout_metrics(roll: Rollout, rewards: torch.Tensor, result: StepResult, threshold: float = 1.0) -> dict[str, Any]:
-    """The step's rollout numbers: rewards, lengths, the engine step's metrics (tree shape; the
-    branch-node diagnostic: node count, mean m, pooled unbiased r = delta^2 / sigma^2, left out when
-    undefined) and advantage moments over the tokens that carry loss."""
+    """The step's rollout numbers: rewards, lengths, the engine step's metrics (td_coef, tree shape; the
+    branch-node diagnostic: node count, mean m, pooled unbiased r = delta^2 / sigma^2; the same keys
+    every step, 0.0 where undefined) and advantage moments over the tokens that carry loss."""
     m = roll.loss_mask.bool()
     a = result.advantages[m]
     return {
