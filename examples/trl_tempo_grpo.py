@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dump-rollouts-every",
         type=int,
         default=0,
-        help="every N steps append the generation batch to <output-dir>/rollouts.jsonl for `tempo-rl inspect` "
-        "(0: never)",
+        help="append every N-th generation batch (the first included) to <output-dir>/rollouts.jsonl for "
+        "`tempo-rl inspect` (0: never)",
     )
     p.add_argument("--cpu", action="store_true", help="run on CPU (small models only: --model tiny)")
     args = p.parse_args(argv)
