@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 EXTRAS := test,train,bench,viz,docs
 # The inspect page is tested in headless Chromium (Debian's package; no browser download), by
 # `make test-browser` only: the tests marked `browser` (tests/conftest.py marks every test that uses
-# the browser fixture) are deselected by `make test`, which names them in pytest's summary.
+# the browser fixture) are deselected by `make test`; pytest's summary counts them and says how to run them.
 CHROMIUM_STAMP := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -34,8 +34,6 @@ demo: $(STAMP)
 # Lint, format check and the public API's type check first: quick, and they name the file and line.
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations -m 'not browser'
-	@echo "make test: the browser tests (tempo-rl inspect's page in headless Chromium) were deselected; \
-	\`make test-browser\` installs Debian's chromium (sudo apt-get) and runs them"
 
 test-browser: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q -m browser --ignore=tests/integrations
