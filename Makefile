@@ -1,4 +1,5 @@
-# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`. Neither installs anything
+# outside the repository; `make test-browser` installs Debian's chromium (sudo apt-get) for the browser tests.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -6,11 +7,13 @@ STAMP  := $(VENV)/.installed
 # A pinned torch takes the local CPU wheel; an unpinned one would pull CUDA packages.
 TORCH  := torch==2.13.0
 EXTRAS := test,train,bench,viz,docs
-# The inspect page is tested in headless Chromium (Debian's package; no browser download).
+# The inspect page is tested in headless Chromium (Debian's package; no browser download), by
+# `make test-browser` only: the tests marked `browser` (tests/conftest.py marks every test that uses
+# the browser fixture) are deselected by `make test`; pytest's summary counts them and says how to run them.
 CHROMIUM_STAMP := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test docs lint test-integrations example bench clean-venv
+.PHONY: demo test test-browser docs lint test-integrations example bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +32,11 @@ demo: $(STAMP)
 	$(PY) -m tempo_rl train --estimator tempo --steps 100 --threads 1 --output-dir runs/demo --overwrite --eval-every 20
 
 # Lint, format check and the public API's type check first: quick, and they name the file and line.
-test: $(STAMP) $(CHROMIUM_STAMP) lint
-	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations
+test: $(STAMP) lint
+	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/integrations -m 'not browser'
+
+test-browser: $(STAMP) $(CHROMIUM_STAMP)
+	$(PY) -m pytest -q -m browser --ignore=tests/integrations
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -60,7 +66,7 @@ SKYRL_DEPS := 'ray==2.51.1' 'hydra-core==1.3.2' omegaconf 'datasets==4.0.0' tran
 $(TRL_VENV)/.installed: pyproject.toml Makefile
 	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
 	$(TRL_VENV)/bin/python -m pip install -q $(TORCH)
-	$(TRL_VENV)/bin/python -m pip install -q -e '.[trl]' '$(TRL_PIN)' peft $(INTEGRATION_TEST_DEPS) $(TORCH)
+	$(TRL_VENV)/bin/python -m pip install -q -e '.[trl]' '$(TRL_PIN)' 'peft==0.21.2' $(INTEGRATION_TEST_DEPS) $(TORCH)
 	touch $@
 
 $(VERL_VENV)/.installed: pyproject.toml Makefile

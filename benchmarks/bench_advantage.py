@@ -248,6 +248,7 @@ def environment(device: str) -> dict:
 def markdown(rows: list[Row], env: dict) -> str:
     head = (
         f"# TEMPO advantage benchmark ({env['device']})\n\n" + ", ".join(f"{k}: {v}" for k, v in env.items()) + "\n\n"
+        f"Every backend was timed in one process with the same {env['threads']} torch thread(s).\n\n"
         "| backend | data | B | G | L | median ms | p20-p80 ms | tokens/s | GB/s vs floor "
         "| speed-up vs loop (lists) | speed-up vs loop (tensors) |\n"
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
@@ -313,6 +314,13 @@ def write(rows: list[Row], env: dict, out: Path, name: str) -> None:
     plot(rows, stem.with_suffix(".png"), f"TEMPO advantages, {env.get('gpu', env['cpu'])}")
 
 
+THREADS_HELP = (
+    "torch CPU threads, the same for every method timed (default 1: the steady figure on a shared machine; "
+    "with one thread per core, torch's default, a busy machine makes the torch paths wait for cores other "
+    "processes hold while the one-thread Python loop does not, and the comparison misleads). 0: torch's default"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
@@ -330,9 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(repeatable), e.g. 256x8x512",
     )
     parser.add_argument("--repeats", type=int_at_least(1), default=5, help="timed runs per CPU measurement")
-    parser.add_argument(
-        "--threads", type=int_at_least(0), default=None, help="torch CPU threads (default: torch's choice)"
-    )
+    parser.add_argument("--threads", type=int_at_least(0), default=1, help=THREADS_HELP)
     parser.add_argument(
         "--out", type=Path, default=Path("."), help="directory for the results (default: the current directory)"
     )

@@ -268,13 +268,13 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int_at_least(1), default=5)
-    parser.add_argument("--threads", type=int_at_least(0), default=1)
+    parser.add_argument("--threads", type=int_at_least(0), default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path("."), help="directory for scale_cpu.{md,json}")
     add_scale_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    args.threads = args.threads or 1
+    args.threads = args.threads or torch.get_num_threads()  # 0: torch's default, recorded as the count it uses
     args.out = args.out or Path(".")
     if args.part:
         print(json.dumps(run_part(args.part, args)))

@@ -179,7 +179,8 @@ def summarise(results, estimators, lrs, seeds, target) -> dict[str, Any]:
 
 
 def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
-    """Mean of a metric over the rows that log it (it is left out where undefined); None if none do."""
+    """Mean of a metric over the rows that log it; None if none do. Runs made before the metrics kept
+    their keys every step leave it out where undefined; later runs log 0.0 there, which this mean counts."""
     got = [r[key] for r in rows if key in r]
     return statistics.mean(got) if got else None
 

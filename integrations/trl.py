@@ -34,6 +34,10 @@ swaps in Liger's layer kernels. A TRL that routes the loss to Liger's fused GRPO
 one advantage per sequence, `compute_liger_loss`) is refused; `tempo_rl.fused_policy_loss` is the
 (B, T)-advantage loss of that kind, used by `tempo-rl train` (`fused_loss = True`).
 
+Metrics and rollouts. `tempo/td_coef` and the tree statistics are logged with TRL's metrics, the
+same keys every generation batch (docs/metrics.md); `tempo_dump_rollouts_every=N` appends every N-th
+training generation batch to <output_dir>/rollouts.jsonl, the file `tempo-rl inspect` reads.
+
 Training on the tree (`tempo_tree_forward=True`). The policy, old-policy and reference log-probs are
 scored by `tempo_rl.tree_logprobs`: each chunk of rows TRL scores at once is packed into its prefix
 tree (the shared prompt and every shared completion prefix once) and run in one forward, whose
@@ -50,12 +54,14 @@ tree's entropies carry no gradient).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import tempo_rl
 from tempo_rl.extras import require, requires
+from tempo_rl.viz.rollouts import dump_line
 
 require(("trl", "accelerate"), "tempo_rl.integrations.trl", "trl")  # trl itself named first when both are missing
 with requires("trl", "tempo_rl.integrations.trl"):
@@ -86,8 +92,8 @@ class TempoGRPOConfig(GRPOConfig):
     tempo_log_tree_stats: bool = field(
         default=True,
         metadata={
-            "help": "Log the prefix-tree statistics (tempo/*) each generation step (computed with the "
-            "advantages, from the same pass over the tokens)."
+            "help": "Log tempo/td_coef and the prefix-tree statistics (tempo/*) each generation step, the same "
+            "keys every step (docs/metrics.md; computed with the advantages, from the same pass over the tokens)."
         },
     )
     tempo_trust_check: bool = field(
@@ -110,8 +116,17 @@ class TempoGRPOConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "Log the per-node diagnostic of tempo_rl.branch_snr_stats (tempo/branch_nodes, "
-            "tempo/branch_node_mean_m, tempo/branch_r_unbiased: where TEMPO is expected to pay, "
-            "proofs_notes/tree-rollouts.md). Costs about 2x the advantages (0.5 s at 3584 x 8192 on one CPU core)."
+            "tempo/branch_inner_nodes, tempo/branch_node_mean_m, tempo/branch_r_unbiased: where TEMPO is expected "
+            "to pay, proofs_notes/tree-rollouts.md). Costs about 2x the advantages (0.5 s at 3584 x 8192 on one "
+            "CPU core)."
+        },
+    )
+    tempo_dump_rollouts_every: int = field(
+        default=0,
+        metadata={
+            "help": "Every N-th generation batch (the first included), append its scored completions to "
+            "<output_dir>/rollouts.jsonl (step, group_id, prompt, response token ids, text, reward), the file "
+            "`tempo-rl inspect` reads; 0: never."
         },
     )
 
@@ -134,6 +149,7 @@ class TempoGRPOTrainer(GRPOTrainer):
         if self.tempo_tree_forward:
             _check_tree_forward(self.args, self.accelerator.distributed_type)
         self._tempo_scored: tuple[list[list[int]], torch.Tensor] | None = None
+        self._tempo_generations = 0  # training generation batches so far (tempo_dump_rollouts_every)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -148,6 +164,8 @@ class TempoGRPOTrainer(GRPOTrainer):
         completion_ids_list, rewards_per_func = self._tempo_scored
         self._tempo_scored = None
         output["advantages"] = self._tempo_advantages(output, completion_ids_list, rewards_per_func)
+        if self.model.training:
+            self._dump_rollouts(output, completion_ids_list, rewards_per_func)
         return output
 
     def _tempo_advantages(
@@ -241,9 +259,34 @@ class TempoGRPOTrainer(GRPOTrainer):
         for _ in range(min(len(seq_adv), len(self._logs["advantages"]))):
             self._logs["advantages"].pop()  # GRPO's values that GRPOTrainer just logged
         self._logs["advantages"].extend(seq_adv.tolist())
-        self._metrics[mode]["tempo/td_coef"].append(self.tempo_options.td_coef)
-        for key, value in metrics.items():
+        for key, value in metrics.items():  # the same keys every step (tempo_rl.advantage_step)
             self._metrics[mode][key].append(value)
+
+    def _dump_rollouts(
+        self, output: dict[str, Any], completion_ids_list: list[list[int]], rewards_per_func: torch.Tensor
+    ) -> None:
+        """Every `tempo_dump_rollouts_every`-th training generation batch: its scored completions appended
+        to <output_dir>/rollouts.jsonl by the main process, `step` being TRL's global step at generation."""
+        every = int(getattr(self.args, "tempo_dump_rollouts_every", 0))
+        self._tempo_generations += 1
+        if not every or (self._tempo_generations - 1) % every:
+            return
+        # Every process takes part in the gathers (the batch as `_tempo_advantages` saw it); one writes.
+        batch = _gather_batch(self.accelerator, _local_batch(output, completion_ids_list))
+        rewards, group_ids = _rewards_and_groups(rewards_per_func, self.reward_weights, self.num_generations)
+        prompts = _gather_batch(self.accelerator, {"ids": output["prompt_ids"], "mask": output["prompt_mask"]})
+        if not self.accelerator.is_main_process:
+            return
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)  # a processor's tokenizer
+        path = Path(self.args.output_dir) / "rollouts.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for row in (group_ids >= 0).nonzero().flatten().tolist():  # unscored completions have no reward
+                ids = batch["responses"][row][batch["response_mask"][row].bool()].tolist()
+                prompt = tokenizer.decode(prompts["ids"][row][prompts["mask"][row].bool()], skip_special_tokens=True)
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                gid = int(group_ids[row])
+                f.write(dump_line(self.state.global_step, gid, prompt, ids, text, float(rewards[row])))
 
 
 def step_options(args: Any) -> tempo_rl.StepOptions:
@@ -273,6 +316,9 @@ def _check_supported(args: GRPOConfig) -> None:
             "TempoGRPOTrainer: multi_objective_aggregation must be 'sum_then_normalize' (TEMPO needs one "
             f"reward per completion before normalising), got {args.multi_objective_aggregation!r}"
         )
+    every = getattr(args, "tempo_dump_rollouts_every", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(f"TempoGRPOTrainer: tempo_dump_rollouts_every must be an int >= 0, got {every!r}")
     if getattr(args, "use_liger_kernel", False) and hasattr(GRPOTrainer, "compute_liger_loss"):
         raise ValueError(
             "TempoGRPOTrainer: use_liger_kernel=True makes this TRL version compute the loss with Liger's fused GRPO "

@@ -78,8 +78,9 @@ class TreeStats:
         return combine({gid: g for gid, g in self.groups.items() if keep(gid)})
 
     def as_metrics(self, prefix: str = "tempo/") -> dict[str, float]:
-        """The per-step tree metrics the trainer and the TRL and verl integrations log, as floats
-        (depth metrics are left out in a batch where no group branches)."""
+        """The per-step tree metrics the trainer and every integration log, as floats: the same keys
+        every step (docs/metrics.md). The depth metrics are 0.0 in a batch where no group branches
+        (`branch_nodes_per_group` is 0.0 there too), so a dashboard's series never has a gap."""
         values = {
             "branch_token_fraction": self.branch_token_fraction,
             "nodes_per_group": self.nodes_per_group,
@@ -88,7 +89,7 @@ class TreeStats:
             "mean_branch_depth": self.mean_branch_depth,
             "max_depth": self.max_depth,
         }
-        return {prefix + k: float(v) for k, v in values.items() if v is not None}
+        return {prefix + k: float(v or 0.0) for k, v in values.items()}
 
 
 def group_tree_stats(tree: PrefixTree) -> GroupTreeStats:

@@ -271,17 +271,18 @@ class BranchSNRStats:
         return out
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        """Flat numbers a trainer can log: node count, mean m, and r pooled over the nodes with m < G
-        (sum delta2 / sum sigma2) with their count. Undefined values are left out, never NaN: mean m
-        when no group branches, r when no node below a whole group has outcome variance."""
+        """Flat numbers a trainer can log, the same four keys every step (docs/metrics.md): node count,
+        mean m, and r pooled over the nodes with m < G (sum delta2 / sum sigma2) with their count.
+        Undefined values are 0.0, never NaN and never left out: mean m when no group branches (m >= 2
+        at every branch node), r when no node below a whole group has outcome variance."""
         inner = self.m < self.group_size  # the root-level node of a group has mu = V(s) by construction
         d2, s2 = float(self.delta2[inner].sum()), float(self.sigma2[inner].sum())
-        out = {f"{prefix}branch_nodes": float(self.m.numel()), f"{prefix}branch_inner_nodes": float(inner.sum())}
-        if self.m.numel():
-            out[f"{prefix}branch_node_mean_m"] = float(self.m.double().mean())
-        if s2 > 0:
-            out[f"{prefix}branch_r_unbiased"] = d2 / s2
-        return out
+        return {
+            f"{prefix}branch_nodes": float(self.m.numel()),
+            f"{prefix}branch_inner_nodes": float(inner.sum()),
+            f"{prefix}branch_node_mean_m": float(self.m.double().mean()) if self.m.numel() else 0.0,
+            f"{prefix}branch_r_unbiased": d2 / s2 if s2 > 0 else 0.0,
+        }
 
 
 def branch_snr_stats(

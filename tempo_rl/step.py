@@ -1,8 +1,9 @@
 """The engine step: advantages, the sampled trust check, tree statistics, the branch-node
 diagnostic and the metrics they log, from a batch as an RL engine holds it.
 
-`tempo-rl train`, the TRL trainer, the verl estimator and `tempo-rl bench --scale` all call
-`advantage_step`, so an option added to `StepOptions` reaches every engine at once.
+`tempo-rl train`, every integration (TRL, verl, OpenRLHF, SkyRL, AReaL) and `tempo-rl bench --scale`
+call `advantage_step`, so an option added to `StepOptions`, or a metric added here, reaches every
+engine at once.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class StepOptions:
 class StepResult:
     """advantages: (B, L) token advantages; trust: the trust check's report (None when it did not
     run, or the backend is the reference itself); tree: the batch's tree statistics (None when not
-    asked for); metrics: name -> float, tree statistics first, then the branch-node diagnostic."""
+    asked for); metrics: name -> float, the same keys every step for given options (docs/metrics.md):
+    with `tree_stats`, the TD weight applied (`td_coef`, 0 for "grpo") and the tree statistics; then,
+    with `log_branch_snr`, the branch-node diagnostic."""
 
     advantages: torch.Tensor
     trust: TrustReport | None
@@ -106,6 +109,7 @@ def advantage_step(
         if scored is not None:
             keys = _keys(group_ids, scored)
             tree = tree.select(lambda gid: gid in keys)
+        metrics[options.metrics_prefix + "td_coef"] = float(options.effective_td_coef)
         metrics.update(tree.as_metrics(prefix=options.metrics_prefix))
     if options.log_branch_snr:
         metrics.update(_branch_snr_metrics(responses, response_mask, rewards, group_ids, scored, options))

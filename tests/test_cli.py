@@ -29,9 +29,28 @@ def test_bench_writes_where_told(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_advantage, "shapes_for", lambda device, quick: [])
     monkeypatch.setattr(bench_advantage, "write", lambda rows_, env, out, name: rows.append((out, name)))
     monkeypatch.setattr(bench_advantage, "markdown", lambda rows_, env: "")
+    threads: list[int] = []
+    monkeypatch.setattr(bench_advantage.torch, "set_num_threads", threads.append)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "--quick"]) == 0
-    assert rows == [(Path("."), "advantage_cpu_quick")]
+    assert rows == [(Path("."), "advantage_cpu_quick_1thread")] and threads == [1]
+
+
+def test_bench_compares_methods_on_one_thread_by_default_and_says_why(capsys):
+    """One thread is the default of every bench op (the steady figure on a shared machine); 0 leaves
+    torch's default; the help says why; the table names the setting."""
+    from tempo_rl.benchmarks import bench_advantage
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["bench"]).threads == 1
+    assert parser.parse_args(["bench", "--op", "policy_loss"]).threads == 1
+    assert parser.parse_args(["bench", "--scale", "--threads", "0"]).threads == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default 1: the steady figure on a shared machine" in help_text and "0: torch's default" in help_text
+    env = {"device": "cpu", "threads": 1}
+    assert "with the same 1 torch thread(s)" in bench_advantage.markdown([], env)
 
 
 def test_inspect_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):

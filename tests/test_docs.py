@@ -109,3 +109,40 @@ def test_readme_engines_table_has_one_row_per_engine():
     rows = README.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
     engines = [row.split("|")[1].strip() for row in rows]
     assert {"TRL", "verl"} <= set(engines), engines
+
+
+def test_own_loop_guide_runs_in_order_and_prints_what_it_shows():
+    """docs/own-loop.md is one program: its blocks run in order in one namespace, and each prints the
+    text block shown under it (prompts -> completions -> advantages -> loss -> optimizer step)."""
+    blocks = _python_blocks_and_outputs((ROOT / "docs" / "own-loop.md").read_text())
+    assert len(blocks) >= 5, "the guide shows the whole step"
+    namespace: dict = {"__name__": "__own_loop__"}
+    for code, shown in blocks:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "docs/own-loop.md", "exec"), namespace)
+        if shown is not None:
+            assert printed.getvalue().strip() == shown.strip(), printed.getvalue()
+    assert namespace["model"].config._attn_implementation.startswith("tempo_tree|")  # what the page says
+
+
+def test_quoted_make_demo_is_the_makefile_recipe():
+    """The docs quote `make demo` as the `tempo-rl train` command it runs: the Makefile's, flag for flag."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n\t\$\(PY\) -m tempo_rl train (.*)$", makefile, flags=re.M)
+    assert recipe, "the Makefile's demo target runs tempo-rl train"
+    quoted = re.findall(
+        r"make demo\s+# = tempo-rl train (.*)$", (ROOT / "docs" / "engines" / "train.md").read_text(), re.M
+    )
+    assert quoted == [recipe.group(1).strip()]
+
+
+def test_docs_home_lists_every_way_in_of_the_readme():
+    """The README's engines table and the one-call example are the ways in; the docs home names each."""
+    header = "| Engine | how to switch it on | example |"
+    rows = README.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
+    engines = [row.split("|")[1].strip() for row in rows]
+    home = (ROOT / "docs" / "index.md").read_text()
+    ways = home.split("## Ways in", 1)[1].split("\n## ", 1)[0]
+    for name in ["tempo_advantages", *(e.split()[0].strip("`") for e in engines)]:
+        assert name in ways, name

@@ -83,8 +83,9 @@ def _inspect(here, tiny_path, capsys):
 
 def _bench(here, tiny_path, capsys):
     out, _ = _run(["bench", "--shape", "8x4x16", "--repeats", "1"], capsys)
-    assert_tables_have_headers((here / "advantage_cpu.md").read_text(), "advantage_cpu.md")
-    assert (here / "advantage_cpu.png").is_file() and "torch" in out
+    name = "advantage_cpu_1thread"  # the default: every method on one torch thread, named in the file
+    assert_tables_have_headers((here / f"{name}.md").read_text(), f"{name}.md")
+    assert (here / f"{name}.png").is_file() and "torch" in out
 
 
 def _train(here, tiny_path, capsys):
@@ -119,7 +120,7 @@ def test_command_runs_on_its_defaults(name, here, tiny_path, capsys, hf_progress
 
 # ----------------------------------------------------------------------------- every bench op
 BENCH_RUNS = {
-    "advantage": (["--shape", "8x4x16", "--repeats", "1"], ["advantage_cpu.md", "advantage_cpu.png"]),
+    "advantage": (["--shape", "8x4x16", "--repeats", "1"], ["advantage_cpu_1thread.md", "advantage_cpu_1thread.png"]),
     "policy_loss": (
         ["--tokens", "16", "--hidden", "8", "--vocab", "32", "--repeats", "1", "--min-free-gib", "0"],
         ["policy_loss_cpu.md", "policy_loss_cpu.json"],

@@ -172,3 +172,31 @@ def test_verl_script_stops_in_one_line_outside_what_it_was_tested_with(tmp_path,
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr
     assert not (ROOT / "data").exists()  # never into the repository
+
+
+def _trl_example():
+    spec = importlib.util.spec_from_file_location("trl_tempo_grpo", EXAMPLES / "trl_tempo_grpo.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_trl_example_defaults_to_the_real_model_and_sizes_the_tiny_one_for_cpu():
+    example = _trl_example()
+    real = example.parse_args([])
+    assert real.model == "Qwen/Qwen3-1.7B" and real.dataset.endswith("arithmetic.jsonl")
+    assert (real.learning_rate, real.max_completion_length) == (1e-6, 1024)
+    tiny = example.parse_args(["--model", "tiny", "--cpu", "--learning-rate", "3e-4"])
+    assert (tiny.dataset, tiny.max_completion_length, tiny.learning_rate) == ("add", 24, 3e-4)  # given flags win
+    assert tiny.per_device_batch * tiny.steps_per_generation == 8 * tiny.num_generations  # 8 prompts a batch
+
+
+def test_trl_example_without_a_gpu_says_to_add_cpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _trl_example().main(["--model", "tiny"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "trl_tempo_grpo.py: no GPU here; add --cpu (with a small model: --model tiny)"
+    )

@@ -1,8 +1,8 @@
 """`tempo-rl inspect`: the files it writes, the numbers it shows, the errors it gives.
 
 The page's numbers must be the library's: advantages from the public API, V and TD from the
-reference trie. The page is loaded in headless Chromium (Debian's `chromium`, which `make test`
-installs) over the DevTools protocol: it must log no error, request nothing but itself, and its
+reference trie. The page is loaded in headless Chromium (Debian's `chromium`, which
+`make test-browser` installs; `make test` deselects these tests) over the DevTools protocol: it must log no error, request nothing but itself, and its
 DOM must carry the same numbers as the embedded JSON and the API.
 """
 
@@ -194,7 +194,7 @@ def test_cli_writes_html_png_and_summary(tmp_path, capsys, path, extra, pngs):
 # -- the page in a browser -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():
-    assert find_chromium(), "headless Chromium is missing: `make test` installs Debian's chromium"
+    assert find_chromium(), "headless Chromium is missing: `make test-browser` installs Debian's chromium"
     with Browser() as b:
         yield b
 
@@ -371,6 +371,7 @@ def test_every_dumped_group_is_shown_with_its_prompt(tmp_path):
     assert [v["responses"][0]["prompt"] for v in views] == ["0+0=", "1+1=", "2+2="]
 
 
+@pytest.mark.browser  # starts Chromium itself, without the browser fixture
 def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
     """matplotlib holds font files open at low descriptors; starting Chromium must not depend on them."""
     import subprocess

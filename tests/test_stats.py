@@ -120,5 +120,7 @@ def test_as_metrics_is_the_one_conversion():
         "tempo/mean_branch_depth": 0.5,
         "tempo/max_depth": 2.0,
     }
-    no_branch = tempo_rl.tree_stats(*_on_device(EDGE[2])).as_metrics(prefix="")
-    assert "first_branch_depth" not in no_branch and no_branch["branch_token_fraction"] == 0.0
+    no_branch = tempo_rl.tree_stats(*_on_device(EDGE[2])).as_metrics(prefix="tempo/")
+    assert no_branch.keys() == m.keys()  # the same keys every step: no gap in a dashboard's series
+    assert no_branch["tempo/branch_nodes_per_group"] == 0.0 and no_branch["tempo/branch_token_fraction"] == 0.0
+    assert no_branch["tempo/first_branch_depth"] == no_branch["tempo/mean_branch_depth"] == 0.0

@@ -321,7 +321,7 @@ def test_trl_step_is_advantage_step(trl):
     )
     fake._log_tempo = types.MethodType(trl.TempoGRPOTrainer._log_tempo, fake)
     adv = trl.TempoGRPOTrainer._tempo_advantages(fake, {"completion_ids": RESPONSES}, ids, REWARDS[:, None])
-    logged = {k: v[0] for k, v in fake._metrics["train"].items() if k != "tempo/td_coef"}
+    logged = {k: v[0] for k, v in fake._metrics["train"].items()}
     _assert_same(adv, logged, _direct(options, scored=torch.ones(6, dtype=torch.bool)))
     assert fake._metrics["train"]["tempo/td_coef"] == [0.5]
 
@@ -357,6 +357,43 @@ def test_grpo_ignores_td_coef_and_equals_grpo_advantages():
 
 def test_reference_backend_skips_the_trust_check():
     assert _direct(StepOptions(backend="reference", trust_check=True)).trust is None
+
+
+METRIC_KEYS = {
+    "td_coef",
+    "branch_token_fraction",
+    "nodes_per_group",
+    "branch_nodes_per_group",
+    "first_branch_depth",
+    "mean_branch_depth",
+    "max_depth",
+}
+SNR_KEYS = {"branch_nodes", "branch_inner_nodes", "branch_node_mean_m", "branch_r_unbiased"}
+NO_BRANCH = torch.tensor([[5, 6, 0], [5, 6, 0], [7, 0, 0], [7, 0, 0]])  # two groups of identical rows
+
+
+@pytest.mark.parametrize("snr", [False, True])
+@pytest.mark.parametrize("estimator", ["tempo", "grpo"])
+def test_metric_keys_are_the_same_every_step_with_and_without_branching(estimator, snr):
+    """A dashboard sees every series every step: a batch where nothing branches (depths, mean m and r
+    undefined) logs the keys of one that branches, each a finite float (docs/metrics.md lists them)."""
+    options = StepOptions(estimator=estimator, backend="torch", log_branch_snr=snr, metrics_prefix="tempo/")
+    branching = _direct(options).metrics
+    flat = advantage_step(NO_BRANCH, (NO_BRANCH != 0).long(), [1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1], options=options)
+    want = {f"tempo/{k}" for k in METRIC_KEYS | (SNR_KEYS if snr else set())}
+    assert set(branching) == set(flat.metrics) == want
+    assert flat.metrics["tempo/branch_nodes_per_group"] == 0.0 and branching["tempo/branch_nodes_per_group"] > 0
+    assert all(isinstance(v, float) and np.isfinite(v) for v in [*branching.values(), *flat.metrics.values()])
+    assert branching["tempo/td_coef"] == (1.0 if estimator == "tempo" else 0.0)
+
+
+def test_metrics_page_documents_every_key():
+    """docs/metrics.md names each metric the engines log, with its prefix."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    for key in METRIC_KEYS | SNR_KEYS:
+        assert f"`tempo/{key}`" in page, key
 
 
 def test_tree_stats_off_gives_no_statistics():

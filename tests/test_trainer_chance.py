@@ -151,15 +151,16 @@ def test_luck_trains_and_logs_the_branch_diagnostic(tiny_path, tmp_path, rollout
         assert r["reward_mean"] >= 0 and r["loss"] == r["loss"]
 
 
-def test_diagnostic_leaves_out_undefined_values():
+def test_diagnostic_gives_zero_for_undefined_values_and_keeps_its_keys():
     y = torch.tensor([[1, 2, 3], [1, 2, 4], [1, 5, 6], [1, 5, 7]])
     mask = torch.ones_like(y)
     flat = tempo_rl.branch_snr_stats(y, mask, [1.0, 1.0, 1.0, 1.0], [0] * 4).as_metrics(prefix="x/")
     assert flat["x/branch_nodes"] == 3.0 and flat["x/branch_inner_nodes"] == 2.0
     assert flat["x/branch_node_mean_m"] == pytest.approx(8 / 3)
-    assert "x/branch_r_unbiased" not in flat  # no outcome variance: r is undefined
+    assert flat["x/branch_r_unbiased"] == 0.0  # no outcome variance: r is undefined, logged as 0
     alone = tempo_rl.branch_snr_stats(y[:1], mask[:1], [1.0], [0]).as_metrics()
-    assert alone == {"branch_nodes": 0.0, "branch_inner_nodes": 0.0}
+    keys = {"branch_nodes", "branch_inner_nodes", "branch_node_mean_m", "branch_r_unbiased"}
+    assert alone == dict.fromkeys(keys, 0.0)
     varied = tempo_rl.branch_snr_stats(y, mask, [2.0, 1.0, 0.0, 0.0], [0] * 4).as_metrics()
     # node "1 2": offset 1.5 - 0.75, sigma2 0.5, delta2 0.5625 - 0.25; node "1 5": offset -0.75, sigma2 0
     assert varied["branch_r_unbiased"] == pytest.approx((0.3125 + 0.5625) / 0.5)

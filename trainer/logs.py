@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from tempo_rl import StepResult
+from tempo_rl.viz.rollouts import dump_line
 
 from . import run_dir
 from .config import TrainConfig
@@ -29,9 +30,9 @@ def all_groups_flat(rewards: torch.Tensor, group_ids: torch.Tensor) -> bool:
 
 
 def rollout_metrics(roll: Rollout, rewards: torch.Tensor, result: StepResult, threshold: float = 1.0) -> dict[str, Any]:
-    """The step's rollout numbers: rewards, lengths, the engine step's metrics (tree shape; the
-    branch-node diagnostic: node count, mean m, pooled unbiased r = delta^2 / sigma^2, left out when
-    undefined) and advantage moments over the tokens that carry loss."""
+    """The step's rollout numbers: rewards, lengths, the engine step's metrics (td_coef, tree shape; the
+    branch-node diagnostic: node count, mean m, pooled unbiased r = delta^2 / sigma^2; the same keys
+    every step, 0.0 where undefined) and advantage moments over the tokens that carry loss."""
     m = roll.loss_mask.bool()
     a = result.advantages[m]
     return {
@@ -88,19 +89,8 @@ def dump_groups(path: Path, roll: Rollout, rewards: torch.Tensor, batch: list[Ex
     with open(path, "a") as f:
         for i, g in enumerate(roll.group_ids.tolist()):
             n = int(roll.response_mask[i].sum())
-            f.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "group_id": g,
-                        "prompt": prompt_text(batch[g].prompt),
-                        "response": roll.responses[i, :n].tolist(),
-                        "text": roll.texts[i],
-                        "reward": float(rewards[i]),
-                    }
-                )
-                + "\n"
-            )
+            prompt = prompt_text(batch[g].prompt)
+            f.write(dump_line(step, g, prompt, roll.responses[i, :n].tolist(), roll.texts[i], float(rewards[i])))
 
 
 def reward_means(scored: RewardBatch) -> dict[str, float]:

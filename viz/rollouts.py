@@ -22,6 +22,13 @@ from typing import Any, Hashable, Iterator, Protocol
 from tempo_rl.extras import requires
 
 
+def dump_line(step: int, group_id: Hashable, prompt: str, response: list[int], text: str, reward: float) -> str:
+    """One response as a line of a trainer dump (the second format above, with its prompt): the one
+    writer of `tempo-rl train --dump-rollouts-every` and of TRL's `tempo_dump_rollouts_every`."""
+    record = {"step": step, "group_id": group_id, "prompt": prompt, "response": response, "text": text}
+    return json.dumps({**record, "reward": float(reward)}) + "\n"
+
+
 class RolloutError(ValueError):
     """A malformed rollout file; the message names the file and the line."""
 

@@ -284,6 +284,102 @@ def test_trl_example_script_trains_on_a_tiny_model(tmp_path):
     assert len(logged) == 2 and all(math.isfinite(row["loss"]) for row in logged)
 
 
+def _load_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trl_tempo_grpo", ROOT / "examples" / "trl_tempo_grpo.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_trl_example_runs_offline_on_the_tiny_policy_and_dumps_rollouts(tmp_path):
+    """The documented CPU command (`--model tiny --cpu`): the project's tiny policy, built here (a short
+    warm-up), on the built-in `add` task; its reward varies, trees branch, every logged row carries
+    the same tempo/* keys, and --dump-rollouts-every writes what `tempo-rl inspect` reads."""
+    from tempo_rl.viz import Settings, build_views, load_tokenizer, read_rollouts
+
+    example = _load_example()
+    tiny_dir, run = tmp_path / "tiny-base", tmp_path / "run"
+    argv = ["--model", "tiny", "--cpu", "--tiny-dir", str(tiny_dir), "--tiny-warmup-steps", "300"]
+    argv += ["--output-dir", str(run), "--max-steps", "8", "--dump-rollouts-every", "1"]
+    threads = torch.get_num_threads()
+    try:
+        trainer = example.train(example.parse_args(argv))  # on one thread, as the command runs
+    finally:
+        torch.set_num_threads(threads)
+    assert [f.__name__ for f in trainer.reward_funcs] == ["correct"] and (tiny_dir / "config.json").is_file()
+
+    rows = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(rows) == 2  # 8 steps, one logged row per generation batch of 4 steps
+    keys = [sorted(k for k in row if k.startswith("tempo/")) for row in rows]
+    assert keys[0] == keys[1] and "tempo/td_coef" in keys[0] and len(keys[0]) == 7
+    assert any(row["reward_std"] > 0 for row in rows), "the embedded task's reward varies on the tiny policy"
+    assert all(row["tempo/branch_token_fraction"] > 0 for row in rows)
+
+    dumped = read_rollouts(run / "rollouts.jsonl", load_tokenizer(tiny_dir))
+    assert sorted({r.step for r in dumped}) == [0, 4]  # TRL's global step at each generation
+    assert len(dumped) == 2 * 64 and {r.reward for r in dumped} <= {0.0, 1.0}
+    assert all(r.prompt and r.prompt.endswith("=") and r.ids for r in dumped)
+    views = build_views(dumped, Settings())
+    assert len(views) == 2 * 8  # 8 groups of 8 completions per dumped batch
+
+
+def test_metric_keys_are_the_same_on_steps_with_and_without_branching(tmp_path):
+    """TRL logs one row per step: a step whose groups never branch (identical completions) carries the
+    same tempo/* keys as one that branches, with the undefined depths at 0.0."""
+
+    def rollout(prompts, trainer):
+        step = trainer.state.global_step
+        ids = [[2, 3, tiny.EOS] if step == 0 else [2, 3 + i % GROUP, tiny.EOS] for i in range(len(prompts))]
+        prompt_ids = trainer.processing_class(prompts, add_special_tokens=False)["input_ids"]
+        return {"prompt_ids": prompt_ids, "completion_ids": ids, "logprobs": None}
+
+    trainer = TempoGRPOTrainer(
+        model=tiny.save_model(tmp_path / "model"),
+        reward_funcs=tiny.REWARD_FUNCS,
+        args=tiny.trl_config(tmp_path / "run", group=GROUP, per_device_batch=2 * GROUP),
+        train_dataset=tiny.prompts_dataset(),
+        processing_class=tiny.build_tokenizer(tmp_path / "tok"),
+        rollout_func=rollout,
+    )
+    trainer.train()
+    rows = [row for row in trainer.state.log_history if "loss" in row]
+    flat, branching = ({k: v for k, v in row.items() if k.startswith("tempo/")} for row in rows)
+    assert flat.keys() == branching.keys() and len(flat) == 7
+    assert flat["tempo/branch_nodes_per_group"] == flat["tempo/first_branch_depth"] == 0.0
+    assert branching["tempo/branch_nodes_per_group"] > 0 and flat["tempo/td_coef"] == 1.0
+
+
+def test_lora_trains_the_adapters_on_tempo_advantages(tmp_path):
+    """peft_config as with GRPOTrainer: only the LoRA weights change, and the loss gets TEMPO's advantages."""
+    from peft import LoraConfig
+
+    trainer = Recording(
+        model=tiny.save_model(tmp_path / "model"),
+        reward_funcs=tiny.REWARD_FUNCS,
+        args=tiny.trl_config(tmp_path / "run", group=GROUP, per_device_batch=2 * GROUP, beta=0.04),
+        train_dataset=tiny.prompts_dataset(),
+        processing_class=tiny.build_tokenizer(tmp_path / "tok"),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all("lora_" in n for n in changed), sorted(changed)
+    for batch in trainer.generated:
+        assert torch.equal(batch["advantages"], expected_advantages(batch, trainer))
+
+
+def test_dump_option_is_checked():
+    from tempo_rl.integrations.trl import _check_supported
+
+    with pytest.raises(ValueError, match="tempo_dump_rollouts_every must be an int >= 0, got -1"):
+        _check_supported(
+            tiny.trl_config(Path("unused"), group=GROUP, per_device_batch=GROUP, tempo_dump_rollouts_every=-1)
+        )
+
+
 def test_branch_snr_diagnostic_is_logged_when_asked():
     """tempo_log_branch_snr=True adds tempo_rl.branch_snr_stats's metrics over the scored rows."""
     import types
