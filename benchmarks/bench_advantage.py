@@ -365,11 +365,15 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device here")
-    if args.scale:
-        from .bench_scale import run as run_scale
+    threads = torch.get_num_threads()  # the ops set --threads; a caller's process gets its own back
+    try:
+        if args.scale:
+            from .bench_scale import run as run_scale
 
-        return run_scale(args)
-    return OPS[args.op](args)
+            return run_scale(args)
+        return OPS[args.op](args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_advantage(args: argparse.Namespace) -> int:

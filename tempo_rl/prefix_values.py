@@ -285,6 +285,10 @@ class BranchSNRStats:
         }
 
 
+# sqrt of float64's largest value, with room for summing a group's squares: past it sigma^2 is inf.
+MAX_SNR_SPREAD = 1e150
+
+
 def branch_snr_stats(
     responses: torch.Tensor,
     response_mask: torch.Tensor,
@@ -300,7 +304,13 @@ def branch_snr_stats(
     """
     batch = validate(responses, response_mask, rewards, group_ids)
     first = _runs(batch, backend)
-    squares = (batch.rewards.to(torch.float64) - first.mu) ** 2  # (B,)
+    spread = (batch.rewards.to(torch.float64) - first.mu).abs()  # (B,)
+    if spread.numel() and float(spread.max()) > MAX_SNR_SPREAD:
+        raise ValueError(
+            f"rewards: a reward lies {float(spread.max()):.3g} from its group's mean; the branch SNR squares "
+            f"these offsets, which overflows float64 past {MAX_SNR_SPREAD:.0e}: rescale the rewards"
+        )
+    squares = spread**2  # (B,)
     second = _runs(replace(batch, rewards=squares, loss_mask=None), backend)
     p, q = first.points(), second.points()
     keep = _first_of_each(p.node)  # one entry per node (its rows all report it)

@@ -294,3 +294,21 @@ def test_torch_batch_invariance_bitwise(case, other, seed):
     back = torch.argsort(order)[: len(a.group_ids)]  # where each row of `a` went
     for name in ("v_parent", "v_child", "n_parent", "n_child", "branch"):
         assert torch.equal(getattr(together, name)[back], getattr(alone, name)), name
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_rewards_whose_squares_overflow_are_refused_naming_rewards(backend):
+    """The branch SNR squares each reward's offset from its group's mean: offsets of 1e300 would give
+    inf and NaN statistics, so they are refused in one line naming `rewards` (the advantages alone
+    still work: they only divide by the spread)."""
+    responses = torch.tensor([[5, 7, 2], [5, 8, 3]])
+    mask = torch.ones_like(responses)
+    rewards = torch.tensor([1e300, -1e300], dtype=torch.float64)
+    with pytest.raises(ValueError, match="^rewards: .*rescale"):
+        tempo_rl.branch_snr_stats(responses, mask, rewards, [0, 0], backend=backend)
+    with pytest.raises(ValueError, match="^rewards: "):
+        tempo_rl.advantage_step(
+            responses, mask, rewards, [0, 0], options=tempo_rl.StepOptions(backend=backend, log_branch_snr=True)
+        )
+    assert torch.isfinite(tempo_rl.tempo_advantages(responses, mask, rewards, [0, 0])).all()
+    assert torch.isfinite(tempo_rl.branch_snr_stats(responses, mask, rewards * 1e-160, [0, 0]).sigma2).all()
