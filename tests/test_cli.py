@@ -32,8 +32,10 @@ def test_bench_writes_where_told(tmp_path, monkeypatch):
     threads: list[int] = []
     monkeypatch.setattr(bench_advantage.torch, "set_num_threads", threads.append)
     monkeypatch.chdir(tmp_path)
+    before = bench_advantage.torch.get_num_threads()
     assert cli.main(["bench", "--quick"]) == 0
-    assert rows == [(Path("."), "advantage_cpu_quick_1thread")] and threads == [1]
+    # one thread for the timings, then the caller's count back: an in-process bench leaves torch as it was
+    assert rows == [(Path("."), "advantage_cpu_quick_1thread")] and threads == [1, before]
 
 
 def test_bench_compares_methods_on_one_thread_by_default_and_says_why(capsys):
