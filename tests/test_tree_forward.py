@@ -91,7 +91,7 @@ def _exact_norms(model):
     return model
 
 
-def _model(family: str, seed: int = 0):
+def _model(family: str, seed: int = 0, *, max_positions: int = 64):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
@@ -103,7 +103,7 @@ def _model(family: str, seed: int = 0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         attn_implementation="sdpa",
     )
     return cls(cfg).double()
@@ -463,20 +463,7 @@ def test_tree_attention_keeps_for_the_backward_only_what_is_linear_in_nodes():
 
 def test_tree_logprobs_equal_each_row_alone_on_long_segments():
     """The model end to end on rows of up to 700 tokens (forks at 1, 64, 511, 513, 699), float64."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        attn_implementation="sdpa",
-    )
-    model = _exact_norms(Qwen2ForCausalLM(cfg).double())
+    model = _exact_norms(_model("qwen2", max_positions=1024))
     batch = _rows_batch(_long_rows(seed=2))
     logp = tree_logprobs(model, *batch)
     ref = row_logprobs(model, *batch)
