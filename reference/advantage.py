@@ -52,7 +52,8 @@ class GroupMoments:
 
     @property
     def std(self) -> float:
-        return math.sqrt(float(self.var))
+        """sigma_g in float64, through the scaled variance, so finite wherever sigma_g is (var may not be)."""
+        return math.ldexp(self.scaled_std(self.exponent), self.exponent)
 
     def scaled_std(self, exponent: int) -> float:
         """sigma_g / 2^exponent: the square root of the exactly scaled variance."""

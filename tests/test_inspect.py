@@ -385,3 +385,15 @@ def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
     ) % str(tmp_path / "x.png")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-1500:]
+
+
+def test_rewards_near_float64s_limit_give_finite_views(tmp_path):
+    """Rewards of +-1e300: the advantages are finite (the library scales by a power of two), so the
+    group's summary must be too, though its variance (~1e600) is past float64."""
+    path = tmp_path / "huge.jsonl"
+    rows = [([1, 2, 3], 1e300), ([1, 2, 4], -1e300), ([1, 5], 0.0)]
+    path.write_text("".join(json.dumps({"group_id": 0, "response": t, "reward": r}) + "\n" for t, r in rows))
+    views = build_views(read_rollouts(path), Settings())
+    assert views[0]["std"] == pytest.approx(1e300, rel=1e-15)
+    tempo, _ = api_advantages(read_rollouts(path))
+    assert [a for r in views[0]["responses"] for a in r["tempo"]] == [a for row in tempo for a in row]
