@@ -62,6 +62,9 @@ def fused_policy_loss(
         detached scalars: policy_loss, kl, clip_fraction, clip_fraction_low, clip_fraction_high,
         approx_kl (k3 of old vs new), entropy (token means over the mask).
 
+    Raises ValueError naming the argument for bad input, including a temperature so small that
+    logits / temperature would overflow (bounded by H max |hidden| max |weight| + max |bias|).
+
     >>> h, w = torch.zeros(1, 2, 4), torch.zeros(8, 4)
     >>> ids, zeros, ones = torch.tensor([[1, 2]]), torch.zeros(1, 2), torch.ones(1, 2)
     >>> loss, m = fused_policy_loss(h, w, ids, zeros - math.log(8), ones, ones)
@@ -73,6 +76,7 @@ def fused_policy_loss(
     if kl_coef and ref_logp is None:
         raise ValueError("ref_logp is required when kl_coef > 0")
     _check_target_range(targets, mask, weight.shape[0])
+    check_temperature(hidden, weight, bias, temperature)
     # Where the mask is 0 a target is never scored (HF marks those -100): any id in range stands in.
     targets = torch.where(mask != 0, targets, torch.zeros((), dtype=targets.dtype, device=targets.device))
     impl = get_backend(resolve_backend(backend, hidden.device)).policy_loss
@@ -106,6 +110,7 @@ def fused_logprobs(
     _check_head(hidden, weight, bias)
     _check_targets(targets, hidden.shape[:2], weight.shape[0])
     _check_number("temperature", temperature, lambda v: v > 0, "> 0")
+    check_temperature(hidden, weight, bias, temperature)
     return policy_loss_torch.token_logprobs_chunked(hidden, weight, targets, bias=bias, temperature=temperature)
 
 
@@ -236,6 +241,41 @@ def _check_shape(name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
 def _check_device(name: str, x: torch.Tensor, hidden: torch.Tensor) -> None:
     if x.device != hidden.device:
         raise ValueError(f"{name} is on {x.device} but hidden is on {hidden.device}")
+
+
+def _largest_abs(x: torch.Tensor) -> float:
+    """max |x| without a copy of x (aminmax reads it once; abs() would allocate its size)."""
+    lo, hi = torch.aminmax(x.detach())
+    return max(abs(float(lo)), abs(float(hi)))
+
+
+def check_temperature(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+) -> None:
+    """logits / temperature must stay finite in the dtype the LM head's logits are computed in, or the
+    log-probs and gradients are NaN. |h . w_v + b_v| <= H max |h| max |w| + max |b| bounds every logit
+    without forming them and without a float64 copy of the (V, H) head; the bound is looser than the
+    logits by at most H, which moves the refused temperatures by that factor near 1e-35."""
+    if hidden.numel() == 0 or weight.numel() == 0:
+        return
+    parts = {"hidden": _largest_abs(hidden), "weight": _largest_abs(weight)}
+    if bias is not None and bias.numel():
+        parts["bias"] = _largest_abs(bias)
+    for name, value in parts.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name} holds non-finite values (inf or nan)")
+    bound = weight.shape[-1] * parts["hidden"] * parts["weight"] + parts.get("bias", 0.0)
+    check_logit_range(bound, torch.promote_types(weight.dtype, torch.float32), temperature)
+
+
+def check_logit_range(largest: float, dtype: torch.dtype, temperature: float) -> None:
+    """Refuse a temperature under which logits of magnitude `largest` overflow `dtype`."""
+    top = torch.finfo(dtype).max
+    if largest / temperature > top:
+        raise ValueError(
+            f"temperature={temperature!r} is too small for this model's logits: |logits| reach up to {largest:.3g}, "
+            f"so logits / temperature would overflow {dtype} (max {top:.3g}); use temperature >= {largest / top:.3g}"
+        )
 
 
 def _check_number(name: str, value, ok: Callable[[float], bool], rule: str) -> None:

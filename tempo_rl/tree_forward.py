@@ -272,27 +272,6 @@ def _empty_packing(b: int, t: int, *, device) -> Packing:
     )
 
 
-def _check_temperature(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> None:
-    """logits / temperature must stay finite in the dtype the LM head's logits are computed in. By
-    Cauchy-Schwarz |h . w_v + b_v| <= max |h| max |w_v| + max |b|, so the check reads (U, H) states and
-    the (V, H) head once, without forming the logits."""
-    if h.numel() == 0:
-        return
-    bound = h.double().norm(dim=-1).max() * weight.double().norm(dim=-1).max()
-    if bias is not None:
-        bound = bound + bias.double().abs().max()
-    _check_logit_range(float(bound), torch.promote_types(weight.dtype, torch.float32), temperature)
-
-
-def _check_logit_range(largest: float, dtype: torch.dtype, temperature: float) -> None:
-    top = torch.finfo(dtype).max
-    if largest / temperature > top:
-        raise ValueError(
-            f"temperature={temperature!r} is too small for this model's logits: |logits| reach up to {largest:.3g}, "
-            f"so logits / temperature would overflow {dtype} (max {top:.3g}); use temperature >= {largest / top:.3g}"
-        )
-
-
 def tree_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -369,7 +348,7 @@ def _node_logprobs_with_grad(model, p: Packing, nodes, temperature: float, with_
     hidden states and the LM head in chunks where the logits are exactly the LM head's output; through
     the model's own logits of the context nodes otherwise (soft-capped or scaled logits)."""
     from .fast.policy_loss_torch import token_logprobs_with_grad
-    from .policy_loss import lm_head
+    from .policy_loss import check_logit_range, check_temperature, lm_head
 
     context = p.parent[nodes]  # (U,) the node whose output predicts each one
     try:
@@ -378,14 +357,14 @@ def _node_logprobs_with_grad(model, p: Packing, nodes, temperature: float, with_
         keep, per_node = torch.unique(context, return_inverse=True)  # (K,), (U,)
         logits = _packed_forward(model, p, logits_to_keep=keep).logits[0]  # (K, V)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        _check_logit_range(float(logits.detach().abs().max()), logits.dtype, temperature)
+        check_logit_range(float(logits.detach().abs().max()), logits.dtype, temperature)
         logits = logits / temperature
         logq = torch.log_softmax(logits, dim=-1)  # (K, V)
         entropy = -(logq.exp() * logq).sum(-1)[per_node].detach() if with_entropy else None
         return logq[per_node, p.tokens[nodes]], entropy
     hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
     h = hidden[context].to(weight.dtype)  # (U, H)
-    _check_temperature(h.detach(), weight.detach(), bias, temperature)
+    check_temperature(h.detach(), weight.detach(), bias, temperature)
     return token_logprobs_with_grad(
         h, weight, p.tokens[nodes], bias=bias, temperature=temperature, with_entropy=with_entropy
     )
@@ -441,7 +420,7 @@ def tree_policy_loss(
     """
     from .fast.policy_loss_torch import ItemCounts, ItemTargets, LossParams, items_loss_chunked, token_weights
     from .fast.tree_forward_torch import node_items
-    from .policy_loss import check_loss_terms, lm_head
+    from .policy_loss import check_loss_terms, check_temperature, lm_head
 
     p, scored = _packed_rows(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, packing)
     check_loss_terms(completion_mask, old_logp, advantages, ref_logp, kl_coef, clip_low, clip_high, aggregation)
@@ -460,7 +439,7 @@ def tree_policy_loss(
         old_logp = _node_logprobs(hidden.detach(), p, scored, weight, bias, temperature)
     item_node, items, counts = node_items(p.completion_node, scored, old_logp, advantages, weights, ref)
     context = hidden[p.parent[item_node]].to(weight.dtype)  # (U, H) the state that predicts each item
-    _check_temperature(context.detach(), weight.detach(), bias, temperature)
+    check_temperature(context.detach(), weight.detach(), bias, temperature)
     return items_loss_chunked(context, weight, p.tokens[item_node], items, counts, params, bias)
 
 
@@ -493,10 +472,11 @@ def _node_logprobs(hidden, p: Packing, scored, weight, bias, temperature: float)
     """(B, T) float32 log-probs of the scored positions from the packed hidden states (N, H), the LM
     head run once per scored node, in chunks; 0 elsewhere."""
     from .fast.policy_loss_torch import token_logprobs_chunked
+    from .policy_loss import check_temperature
 
     unique_nodes, per_position = torch.unique(p.completion_node[scored], return_inverse=True)  # (U,), (M,)
     context = hidden[p.parent[unique_nodes]].to(weight.dtype)[None]  # (1, U, H)
-    _check_temperature(context[0], weight, bias, temperature)
+    check_temperature(context[0], weight, bias, temperature)
     node_logp = token_logprobs_chunked(
         context, weight, p.tokens[unique_nodes][None], bias=bias, temperature=temperature
     )

@@ -410,6 +410,9 @@ def _good() -> dict:
         ({"clip_low": 1.5}, "clip_low"),
         ({"clip_high": math.nan}, "clip_high"),
         ({"temperature": 0.0}, "temperature"),
+        ({"hidden": torch.ones(2, 3, 4), "weight": torch.ones(5, 4), "temperature": 1e-38}, "temperature"),
+        ({"hidden": torch.full((2, 3, 4), math.inf)}, "hidden"),
+        ({"weight": torch.full((5, 4), math.nan)}, "weight"),
         ({"aggregation": "sum"}, "aggregation"),
         ({"backend": "cuda"}, "backend"),
     ],
@@ -419,6 +422,33 @@ def test_bad_input_names_the_argument(change, name):
     positional = [args.pop(k) for k in ("hidden", "weight", "targets", "old_logp", "advantages", "mask")]
     with pytest.raises((ValueError, TypeError), match=name):
         tempo_rl.fused_policy_loss(*positional, **args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_smallest_accepted_temperature_gives_finite_loss_and_gradients(dtype):
+    """A temperature the check lets through keeps logits / temperature finite: loss, metrics and
+    gradients are finite at the smallest one it accepts, and one 4x smaller is refused."""
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(2, 3, 8, generator=g) * 3).to(dtype)
+    weight = torch.randn(11, 8, generator=g).to(dtype)
+    targets, mask = torch.randint(0, 11, (2, 3), generator=g), torch.ones(2, 3)
+    old_logp = torch.full((2, 3), -1.0)
+    adv = torch.randn(2, 3, generator=g)
+    bound = 8 * hidden.float().abs().max().item() * weight.float().abs().max().item()
+    smallest = bound / torch.finfo(torch.float32).max
+    for backend in ("torch", "reference"):
+        h = hidden.clone().requires_grad_(True)
+        loss, metrics = tempo_rl.fused_policy_loss(
+            h, weight, targets, old_logp, adv, mask, temperature=smallest * 1.01, backend=backend
+        )
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(h.grad).all(), backend
+        assert all(torch.isfinite(v) for k, v in metrics.items() if k != "approx_kl"), (backend, metrics)
+        with pytest.raises(ValueError, match="temperature=.* is too small"):
+            tempo_rl.fused_policy_loss(hidden, weight, targets, old_logp, adv, mask, temperature=smallest / 4)
+    assert torch.isfinite(fused_logprobs(hidden, weight, targets, temperature=smallest * 1.01)).all()
+    with pytest.raises(ValueError, match="temperature=.* is too small"):
+        fused_logprobs(hidden, weight, targets, temperature=smallest / 4)
 
 
 # ----------------------------------------------------------------------------- Triton compiles for a GPU

@@ -202,7 +202,7 @@ def test_a_packing_of_another_batch_is_refused():
 
 def test_temperatures_whose_logits_overflow_are_refused():
     """1 / temperature must be finite in the logits' dtype, and so must logits / temperature (bounded
-    through max |h| max |w| + max |b| without forming the logits); a temperature inside both gives
+    through H max |h| max |w| + max |b| without forming the logits); a temperature inside both gives
     finite log-probs."""
     model = _model("qwen2").float()
     with torch.no_grad():
