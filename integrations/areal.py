@@ -54,6 +54,7 @@ __all__ = [
     "TempoPPOActor",
     "TempoPPOActorConfig",
     "TempoPPOTrainer",
+    "check_whole_groups",
     "response_rows",
     "step_options",
     "tempo_engine_class",
@@ -128,6 +129,26 @@ def response_rows(
     return responses, tree, has_loss.gather(1, index) & tree, starts
 
 
+def check_whole_groups(input_ids: torch.Tensor, starts: torch.Tensor, group_size: int) -> None:
+    """Each run of `group_size` consecutive rows must share one prompt (the tokens before `starts`):
+    AReaL's group normalization and TEMPO's tree both read the batch that way. A group that lost a
+    trajectory (AReaL's grouped workflow keeps the others) shifts every later group: refused here,
+    naming the first row out of place, rather than mixing two prompts' responses in one tree."""
+    b, t = input_ids.shape
+    first = torch.arange(b, device=input_ids.device) // group_size * group_size  # (B,) each group's first row
+    in_prompt = torch.arange(t, device=input_ids.device)[None, :] < starts[:, None]  # (B, T)
+    same = (starts == starts[first]) & ((input_ids == input_ids[first]) | ~in_prompt).all(dim=1)  # (B,)
+    if not bool(same.all()):
+        row = int((~same).nonzero()[0, 0])
+        head = int(first[row])
+        raise ValueError(
+            f"TEMPO: row {row} should be in the group of rows {head}..{head + group_size - 1} (group_size "
+            f"{group_size}), but its prompt differs from row {head}'s. AReaL's batch must be whole groups of "
+            "group_size consecutive rows of one prompt; a group that lost a trajectory shifts every later one. "
+            "Make the workflow return all group_size trajectories of a prompt (or none)."
+        )
+
+
 class TempoPPOActor(PPOActor):
     """AReaL's `PPOActor` with TEMPO's TD term added to its GRPO advantages."""
 
@@ -144,6 +165,7 @@ class TempoPPOActor(PPOActor):
         group_size = self.config.reward_norm.group_size
         if scores.shape[0] % group_size:
             raise ValueError(f"TEMPO: batch of {scores.shape[0]} rows is not whole groups of {group_size}")
+        check_whole_groups(data["input_ids"], starts, group_size)
         group_ids = torch.arange(scores.shape[0], device=scores.device) // group_size  # (B,)
         result = tempo_rl.advantage_step(
             responses, tree, scores, group_ids, loss_mask=loss, options=self.tempo_options

@@ -239,3 +239,14 @@ def test_missing_engine_is_a_one_line_error():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert out.count("\n") == 0 and "areal" in out and "pip install -e '.[areal]'" in out
+
+
+def test_a_group_that_lost_a_trajectory_is_refused_naming_the_row():
+    """AReaL's grouped workflow keeps a group whose other trajectories failed: with row 2 lost, rows
+    0..2 would hold two prompts' responses. Refused, rather than one tree over two prompts."""
+    actor = TempoPPOActor(actor_config(), engine=None)
+    trajs = trajectories()
+    lost = trajs[:2] + trajs[3:] + trajs[3:4]  # row 2 lost; a sixth row so the batch is still 2 x 3
+    with pytest.raises(ValueError, match=r"row 2 should be in the group of rows 0\.\.2 .* prompt differs"):
+        actor.compute_advantages(lost)
+    advantages(actor, trajs)  # whole groups pass
