@@ -34,27 +34,10 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
 def _model_dir(path: Path) -> Path:
     """tiny.py's tokenizer with a chat template, and a one-layer random Llama (verl's agent loop checks
     Qwen models' chat-template tokens, which a word-level tokenizer does not have)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = tiny.build_tokenizer(path)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        pad_token_id=tiny.PAD,
-        eos_token_id=tiny.EOS,
-        bos_token_id=None,
-    )
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = tiny.PAD, tiny.EOS
+    model = tiny.build_model(family="llama", vocab_size=len(tokenizer))
     model.save_pretrained(path)
     return path
 

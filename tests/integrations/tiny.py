@@ -23,25 +23,43 @@ def build_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def build_model(seed: int = 0):
-    """A one-layer Qwen2 with random weights over the tokenizer's vocabulary."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def build_model(
+    seed: int = 0,
+    *,
+    family: str = "qwen2",
+    vocab_size: int = len(WORDS) + 2,
+    hidden_size: int = 16,
+    key_value_heads: int = 1,
+    head_dim: int | None = None,
+    max_positions: int = 64,
+    init: float | None = None,
+):
+    """A one-layer causal LM with random weights (seed), two attention heads; by default a Qwen2 over
+    the tokenizer's vocabulary. `family="llama"` for engines that expect a Llama; `head_dim` 64 for
+    vLLM's CPU build; `init` the initializer range (wide draws give peaked next-token distributions)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    config_class, model_class = classes[family]
+    extra = {} if head_dim is None else {"head_dim": head_dim}
+    if init is not None:
+        extra["initializer_range"] = init
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(WORDS) + 2,
-        hidden_size=16,
-        intermediate_size=32,
+    config = config_class(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=1,
         num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
+        num_key_value_heads=key_value_heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         pad_token_id=PAD,
         eos_token_id=EOS,
         bos_token_id=None,
+        **extra,
     )
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = EOS
     return model

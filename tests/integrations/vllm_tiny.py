@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 WORDS = ["a", "b", "c", "d", "e", "f"]  # a small vocabulary: every conditional is seen many times
 PAD, EOS = 0, 1
 
@@ -24,25 +22,18 @@ def build_tokenizer():
 def save_small_vocab_model(path: Path, *, seed: int = 0, init: float = 0.25) -> Path:
     """A one-layer Llama over 8 tokens, head_dim 64, weights drawn wide (`init`) so the next-token
     distributions are far from uniform and differ between contexts; saved with its tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.integrations.tiny import build_model
 
-    config = LlamaConfig(
+    model = build_model(
+        seed,
+        family="llama",
         vocab_size=len(WORDS) + 2,
         hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=256,
-        initializer_range=init,
-        tie_word_embeddings=False,
-        pad_token_id=PAD,
-        bos_token_id=None,
-        eos_token_id=EOS,
+        max_positions=256,
+        init=init,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     model.save_pretrained(path)
     build_tokenizer().save_pretrained(path)
     return path
