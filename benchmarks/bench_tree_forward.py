@@ -566,7 +566,8 @@ def length_figure(rows: list[dict]):
         ax.set_xlabel("completion length (tokens)")
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # the figure is redrawn after each shape: none may be a tree yet
+            ax.legend(fontsize=7)
     ax_t.set_title("time, tree rollouts (prompt 512)")
     ax_m.set_title("peak memory, tree rollouts (prompt 512)")
     fig.tight_layout()
