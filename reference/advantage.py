@@ -52,8 +52,12 @@ class GroupMoments:
 
     @property
     def std(self) -> float:
-        """sigma_g in float64, through the scaled variance, so finite wherever sigma_g is (var may not be)."""
-        return math.ldexp(self.scaled_std(self.exponent), self.exponent)
+        """sigma_g in float64, through the scaled variance: finite wherever sigma_g is (var may not be),
+        inf where sigma_g itself is past float64 (rewards of +-1.5e308; the advantages stay finite)."""
+        try:
+            return math.ldexp(self.scaled_std(self.exponent), self.exponent)
+        except OverflowError:
+            return math.inf
 
     def scaled_std(self, exponent: int) -> float:
         """sigma_g / 2^exponent: the square root of the exactly scaled variance."""

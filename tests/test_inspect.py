@@ -387,7 +387,7 @@ def test_browser_starts_after_matplotlib_has_drawn(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr[-1500:]
 
 
-def test_rewards_near_float64s_limit_give_finite_views(tmp_path):
+def test_rewards_near_float64s_limit_give_finite_views(tmp_path, capsys):
     """Rewards of +-1e300: the advantages are finite (the library scales by a power of two), so the
     group's summary must be too, though its variance (~1e600) is past float64."""
     path = tmp_path / "huge.jsonl"
@@ -397,3 +397,16 @@ def test_rewards_near_float64s_limit_give_finite_views(tmp_path):
     assert views[0]["std"] == pytest.approx(1e300, rel=1e-15)
     tempo, _ = api_advantages(read_rollouts(path))
     assert [a for r in views[0]["responses"] for a in r["tempo"]] == [a for row in tempo for a in row]
+    # sigma itself past float64: the summary says so, the page's JSON (no inf allowed) is written
+    path.write_text(
+        "".join(
+            json.dumps({"group_id": 0, "response": [1, t], "reward": r}) + "\n"
+            for t, r in [(2, 1.5e308), (3, -1.5e308)]
+        )
+    )
+    huge = build_views(read_rollouts(path), Settings())
+    assert huge[0]["std"] is None
+    assert cli_main(["inspect", str(path), "-o", str(tmp_path / "out"), "--no-png"]) == 0
+    assert "std past float64" in capsys.readouterr().out
+    page = (tmp_path / "out" / "huge.html").read_text()
+    assert json.loads(re.search(r'id="tempo-data">(.*?)</script>', page, re.S).group(1))

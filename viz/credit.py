@@ -11,6 +11,7 @@ drawn as one edge: the visible nodes are the root, the branch nodes and the leav
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Hashable
@@ -189,7 +190,7 @@ def group_view(members: list[ResponseRecord], tempo: list[list[float]], grpo: li
         "group_id": group_id,
         "size": len(members),
         "mean": float(moments.mean),
-        "std": moments.std,
+        "std": moments.std if math.isfinite(moments.std) else None,  # None: past float64 (JSON has no inf)
         "rewards": [r.reward for r in members],
         "nodes": nodes,
         "responses": responses,

@@ -208,7 +208,7 @@ function drawGroup(group, gi) {
   const tokens = group.responses.reduce((s, r) => s + r.tokens.length, 0);
   const branchTokens = group.responses.reduce((s, r) => s + r.branch.filter(b => b).length, 0);
   sec.appendChild(el("div", {class: "sub"},
-    `G = ${group.size} responses, mean reward ${group.mean.toFixed(4)}, std ${group.std.toFixed(4)}; ` +
+    `G = ${group.size} responses, mean reward ${group.mean.toFixed(4)}, std ${group.std === null ? 'past float64' : group.std.toFixed(4)}; ` +
     `${group.nodes.length} drawn nodes, ${branchNodes} branch nodes; ` +
     `${branchTokens} of ${tokens} tokens are branch tokens (TEMPO differs from GRPO only there)`));
   const prompt = group.responses.find(r => r.prompt);

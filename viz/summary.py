@@ -47,6 +47,10 @@ def _top_tokens(view: dict[str, Any], k: int) -> list[str]:
     return out
 
 
+def _std(std: float | None) -> str:
+    return "past float64" if std is None else f"{std:.4f}"
+
+
 def summarize(views: list[dict[str, Any]], *, top: int = 5) -> str:
     out = []
     for view in views:
@@ -54,7 +58,7 @@ def summarize(views: list[dict[str, Any]], *, top: int = 5) -> str:
         branch = sum(sum(r["branch"]) for r in view["responses"])
         rewards = " ".join(f"{r:g}" for r in view["rewards"])
         out += [
-            f"{group_title(view)}: G={view['size']}, rewards [{rewards}], mean {view['mean']:.4f}, std {view['std']:.4f}",
+            f"{group_title(view)}: G={view['size']}, rewards [{rewards}], mean {view['mean']:.4f}, std {_std(view['std'])}",
             f"  {branch} of {tokens} tokens are branch tokens; {sum(n['branch'] for n in view['nodes'])} branch nodes",
             *("  " + line for line in _tree_lines(view)),
         ]
