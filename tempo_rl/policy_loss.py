@@ -244,37 +244,47 @@ def _check_device(name: str, x: torch.Tensor, hidden: torch.Tensor) -> None:
 
 
 def _largest_abs(x: torch.Tensor) -> float:
-    """max |x| without a copy of x (aminmax reads it once; abs() would allocate its size)."""
-    lo, hi = torch.aminmax(x.detach())
-    return max(abs(float(lo)), abs(float(hi)))
+    """max |x| without a copy of x (aminmax reads it once; abs() would allocate its size), one sync;
+    nan when x holds a nan."""
+    return float(torch.stack(torch.aminmax(x.detach())).abs().max())
 
 
 def check_temperature(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    temperature: float,
+    *,
+    hidden_name: str = "hidden",
 ) -> None:
-    """logits / temperature must stay finite in the dtype the LM head's logits are computed in, or the
-    log-probs and gradients are NaN. |h . w_v + b_v| <= H max |h| max |w| + max |b| bounds every logit
-    without forming them and without a float64 copy of the (V, H) head; the bound is looser than the
-    logits by at most H, which moves the refused temperatures by that factor near 1e-35."""
+    """logits / temperature must stay finite, and so must their differences (log_softmax subtracts
+    the largest), in the dtype the LM head's logits are computed in; else the log-probs, entropy and
+    gradients are NaN. |h . w_v + b_v| <= H max |h| max |w| + max |b| bounds every logit without
+    forming them and without a float64 copy of the (V, H) head; it is looser than Cauchy-Schwarz's
+    |h| |w_v| by at most a factor H, which moves the refused temperatures by that factor (near 1e-35
+    for float32). A float16 head's own matmul may still overflow float16 at any temperature.
+    `hidden_name`: what the message calls the hidden states (the model's, in the tree forward)."""
     if hidden.numel() == 0 or weight.numel() == 0:
         return
-    parts = {"hidden": _largest_abs(hidden), "weight": _largest_abs(weight)}
+    parts = {hidden_name: _largest_abs(hidden), "weight": _largest_abs(weight)}
     if bias is not None and bias.numel():
         parts["bias"] = _largest_abs(bias)
     for name, value in parts.items():
         if not math.isfinite(value):
-            raise ValueError(f"{name} holds non-finite values (inf or nan)")
-    bound = weight.shape[-1] * parts["hidden"] * parts["weight"] + parts.get("bias", 0.0)
+            raise ValueError(f"{name} holds non-finite values (inf or nan): the log-probs would be NaN")
+    bound = weight.shape[-1] * parts[hidden_name] * parts["weight"] + parts.get("bias", 0.0)
     check_logit_range(bound, torch.promote_types(weight.dtype, torch.float32), temperature)
 
 
 def check_logit_range(largest: float, dtype: torch.dtype, temperature: float) -> None:
-    """Refuse a temperature under which logits of magnitude `largest` overflow `dtype`."""
+    """Refuse a temperature under which logits of magnitude `largest`, or their differences (up to
+    twice that), overflow `dtype`."""
     top = torch.finfo(dtype).max
-    if largest / temperature > top:
+    if 2 * largest / temperature > top:
         raise ValueError(
             f"temperature={temperature!r} is too small for this model's logits: |logits| reach up to {largest:.3g}, "
-            f"so logits / temperature would overflow {dtype} (max {top:.3g}); use temperature >= {largest / top:.3g}"
+            f"so logits / temperature (and their differences) would overflow {dtype} (max {top:.3g}); "
+            f"use temperature >= {2 * largest / top:.3g}"
         )
 
 

@@ -364,7 +364,7 @@ def _node_logprobs_with_grad(model, p: Packing, nodes, temperature: float, with_
         return logq[per_node, p.tokens[nodes]], entropy
     hidden = _packed_forward(model, p, hidden_only=True).last_hidden_state[0]  # (N, H)
     h = hidden[context].to(weight.dtype)  # (U, H)
-    check_temperature(h.detach(), weight.detach(), bias, temperature)
+    check_temperature(h.detach(), weight.detach(), bias, temperature, hidden_name="the model's hidden states")
     return token_logprobs_with_grad(
         h, weight, p.tokens[nodes], bias=bias, temperature=temperature, with_entropy=with_entropy
     )
@@ -439,7 +439,7 @@ def tree_policy_loss(
         old_logp = _node_logprobs(hidden.detach(), p, scored, weight, bias, temperature)
     item_node, items, counts = node_items(p.completion_node, scored, old_logp, advantages, weights, ref)
     context = hidden[p.parent[item_node]].to(weight.dtype)  # (U, H) the state that predicts each item
-    check_temperature(context.detach(), weight.detach(), bias, temperature)
+    check_temperature(context.detach(), weight.detach(), bias, temperature, hidden_name="the model's hidden states")
     return items_loss_chunked(context, weight, p.tokens[item_node], items, counts, params, bias)
 
 
@@ -476,7 +476,7 @@ def _node_logprobs(hidden, p: Packing, scored, weight, bias, temperature: float)
 
     unique_nodes, per_position = torch.unique(p.completion_node[scored], return_inverse=True)  # (U,), (M,)
     context = hidden[p.parent[unique_nodes]].to(weight.dtype)[None]  # (1, U, H)
-    check_temperature(context[0], weight, bias, temperature)
+    check_temperature(context[0], weight, bias, temperature, hidden_name="the model's hidden states")
     node_logp = token_logprobs_chunked(
         context, weight, p.tokens[unique_nodes][None], bias=bias, temperature=temperature
     )

@@ -435,7 +435,7 @@ def test_smallest_accepted_temperature_gives_finite_loss_and_gradients(dtype):
     old_logp = torch.full((2, 3), -1.0)
     adv = torch.randn(2, 3, generator=g)
     bound = 8 * hidden.float().abs().max().item() * weight.float().abs().max().item()
-    smallest = bound / torch.finfo(torch.float32).max
+    smallest = 2 * bound / torch.finfo(torch.float32).max  # logits and their differences within float32
     for backend in ("torch", "reference"):
         h = hidden.clone().requires_grad_(True)
         loss, metrics = tempo_rl.fused_policy_loss(
@@ -444,8 +444,11 @@ def test_smallest_accepted_temperature_gives_finite_loss_and_gradients(dtype):
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(h.grad).all(), backend
         assert all(torch.isfinite(v) for k, v in metrics.items() if k != "approx_kl"), (backend, metrics)
+        assert metrics["entropy"] >= 0, (backend, metrics)
         with pytest.raises(ValueError, match="temperature=.* is too small"):
-            tempo_rl.fused_policy_loss(hidden, weight, targets, old_logp, adv, mask, temperature=smallest / 4)
+            tempo_rl.fused_policy_loss(
+                hidden, weight, targets, old_logp, adv, mask, temperature=smallest / 4, backend=backend
+            )
     assert torch.isfinite(fused_logprobs(hidden, weight, targets, temperature=smallest * 1.01)).all()
     with pytest.raises(ValueError, match="temperature=.* is too small"):
         fused_logprobs(hidden, weight, targets, temperature=smallest / 4)
