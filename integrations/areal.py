@@ -133,18 +133,26 @@ def check_whole_groups(input_ids: torch.Tensor, starts: torch.Tensor, group_size
     """Each run of `group_size` consecutive rows must share one prompt (the tokens before `starts`):
     AReaL's group normalization and TEMPO's tree both read the batch that way. A group that lost a
     trajectory (AReaL's grouped workflow keeps the others) shifts every later group: refused here,
-    naming the first row out of place, rather than mixing two prompts' responses in one tree."""
+    naming the first row out of place, rather than mixing two prompts' responses in one tree.
+    Each group is compared with its first row that has a loss token; a row without one (nothing to
+    train on) must only hold that row's prompt first."""
     b, t = input_ids.shape
-    first = torch.arange(b, device=input_ids.device) // group_size * group_size  # (B,) each group's first row
-    in_prompt = torch.arange(t, device=input_ids.device)[None, :] < starts[:, None]  # (B, T)
-    same = (starts == starts[first]) & ((input_ids == input_ids[first]) | ~in_prompt).all(dim=1)  # (B,)
+    rows = torch.arange(b, device=input_ids.device)  # (B,)
+    has = starts < t  # (B,) the row has a loss token
+    group = rows // group_size  # (B,)
+    first = torch.full((b // group_size + 1,), b, dtype=torch.long, device=input_ids.device)
+    first = first.scatter_reduce(0, group, torch.where(has, rows, b), "amin")[group]  # (B,) b: none in the group
+    ref = first.clamp(max=b - 1)
+    in_prompt = torch.arange(t, device=input_ids.device)[None, :] < starts[ref][:, None]  # (B, T)
+    same = ((input_ids == input_ids[ref]) | ~in_prompt).all(dim=1) & (~has | (starts == starts[ref]))  # (B,)
+    same |= first == b
     if not bool(same.all()):
         row = int((~same).nonzero()[0, 0])
-        head = int(first[row])
+        head = int(group[row]) * group_size
         raise ValueError(
             f"TEMPO: row {row} should be in the group of rows {head}..{head + group_size - 1} (group_size "
-            f"{group_size}), but its prompt differs from row {head}'s. AReaL's batch must be whole groups of "
-            "group_size consecutive rows of one prompt; a group that lost a trajectory shifts every later one. "
+            f"{group_size}), but its prompt differs from row {int(ref[row])}'s. AReaL's batch must be whole groups "
+            "of group_size consecutive rows of one prompt; a group that lost a trajectory shifts every later one. "
             "Make the workflow return all group_size trajectories of a prompt (or none)."
         )
 

@@ -250,3 +250,14 @@ def test_a_group_that_lost_a_trajectory_is_refused_naming_the_row():
     with pytest.raises(ValueError, match=r"row 2 should be in the group of rows 0\.\.2 .* prompt differs"):
         actor.compute_advantages(lost)
     advantages(actor, trajs)  # whole groups pass
+
+
+def test_a_row_without_loss_tokens_does_not_misread_its_group():
+    """A trajectory with no loss token (nothing to train on) has no response start of its own: its
+    group is read from the group's other rows, and the batch is accepted."""
+    actor = TempoPPOActor(actor_config(), engine=None)
+    for row in (0, 4):  # the group's first row, and a later one
+        trajs = trajectories()
+        trajs[row] = {**trajs[row], "loss_mask": torch.zeros_like(trajs[row]["loss_mask"])}
+        got = advantages(actor, trajs)
+        assert all(torch.isfinite(a).all() for a in got)
