@@ -151,6 +151,7 @@ def group_view(members: list[ResponseRecord], tempo: list[list[float]], grpo: li
     """Everything the page, the figure and the summary show about one group (JSON-ready)."""
     tree = PrefixTree([r.ids for r in members], [r.reward for r in members])
     moments = GroupMoments.of(tree.rewards)
+    std = moments.std  # inf past float64, shown as None (JSON has no inf)
     nodes, owner = collapse(tree)
     layout(nodes)
     piece_of = {t: p for r in members for t, p in zip(r.ids, r.pieces)}
@@ -190,7 +191,7 @@ def group_view(members: list[ResponseRecord], tempo: list[list[float]], grpo: li
         "group_id": group_id,
         "size": len(members),
         "mean": float(moments.mean),
-        "std": moments.std if math.isfinite(moments.std) else None,  # None: past float64 (JSON has no inf)
+        "std": std if math.isfinite(std) else None,
         "rewards": [r.reward for r in members],
         "nodes": nodes,
         "responses": responses,
