@@ -35,7 +35,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -120,10 +120,7 @@ def sample_tree(
     prompts: P token-id lists (each non-empty). Returns a `Rollout` of B = P * group_size rows.
     The same `generator` state gives the same tree (fork depths and tokens).
     """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    check_request(prompts, group_size)
     tree = tree or TreeConfig(n_roots=group_size)
     device = next(model.parameters()).device
     t0 = time.perf_counter()
@@ -131,21 +128,13 @@ def sample_tree(
     with torch.inference_mode():
         prompt_store = _prefill(model, prompts, device, counters)
         stores: list[_Store] = []
-        groups: list[list[_Leaf]] = [[] for _ in prompts]
-        forks = [f for g, p in enumerate(prompts) for f in _root_forks(g, p, min(tree.n_roots, group_size), sampling)]
-        wave = 0
-        while forks:
-            store = _decode_wave(model, forks, prompt_store, stores, sampling, generator, device, counters)
-            stores.append(store)
+
+        def decode(forks: list[_Fork], wave: int) -> None:
+            stores.append(_decode_wave(model, forks, prompt_store, stores, sampling, generator, device, counters))
             for row, f in enumerate(forks):
-                f.leaf.row = row
-                groups[f.leaf.group].append(f.leaf)
-            wave += 1
-            forks = [
-                f
-                for g, leaves in enumerate(groups)
-                for f in _plan_forks(g, leaves, prompts[g], group_size - len(leaves), wave, tree, sampling, generator)
-            ]
+                f.leaf.row = row  # its row in this wave's KV store
+
+        groups, wave = grow_tree(prompts, group_size, tree, sampling, generator, decode)
     counters["seconds"] = time.perf_counter() - t0
     counters["waves"] = wave
     return _assemble(prompts, groups, sampling, counters)
@@ -212,6 +201,49 @@ def _candidate_depths(leaf: _Leaf, tree: TreeConfig, generator: torch.Generator 
     return sorted(free, key=lambda d: (-leaf.entropies[d], d))  # decision tokens first
 
 
+def check_request(prompts: Sequence[Sequence[int]], group_size: int) -> None:
+    """What every sampler needs of its request: group_size >= 1 and non-empty prompts."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+
+
+def grow_tree(
+    prompts: Sequence[Sequence[int]],
+    group_size: int,
+    tree: TreeConfig,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    decode: Callable[[list[_Fork], int], None],
+) -> tuple[list[list[_Leaf]], int]:
+    """The wave loop every sampler shares: min(n_roots, group_size) roots a prompt, then each wave's
+    forks planned from the leaves so far, until every group holds `group_size` leaves.
+    `decode(forks, wave)` samples one wave (fills its leaves' tokens). Returns (groups, waves)."""
+    groups: list[list[_Leaf]] = [[] for _ in prompts]
+    forks = [f for g, p in enumerate(prompts) for f in _root_forks(g, p, min(tree.n_roots, group_size), sampling)]
+    wave = 0
+    while forks:
+        decode(forks, wave)
+        for f in forks:
+            groups[f.leaf.group].append(f.leaf)
+        wave += 1
+        forks = [
+            f
+            for g, leaves in enumerate(groups)
+            for f in _plan_forks(g, leaves, prompts[g], group_size - len(leaves), wave, tree, sampling, generator)
+        ]
+    return groups, wave
+
+
+def _fresh_roots(group: int, prompt: Sequence[int], need: int, wave: int, sampling: SamplingConfig) -> list[_Fork]:
+    """`need` new roots in `wave`, where no leaf of the group can be forked (all too short)."""
+    forks = _root_forks(group, prompt, need, sampling)
+    for f in forks:
+        f.leaf.wave = wave
+    return forks
+
+
 def _plan_forks(
     group: int,
     leaves: list[_Leaf],
@@ -252,9 +284,7 @@ def _plan_forks(
                     forks.append(_child_fork(group, i, parent, d, prompt, wave, sampling))
                     need -= 1
     if not forks:  # nothing forkable (e.g. every response too short): sample fresh roots
-        forks = _root_forks(group, prompt, need, sampling)
-        for f in forks:
-            f.leaf.wave = wave
+        forks = _fresh_roots(group, prompt, need, wave, sampling)
     return forks
 
 
@@ -274,10 +304,7 @@ def _plan_group_entropy(
     after = -1 if sampling.chance is None else sampling.chance.position
     points = [(i, d) for i, lf in enumerate(leaves) for d in _candidate_depths(lf, tree, None, after)]
     if not points:
-        forks = _root_forks(group, prompt, need, sampling)
-        for f in forks:
-            f.leaf.wave = wave
-        return forks
+        return _fresh_roots(group, prompt, need, wave, sampling)
     i, d = max(points, key=lambda p: (leaves[p[0]].entropies[p[1]], -p[0], -p[1]))
     leaves[i].used_depths.add(d)
     return [_child_fork(group, i, leaves[i], d, prompt, wave, sampling) for _ in range(min(tree.forks_per_point, need))]

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from .rollout import Rollout, SamplingConfig
-from .tree_rollout import TreeConfig, _assemble, _Fork, _Leaf, _plan_forks, _root_forks
+from .tree_rollout import TreeConfig, _assemble, _Fork, check_request, grow_tree
 
 ENTROPY_FORKS = ("entropy", "group_entropy")
 
@@ -100,10 +100,7 @@ def sample_tree_vllm(
 
     prompts: P token-id lists (each non-empty). `seed` fixes every request's sampling and the
     planner's random choices: the same seed and weights give the same tree."""
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    check_request(prompts, group_size)
     if sampling.chance is not None:
         raise ValueError("sampling.chance: environment tokens are not supported by the vLLM sampler")
     if entropy_top_k < 1:
@@ -114,19 +111,16 @@ def sample_tree_vllm(
     planner = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     counters = {"tokens_generated": 0, "forward_tokens": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0}
-    groups: list[list[_Leaf]] = [[] for _ in prompts]
-    forks = [f for g, p in enumerate(prompts) for f in _root_forks(g, p, min(tree.n_roots, group_size), sampling)]
-    wave = 0
-    while forks:
-        _decode_wave(llm, forks, prompts, sampling, top_k, seed * 1_000_003 + wave * 10_007, counters)
-        for f in forks:
-            groups[f.leaf.group].append(f.leaf)
-        wave += 1
-        forks = [
-            f
-            for g, leaves in enumerate(groups)
-            for f in _plan_forks(g, leaves, prompts[g], group_size - len(leaves), wave, tree, sampling, planner)
-        ]
+    groups, wave = grow_tree(
+        prompts,
+        group_size,
+        tree,
+        sampling,
+        planner,
+        lambda forks, wave: _decode_wave(
+            llm, forks, prompts, sampling, top_k, seed * 1_000_003 + wave * 10_007, counters
+        ),
+    )
     counters["seconds"] = time.perf_counter() - t0
     counters["waves"] = wave
     roll = _assemble(prompts, groups, sampling, counters)
